@@ -1,0 +1,89 @@
+"""The ``equiprop`` command.
+
+    equiprop data summary [-c RECIPE.yaml] [--data.KEY=VALUE ...]
+
+Recipes are LightningCLI-style YAML files; ``data summary`` reads their ``data:`` section (init arguments of
+``MultiTaskDataModule``, optionally wrapped in class_path/init_args). With no recipe it summarises the bundled data.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from equiprop.data.errors import ConfigError, DataError
+
+USAGE = """usage: equiprop data summary [-c CONFIG] [--data.KEY=VALUE ...]
+
+  data summary   per source and task: records read, labels present, skips with reasons, merges, splits
+"""
+
+
+def data_section(config_path: str | None) -> dict:
+    """The ``data:`` section of a recipe as init arguments (class_path/init_args unwrapped)."""
+    if config_path is None:
+        return {}
+    path = Path(config_path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    section = recipe.get("data", {}) if isinstance(recipe, dict) else {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'data' must be a mapping of MultiTaskDataModule arguments")
+    return section.get("init_args", section) if "class_path" in section else section
+
+
+def build_datamodule(config_path: str | None, overrides: list[str]):
+    """A MultiTaskDataModule from a recipe's data section plus ``--data.KEY=VALUE`` overrides (jsonargparse)."""
+    from jsonargparse import ArgumentParser
+
+    from equiprop.data.datamodule import MultiTaskDataModule
+
+    parser = ArgumentParser(prog="equiprop data summary", exit_on_error=False)
+    parser.add_class_arguments(MultiTaskDataModule, "data")
+    try:
+        parser.set_defaults({f"data.{k}": v for k, v in data_section(config_path).items()})
+        cfg = parser.parse_args(overrides)
+        return parser.instantiate_classes(cfg).data
+    except ConfigError:
+        raise
+    except Exception as err:  # jsonargparse reports unknown keys / bad types as ArgumentError
+        raise ConfigError(f"{config_path or 'command line'}: {err}") from None
+
+
+def data_command(argv: list[str]) -> int:
+    if not argv or argv[0] != "summary":
+        print(USAGE, file=sys.stderr)
+        return 2
+    argv = argv[1:]
+    config = None
+    for flag in ("-c", "--config"):
+        if flag in argv:
+            i = argv.index(flag)
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{flag} needs a file name")
+            config, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    datamodule = build_datamodule(config, argv)
+    print(datamodule.summary())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "data":
+            return data_command(argv[1:])
+        print(USAGE, file=sys.stderr)
+        return 2
+    except (ConfigError, DataError) as err:
+        print(f"equiprop: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

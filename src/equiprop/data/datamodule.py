@@ -1,0 +1,148 @@
+"""The multi-task LightningDataModule: sources -> merged records -> cached periodic graphs -> splits -> loaders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch_geometric.loader import DataLoader
+
+from equiprop.data import keys
+from equiprop.data.dataset import DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key
+from equiprop.data.errors import ConfigError
+from equiprop.data.merge import CELL_TOL, merge_sources
+from equiprop.data.normalization import TaskStats, stats_from_dataset
+from equiprop.data.report import format_summary, merge_summary, source_summary
+from equiprop.data.sources.base import Source
+from equiprop.data.sources.records_json import BundledDataset
+from equiprop.data.splits import GroupedSplit, Split
+from equiprop.data.tasks import resolve_tasks
+
+DEFAULT_TASKS = ["Ef", "Eg", "K_VRH", "G_VRH", "eps_electronic", "eps_total", "elastic_tensor", "piezo_tensor"]
+
+
+class MultiTaskDataModule(L.LightningDataModule):
+    """Crystals from several sources merged into one table with masked labels, served as batched periodic graphs.
+
+    Args:
+        sources: readers (class_path configs); default: the bundled dataset.
+        tasks: built-in task names, or dicts defining new tasks (name, key, units, kind, ...).
+        cutoff: neighbour-list radius, Å.
+        max_neighbors: keep only each atom's nearest neighbours (None: all within the cutoff).
+        split: how structures are divided (default: seeded split grouped by chemical system).
+        batch_size: training batch size (structures).
+        eval_batch_size: validation/test/predict batch size (default: batch_size).
+        num_workers: DataLoader worker processes.
+        cache_dir: where processed graphs are cached (default ``$EQUIPROP_CACHE`` or ~/.cache/equiprop/graphs).
+        merge_cell_tol: lattice tolerance (Å) for combining one material's labels from two sources.
+    """
+
+    def __init__(self, sources: list[Source] | None = None, tasks: list[str | dict] | None = None,
+                 cutoff: float = 5.0, max_neighbors: int | None = None, split: Split | None = None,
+                 batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
+                 cache_dir: str | None = None, merge_cell_tol: float = CELL_TOL):
+        super().__init__()
+        self.sources = list(sources) if sources is not None else [BundledDataset("default")]
+        self.tasks = resolve_tasks(tasks if tasks is not None else DEFAULT_TASKS)
+        if cutoff <= 0:
+            raise ConfigError(f"cutoff must be > 0 Å, got {cutoff}")
+        self.cutoff, self.max_neighbors = float(cutoff), max_neighbors
+        self.split = split if split is not None else GroupedSplit()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir or os.environ.get("EQUIPROP_CACHE", DEFAULT_CACHE_DIR)).expanduser()
+        self.merge_cell_tol = merge_cell_tol
+        self.dataset: GraphDataset | None = None
+        self.subsets: dict[str, GraphDataset] = {}
+        self.normalization: dict[str, TaskStats] = {}
+        self.report: dict = {}
+
+    @property
+    def graph_params(self) -> dict:
+        return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "merge_cell_tol": self.merge_cell_tol}
+
+    @property
+    def units(self) -> dict[str, str]:
+        return {name: task.units for name, task in self.tasks.items()}
+
+    # -- building -------------------------------------------------------------------------------------------------
+    def load_graphs(self) -> tuple[GraphDataset, dict]:
+        """All graphs and the build report, from the cache when its key matches, else built and cached."""
+        key = cache_key(self.sources, self.tasks, self.graph_params)
+        path, report_path = self.cache_dir / f"{key}.pt", self.cache_dir / f"{key}.json"
+        if path.exists() and report_path.exists():
+            report = json.loads(report_path.read_text())
+            return GraphDataset.load_from(path), {**report, "from_cache": True}
+        results = [source.load(self.tasks) for source in self.sources]
+        source_summaries = [source_summary(r) for r in results]  # before merging, which adds labels to records
+        records, merge_report = merge_sources(results, self.merge_cell_tol)
+        graphs, graph_skips = build_graphs(records, self.tasks, self.cutoff, self.max_neighbors)
+        if not graphs:
+            raise ConfigError("no structure could be read from the configured sources; skipped: "
+                              f"{[(s['name'], s['skipped']) for s in source_summaries]}")
+        dataset = GraphDataset(graphs)
+        report = {"sources": source_summaries, "merge": merge_summary(merge_report),
+                  "graph_skipped": {k: {"count": n, "examples": graph_skips.examples[k]}
+                                    for k, n in graph_skips.counts.items()},
+                  "num_graphs": len(graphs), "num_edges": int(sum(g.num_edges for g in graphs)),
+                  "graph": self.graph_params, "cache_path": str(path)}
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        dataset.save_to(path)
+        report_path.write_text(json.dumps(report, indent=1))
+        return dataset, {**report, "from_cache": False}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        self.dataset, report = self.load_graphs()
+        ids, groups = self.structure_ids, list(self.dataset._data[keys.CHEMICAL_SYSTEM])
+        split = self.split(ids, groups)
+        self.subsets = {name: self.dataset.index_select(torch.as_tensor(idx, dtype=torch.long))
+                        for name, idx in split.items()}
+        if len(self.subsets["train"]) == 0:
+            raise ConfigError("the training split is empty")
+        self.normalization = stats_from_dataset(self.subsets["train"], self.tasks)
+        report["splits"] = {name: len(s) for name, s in self.subsets.items()}
+        report["kinds"] = {name: task.kind for name, task in self.tasks.items()}
+        report["label_counts"] = {"all": self._label_counts(range(len(self.dataset)))}
+        report["label_counts"].update({name: self._label_counts(idx) for name, idx in split.items()})
+        self.report = report
+        rank_zero_info(format_summary(report, self.units))
+
+    def _label_counts(self, indices) -> dict[str, int]:
+        rows = torch.as_tensor(list(indices), dtype=torch.long)
+        return {name: int(self.dataset._data[keys.mask_key(name)][rows].sum()) for name in self.tasks}
+
+    @property
+    def structure_ids(self) -> list[str]:
+        return list(self.dataset._data[keys.STRUCTURE_ID])
+
+    def summary(self) -> str:
+        self.setup()
+        return format_summary(self.report, self.units)
+
+    # -- loaders --------------------------------------------------------------------------------------------------
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.subsets[name], batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          shuffle=shuffle, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    # -- saved with every checkpoint ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"tasks": {n: t.to_config() for n, t in self.tasks.items()}, "graph": self.graph_params,
+                "normalization": {n: s.to_dict() for n, s in self.normalization.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.normalization = {n: TaskStats(**s) for n, s in state["normalization"].items()}

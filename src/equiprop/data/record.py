@@ -1,0 +1,233 @@
+"""One internal crystal record, and its constructors from pymatgen, ASE, JARVIS dicts and structure files."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from equiprop.data.errors import DataError
+
+MIN_INTERATOMIC_DISTANCE = 0.5  # Å; closer atoms are a broken structure, not physics
+MIN_CELL_VOLUME = 1e-3  # Å^3; below this a periodic cell is degenerate
+MAX_ATOMIC_NUMBER = 118
+
+
+@dataclass
+class CrystalRecord:
+    """A crystal and the labels it has.
+
+    ``labels`` maps task name -> value in physical units (float, or nested list / ndarray for tensors) and holds only
+    the labels that are present: a missing label is absent (masked), never NaN.
+    """
+
+    id: str
+    cell: np.ndarray  # (3, 3) lattice vectors as rows, Å
+    positions: np.ndarray  # (num_atoms, 3) Cartesian, Å
+    numbers: np.ndarray  # (num_atoms,) atomic numbers
+    pbc: np.ndarray = field(default_factory=lambda: np.ones(3, dtype=bool))  # (3,)
+    source: str = ""
+    labels: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.cell = np.array(self.cell, dtype=np.float64).reshape(3, 3)  # a copy: pymatgen arrays are read-only
+        self.positions = np.array(self.positions, dtype=np.float64).reshape(-1, 3)
+        self.numbers = np.asarray(self.numbers, dtype=np.int64).reshape(-1)
+        self.pbc = np.asarray(self.pbc, dtype=bool).reshape(3)
+        if len(self.numbers) != len(self.positions):
+            raise DataError(self.id, f"{len(self.numbers)} atomic numbers but {len(self.positions)} positions",
+                            "inconsistent structure")
+
+    @property
+    def num_atoms(self) -> int:
+        return len(self.numbers)
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.cell)))
+
+    @property
+    def chemical_system(self) -> str:
+        """Sorted element symbols joined by '-', e.g. 'O-Si': the grouping key for leakage-free splits."""
+        from ase.data import chemical_symbols
+
+        return "-".join(sorted({chemical_symbols[z] for z in self.numbers}))
+
+    @property
+    def formula(self) -> str:
+        from ase import Atoms
+
+        return Atoms(numbers=self.numbers).get_chemical_formula(mode="metal")
+
+    def validate(self) -> "CrystalRecord":
+        """Raise DataError for unknown elements, degenerate cells, non-finite or overlapping atoms."""
+        if self.num_atoms == 0:
+            raise DataError(self.id, "structure has no atoms", "empty structure")
+        bad = self.numbers[(self.numbers < 1) | (self.numbers > MAX_ATOMIC_NUMBER)]
+        if len(bad):
+            raise DataError(self.id, f"unknown element (atomic number {int(bad[0])})", "unknown element")
+        if not (np.isfinite(self.cell).all() and np.isfinite(self.positions).all()):
+            raise DataError(self.id, "non-finite cell or positions", "non-finite coordinates")
+        if self.pbc.any() and self.volume < MIN_CELL_VOLUME:
+            raise DataError(self.id, f"cell has zero volume ({self.volume:.3g} Å^3)", "zero-volume cell")
+        d_min = self.min_distance()
+        if d_min < MIN_INTERATOMIC_DISTANCE:
+            raise DataError(self.id, f"two atoms are {d_min:.3f} Å apart (< {MIN_INTERATOMIC_DISTANCE} Å)",
+                            f"atoms closer than {MIN_INTERATOMIC_DISTANCE} Å")
+        return self
+
+    def min_distance(self) -> float:
+        """Shortest interatomic distance including periodic images (inf for a single isolated atom)."""
+        from vesin import NeighborList
+
+        (d,) = NeighborList(cutoff=MIN_INTERATOMIC_DISTANCE + 1e-6, full_list=False).compute(
+            self.positions, self.cell, self.pbc, quantities="d"
+        )
+        return float(d.min()) if len(d) else float("inf")
+
+    # -- conversions ----------------------------------------------------------------------------------------------
+    def to_pymatgen(self):
+        from pymatgen.core import Lattice, Structure
+
+        return Structure(Lattice(self.cell, pbc=tuple(bool(p) for p in self.pbc)), self.numbers, self.positions,
+                         coords_are_cartesian=True)
+
+    def to_ase(self):
+        from ase import Atoms
+
+        return Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+
+    def to_dict(self, decimals: int = 6) -> dict:
+        """Compact JSON-ready dict (fractional coordinates rounded; cell in Å)."""
+        frac = np.linalg.solve(self.cell.T, self.positions.T).T if self.pbc.all() else None
+        out = {"id": self.id, "source": self.source, "cell": np.round(self.cell, decimals).tolist(),
+               "numbers": self.numbers.tolist(), "pbc": self.pbc.tolist(), "labels": _jsonable(self.labels)}
+        if frac is not None:
+            out["frac"] = np.round(frac, decimals).tolist()
+        else:
+            out["positions"] = np.round(self.positions, decimals).tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CrystalRecord":
+        cell = np.asarray(d["cell"], dtype=np.float64)
+        positions = np.asarray(d["frac"]) @ cell if "frac" in d else d["positions"]
+        return cls(id=d["id"], cell=cell, positions=positions, numbers=d["numbers"], pbc=d.get("pbc", [True] * 3),
+                   source=d.get("source", ""), labels=dict(d.get("labels", {})))
+
+
+def _jsonable(labels: dict) -> dict:
+    return {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, list, tuple)) else float(v))
+            for k, v in labels.items()}
+
+
+# -- constructors -------------------------------------------------------------------------------------------------
+def from_pymatgen(structure, id: str, source: str = "", labels: dict | None = None) -> CrystalRecord:
+    if not structure.is_ordered:
+        raise DataError(id, "disordered structure (partial occupancies) is not supported",
+                        "disordered structure")
+    try:
+        numbers = [site.specie.Z for site in structure]
+    except AttributeError as err:  # DummySpecies has no Z
+        raise DataError(id, f"unknown element ({err})", "unknown element") from None
+    return CrystalRecord(id=id, cell=structure.lattice.matrix, positions=structure.cart_coords, numbers=numbers,
+                         pbc=np.asarray(structure.lattice.pbc), source=source, labels=dict(labels or {}))
+
+
+def from_pymatgen_dict(d: dict, id: str, source: str = "", labels: dict | None = None) -> CrystalRecord:
+    from pymatgen.core import Structure
+
+    try:
+        structure = Structure.from_dict(d)
+    except (KeyError, ValueError, TypeError) as err:
+        raise DataError(id, f"not a pymatgen Structure dict ({type(err).__name__}: {err})",
+                        "unparseable structure") from None
+    return from_pymatgen(structure, id, source, labels)
+
+
+def from_ase(atoms, id: str, source: str = "", labels: dict | None = None) -> CrystalRecord:
+    return CrystalRecord(id=id, cell=np.asarray(atoms.cell), positions=atoms.positions, numbers=atoms.numbers,
+                         pbc=atoms.pbc, source=source, labels=dict(labels or {}))
+
+
+def from_jarvis_dict(d: dict, id: str, source: str = "", labels: dict | None = None) -> CrystalRecord:
+    """JARVIS atoms dict: ``lattice_mat`` (rows, Å), ``coords``, ``elements``, ``cartesian`` (bool)."""
+    from ase.data import atomic_numbers
+
+    try:
+        cell = np.asarray(d["lattice_mat"], dtype=np.float64)
+        coords = np.asarray(d["coords"], dtype=np.float64).reshape(-1, 3)
+        elements = list(d["elements"])
+        cartesian = bool(d.get("cartesian", False))
+    except (KeyError, ValueError, TypeError) as err:
+        raise DataError(id, f"not a JARVIS atoms dict ({type(err).__name__}: {err})",
+                        "unparseable structure") from None
+    unknown = [e for e in elements if e not in atomic_numbers or atomic_numbers[e] == 0]
+    if unknown:
+        raise DataError(id, f"unknown element {unknown[0]!r}", "unknown element")
+    positions = coords if cartesian else coords @ cell
+    return CrystalRecord(id=id, cell=cell, positions=positions, numbers=[atomic_numbers[e] for e in elements],
+                         source=source, labels=dict(labels or {}))
+
+
+def from_text(text: str, fmt: str, id: str, source: str = "", labels: dict | None = None) -> CrystalRecord:
+    """Parse CIF or POSCAR text with pymatgen; any parse failure becomes a DataError naming ``id``."""
+    from pymatgen.core import Structure
+
+    fmt = {"vasp": "poscar"}.get(fmt.lower(), fmt.lower())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pymatgen warns on every rounded occupancy; errors still raise
+            structure = Structure.from_str(text, fmt=fmt)
+    except Exception as err:  # pymatgen raises many types (ValueError, IndexError, CifError, ...)
+        raise DataError(id, f"cannot parse {fmt.upper()} ({type(err).__name__}: {err})",
+                        "unparseable structure") from None
+    return from_pymatgen(structure, id, source, labels)
+
+
+STRUCTURE_SUFFIXES = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar"}
+
+
+def structure_format(path: Path) -> str | None:
+    """'cif', 'poscar' or 'extxyz' from a file name (POSCAR/CONTCAR by name), else None."""
+    name = path.name.lower()
+    if name.startswith(("poscar", "contcar")):
+        return "poscar"
+    if name.endswith((".xyz", ".extxyz")):
+        return "extxyz"
+    return STRUCTURE_SUFFIXES.get(path.suffix.lower())
+
+
+def read_structure_file(path: str | Path, id: str | None = None, source: str = "") -> list[CrystalRecord]:
+    """Read a CIF, POSCAR or extxyz file (extxyz may hold many frames; their ``info`` entries become labels)."""
+    path = Path(path)
+    fmt = structure_format(path)
+    if fmt is None:
+        raise DataError(str(path), "unknown structure file type (expected .cif, POSCAR/.vasp or .xyz/.extxyz)",
+                        "unknown file type")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(str(path), f"unreadable file ({err})", "unreadable file") from None
+    if fmt != "extxyz":
+        return [from_text(text, fmt, id or path.stem, source or str(path))]
+    return read_extxyz_text(text, str(path), source or str(path))
+
+
+def read_extxyz_text(text: str, where: str, source: str) -> list[CrystalRecord]:
+    import ase.io
+
+    try:
+        frames = ase.io.read(io.StringIO(text), index=":", format="extxyz")
+    except Exception as err:  # ase raises ValueError/IndexError/KeyError on malformed frames
+        raise DataError(where, f"cannot parse extxyz ({type(err).__name__}: {err})",
+                        "unparseable structure") from None
+    records = []
+    for i, atoms in enumerate(frames):
+        info = dict(atoms.info)
+        frame_id = str(info.pop("id", info.pop("material_id", f"{Path(where).stem}:{i}")))
+        records.append(from_ase(atoms, frame_id, source, labels=info))
+    return records

@@ -1,0 +1,273 @@
+"""Task registry: what a property is, the key it is read from, its units, and how it maps to model space.
+
+Labels live in physical units on records (tensors as Cartesian arrays). ``TaskSpec.to_model`` gives the model-space
+target stored on graphs: log10 for log-scalars, the full Cartesian tensor (rank 2, 3 or 4) for tensors. Irreps
+(e3nn ``CartesianTensor``) are used only inside the model and its normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from equiprop.data.errors import ConfigError, DataError
+
+KINDS = ("scalar", "log_scalar", "binary", "tensor")
+MISSING_STRINGS = {"", "na", "nan", "none", "null", "n/a"}
+
+# Voigt order xx, yy, zz, yz, xz, xy (no factor 2 on shear components)
+VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+VOIGT_INDEX = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])  # (3, 3) Cartesian pair -> Voigt index
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One property to learn.
+
+    name: task name used everywhere (config, checkpoints, outputs).
+    key: the column / field a generic source reads the label from.
+    units: physical units of the label, e.g. "eV/atom", "GPa", "dimensionless", "C/m^2".
+    kind: scalar | log_scalar (model space is log10 of the label) | binary (0/1 class) | tensor.
+    level: "structure" (one label per crystal); per-atom tasks come later.
+    formula: e3nn CartesianTensor index formula of a tensor task ("ij=ji", "ijkl=jikl=klij", "ijk=ikj").
+    voigt_shape: shape of the Voigt form users give and get ((6, 6) elastic, (3, 6) piezo); None for plain Cartesian.
+    pooling: "mean" for intensive properties, "sum" for extensive ones (used by the model's readout).
+    symmetry_tol: largest allowed asymmetry of a tensor label, relative to its largest component.
+    """
+
+    name: str
+    key: str
+    units: str
+    kind: str = "scalar"
+    level: str = "structure"
+    formula: str | None = None
+    voigt_shape: tuple[int, ...] | None = None
+    pooling: str = "mean"
+    symmetry_tol: float = 0.01
+    description: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "tensor" and not self.formula:
+            raise ConfigError(f"task {self.name!r}: a tensor task needs a CartesianTensor formula such as 'ij=ji'")
+        if self.level != "structure":
+            raise ConfigError(f"task {self.name!r}: only level='structure' is supported so far")
+        if self.pooling not in ("mean", "sum"):
+            raise ConfigError(f"task {self.name!r}: pooling must be 'mean' or 'sum'")
+        if self.voigt_shape is not None:
+            object.__setattr__(self, "voigt_shape", tuple(self.voigt_shape))
+
+    # -- shapes ---------------------------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        return len(self.formula.split("=")[0]) if self.kind == "tensor" else 0
+
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        """Shape of one model-space label: () for scalars, (3,)*rank for tensors."""
+        return (3,) * self.rank
+
+    @property
+    def model_units(self) -> str:
+        return f"log10({self.units})" if self.kind == "log_scalar" else self.units
+
+    @property
+    def cartesian_tensor(self):
+        if self.kind != "tensor":
+            raise TypeError(f"task {self.name!r} is not a tensor task")
+        return _cartesian_tensor(self.formula)
+
+    # -- labels ---------------------------------------------------------------------------------------------------
+    def is_missing(self, value) -> bool:
+        if value is None:
+            return True
+        if isinstance(value, str):
+            return value.strip().lower() in MISSING_STRINGS
+        if isinstance(value, (int, float, np.floating, np.integer)):
+            return not math.isfinite(float(value))
+        return False
+
+    def parse(self, value, where: str):
+        """Physical-unit label from raw input: float (scalars) or Cartesian ndarray (tensors). None if missing.
+
+        Raises DataError for a wrong shape, non-finite tensor entries, an asymmetric "symmetric" tensor, a non-positive
+        log-scalar or a non-0/1 class.
+        """
+        if self.is_missing(value):
+            return None
+        if self.kind != "tensor":
+            try:
+                x = float(value)
+            except (TypeError, ValueError):
+                raise DataError(where, f"{self.name}: expected a number, got {str(value)[:40]!r}",
+                                "invalid label value") from None
+            if self.kind == "log_scalar" and x <= 0:
+                raise DataError(where, f"{self.name}: log-scalar label must be > 0 {self.units}, got {x}",
+                                "invalid label value")
+            if self.kind == "binary" and x not in (0.0, 1.0):
+                raise DataError(where, f"{self.name}: binary label must be 0 or 1, got {x}", "invalid label value")
+            return x
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(where, f"{self.name}: tensor label is not a numeric array",
+                                "invalid label value") from None
+        if not np.isfinite(arr).all():
+            return None  # a tensor with NaN entries is a missing label, counted as such by the caller
+        arr = self.to_cartesian(arr, where)
+        return self.symmetrize(arr, where)
+
+    def to_cartesian(self, arr: np.ndarray, where: str = "") -> np.ndarray:
+        """Accept the Cartesian (3,)*rank form or the Voigt form; return Cartesian."""
+        if arr.shape == self.model_shape:
+            return arr
+        if arr.ndim == 1 and arr.size == 3**self.rank:  # flat, e.g. from an extxyz info string
+            return arr.reshape(self.model_shape)
+        if arr.ndim == 1 and self.voigt_shape is not None and arr.size == int(np.prod(self.voigt_shape)):
+            return voigt_to_cartesian(arr.reshape(self.voigt_shape))
+        if self.voigt_shape is not None and arr.shape == self.voigt_shape:
+            return voigt_to_cartesian(arr)
+        expected = f"{self.model_shape}" + (f" or Voigt {self.voigt_shape}" if self.voigt_shape else "")
+        raise DataError(where, f"{self.name}: tensor of shape {arr.shape}, expected {expected}",
+                        "tensor of wrong shape")
+
+    def to_user(self, cartesian: np.ndarray) -> np.ndarray:
+        """The form users give and get: Voigt where the task has one, else Cartesian."""
+        return cartesian_to_voigt(cartesian) if self.voigt_shape is not None else cartesian
+
+    def symmetrize(self, arr: np.ndarray, where: str) -> np.ndarray:
+        """Project onto the formula's symmetric subspace; refuse tensors that are asymmetric beyond tolerance."""
+        projected = project_symmetric(arr, self.formula)
+        scale = max(float(np.abs(arr).max()), 1e-12)
+        asym = float(np.abs(arr - projected).max()) / scale
+        if asym > self.symmetry_tol:
+            raise DataError(where, f"{self.name}: tensor violates symmetry {self.formula} "
+                                   f"(relative asymmetry {asym:.3g} > tolerance {self.symmetry_tol})",
+                            "tensor not symmetric")
+        return projected
+
+    def to_model(self, value) -> np.ndarray:
+        """Model-space target from a parsed physical label: log10 for log-scalars, else unchanged."""
+        x = np.asarray(value, dtype=np.float64)
+        return np.log10(x) if self.kind == "log_scalar" else x
+
+    def from_model(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return np.power(10.0, x) if self.kind == "log_scalar" else x
+
+    def to_config(self) -> dict:
+        return asdict(self)
+
+
+# -- tensor helpers -----------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def _cartesian_tensor(formula: str):
+    from e3nn.io import CartesianTensor
+
+    return CartesianTensor(formula)
+
+
+def voigt_to_cartesian(voigt: np.ndarray) -> np.ndarray:
+    """(6, 6) -> (3, 3, 3, 3) stiffness, or (3, 6) -> (3, 3, 3) piezo stress tensor (Voigt order xx yy zz yz xz xy)."""
+    voigt = np.asarray(voigt, dtype=np.float64)
+    if voigt.shape == (6, 6):
+        return voigt[VOIGT_INDEX[:, :, None, None], VOIGT_INDEX[None, None, :, :]]
+    if voigt.shape == (3, 6):
+        return voigt[:, VOIGT_INDEX]
+    raise ValueError(f"no Voigt rule for shape {voigt.shape}")
+
+
+def cartesian_to_voigt(t: np.ndarray) -> np.ndarray:
+    t = np.asarray(t, dtype=np.float64)
+    rows, cols = zip(*VOIGT_PAIRS)
+    if t.shape == (3, 3, 3, 3):
+        return t[np.array(rows)[:, None], np.array(cols)[:, None], np.array(rows)[None, :], np.array(cols)[None, :]]
+    if t.shape == (3, 3, 3):
+        return t[:, np.array(rows), np.array(cols)]
+    return t
+
+
+def project_symmetric(arr: np.ndarray, formula: str) -> np.ndarray:
+    """Closest tensor (least squares) obeying the index symmetries of ``formula``."""
+    projector = _symmetric_projector(formula)
+    return (projector @ np.asarray(arr, dtype=np.float64).reshape(-1)).reshape(np.shape(arr))
+
+
+@lru_cache(maxsize=None)
+def _symmetric_projector(formula: str) -> np.ndarray:
+    """(3^rank, 3^rank) orthogonal projector Q^T Q from e3nn's orthonormal change of basis Q."""
+    import torch
+
+    q = _cartesian_tensor(formula).reduced_tensor_products().change_of_basis.to(torch.float64)
+    flat_q = q.reshape(q.shape[0], -1).numpy()
+    return flat_q.T @ flat_q
+
+
+# -- built-in tasks -----------------------------------------------------------------------------------------------
+BUILTIN_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    TaskSpec("Ef", "formation_energy_per_atom", "eV/atom", description="formation energy per atom (DFT)"),
+    TaskSpec("Eg", "band_gap", "eV", description="band gap (PBE)"),
+    TaskSpec("Eg_mbj", "mbj_bandgap", "eV", description="band gap (TBmBJ meta-GGA, JARVIS)"),
+    TaskSpec("K_VRH", "K_VRH", "GPa", kind="log_scalar", description="Voigt-Reuss-Hill bulk modulus"),
+    TaskSpec("G_VRH", "G_VRH", "GPa", kind="log_scalar", description="Voigt-Reuss-Hill shear modulus"),
+    TaskSpec("K_Voigt", "bulk_modulus_kv", "GPa", kind="log_scalar", description="Voigt bulk modulus (JARVIS)"),
+    TaskSpec("G_Voigt", "shear_modulus_gv", "GPa", kind="log_scalar", description="Voigt shear modulus (JARVIS)"),
+    TaskSpec("e_above_hull", "e_above_hull", "eV/atom", description="energy above the convex hull"),
+    TaskSpec("is_metal", "is_metal", "dimensionless", kind="binary", description="1 if band gap is zero"),
+    TaskSpec("eps_electronic", "eps_electronic", "dimensionless", kind="tensor", formula="ij=ji",
+             description="high-frequency (electronic) dielectric tensor eps_inf"),
+    TaskSpec("eps_total", "eps_total", "dimensionless", kind="tensor", formula="ij=ji",
+             description="static dielectric tensor eps_0 (electronic + ionic)"),
+    TaskSpec("elastic_tensor", "elastic_tensor", "GPa", kind="tensor", formula="ijkl=jikl=klij",
+             voigt_shape=(6, 6), description="stiffness tensor C_ijkl (Voigt 6x6 in and out)"),
+    TaskSpec("piezo_tensor", "piezoelectric_tensor", "C/m^2", kind="tensor", formula="ijk=ikj",
+             voigt_shape=(3, 6), description="piezoelectric stress tensor e_ijk (Voigt 3x6 in and out)"),
+    TaskSpec("eij_max", "eij_max", "C/m^2", description="largest piezoelectric modulus |e_ij|"),
+    TaskSpec("refractive_index", "n", "dimensionless", description="refractive index n = sqrt(poly eps_inf)"),
+    TaskSpec("phdos_peak", "last phdos peak", "cm^-1", description="frequency of the last phonon DOS peak"),
+    TaskSpec("e_form_perovskite", "e_form", "eV/cell", pooling="sum",
+             description="perovskite formation energy per 5-atom cell (MatBench perovskites)"),
+    TaskSpec("log_kvrh", "log10(K_VRH)", "log10(GPa)", description="MatBench log10 bulk modulus"),
+    TaskSpec("log_gvrh", "log10(G_VRH)", "log10(GPa)", description="MatBench log10 shear modulus"),
+    TaskSpec("exfoliation_energy", "exfoliation_en", "meV/atom", description="MatBench jdft2d exfoliation energy"),
+]}
+
+# MatBench task -> (equiprop task, MatBench target column)
+MATBENCH_TASKS: dict[str, tuple[str, str]] = {
+    "matbench_phonons": ("phdos_peak", "last phdos peak"),
+    "matbench_dielectric": ("refractive_index", "n"),
+    "matbench_log_kvrh": ("log_kvrh", "log10(K_VRH)"),
+    "matbench_log_gvrh": ("log_gvrh", "log10(G_VRH)"),
+    "matbench_mp_e_form": ("Ef", "e_form"),
+    "matbench_mp_gap": ("Eg", "gap pbe"),
+    "matbench_mp_is_metal": ("is_metal", "is_metal"),
+    "matbench_perovskites": ("e_form_perovskite", "e_form"),
+    "matbench_jdft2d": ("exfoliation_energy", "exfoliation_en"),
+}
+
+
+def resolve_task(task: str | dict | TaskSpec) -> TaskSpec:
+    """A TaskSpec from a built-in name, a config dict (user-defined task) or a TaskSpec."""
+    if isinstance(task, TaskSpec):
+        return task
+    if isinstance(task, dict):
+        try:
+            return TaskSpec(**task)
+        except TypeError as err:
+            raise ConfigError(f"task definition {task}: {err}") from None
+    if task not in BUILTIN_TASKS:
+        raise ConfigError(f"unknown task {task!r}; built-in tasks: {', '.join(BUILTIN_TASKS)} "
+                          "(define others in config with name, key, units, kind)")
+    return BUILTIN_TASKS[task]
+
+
+def resolve_tasks(tasks) -> dict[str, TaskSpec]:
+    specs = [resolve_task(t) for t in tasks]
+    names = [t.name for t in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"duplicate task names in {names}")
+    return {t.name: t for t in specs}
