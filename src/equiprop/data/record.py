@@ -142,7 +142,7 @@ def from_pymatgen_dict(d: dict, id: str, source: str = "", labels: dict | None =
 
     try:
         structure = Structure.from_dict(d)
-    except (KeyError, ValueError, TypeError) as err:
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise DataError(id, f"not a pymatgen Structure dict ({type(err).__name__}: {err})",
                         "unparseable structure") from None
     return from_pymatgen(structure, id, source, labels)
