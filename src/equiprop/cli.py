@@ -49,7 +49,7 @@ def build_datamodule(config_path: str | None, overrides: list[str]):
     try:
         parser.set_defaults({f"data.{k}": v for k, v in data_section(config_path).items()})
         cfg = parser.parse_args(overrides)
-        return parser.instantiate_classes(cfg).data
+        return parser.instantiate(cfg).data
     except ConfigError:
         raise
     except Exception as err:  # jsonargparse reports unknown keys / bad types as ArgumentError
