@@ -15,10 +15,15 @@ import yaml
 
 from equiprop.data.errors import ConfigError, DataError
 
-USAGE = """usage: equiprop data summary [-c CONFIG] [--data.KEY=VALUE ...]
+USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VALUE --model.KEY=VALUE --data.KEY=VALUE]
+       equiprop predict --checkpoint CKPT --input FILES_OR_DIR [...] --output out.{csv,json}
+       equiprop data summary [-c CONFIG] [--data.KEY=VALUE ...]
 
-  data summary   per source and task: records read, labels present, skips with reasons, merges, splits
+  fit|validate|test   LightningCLI on a recipe (see recipes/); `equiprop fit --help` lists every option
+  predict             properties of new structures (CIF/POSCAR/extxyz) in physical units
+  data summary        per source and task: records read, labels present, skips with reasons, merges, splits
 """
+LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
 def data_section(config_path: str | None) -> dict:
@@ -78,8 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "data":
             return data_command(argv[1:])
+        if argv and argv[0] in LIGHTNING_COMMANDS:
+            from equiprop.train.cli import run_lightning_cli
+
+            run_lightning_cli(argv)
+            return 0
+        if argv and argv[0] == "predict":
+            from equiprop.predict import predict_command
+
+            return predict_command(argv[1:])
         print(USAGE, file=sys.stderr)
-        return 2
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
     except (ConfigError, DataError) as err:
         print(f"equiprop: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,103 @@
+"""Encoders: periodic graph -> node features with declared ``irreps_out``. Swappable behind one interface."""
+
+from __future__ import annotations
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from equiprop.data import keys
+from equiprop.data.graph import edge_vectors
+from equiprop.nn.blocks import CGConvBlock, EdgeShBlock, InteractionBlock, SpeciesEmbeddingBlock
+from equiprop.nn.radial import RadialEmbeddingBlock
+
+
+def hidden_irreps_from(max_ell: int, multiplicities: list[int], parity: bool) -> o3.Irreps:
+    """``mul_l x l`` for l = 0..max_ell, natural parity (0e, 1o, 2e, 3o) or all even without parity."""
+    if len(multiplicities) <= max_ell:
+        raise ValueError(f"need a multiplicity for every l up to max_ell={max_ell}, got {multiplicities}")
+    return o3.Irreps([(multiplicities[l], (l, (-1) ** l if parity else 1)) for l in range(max_ell + 1)])
+
+
+class EquivariantEncoder(nn.Module):
+    """E(3)-equivariant message passing (NequIP/MACE lineage) built from e3nn.
+
+    Args:
+        cutoff: radial cutoff, Å (the data's neighbour-list cutoff).
+        max_ell: highest order of spherical harmonics and hidden features (0-3).
+        hidden_irreps: explicit hidden irreps such as "64x0e+32x1o+16x2e" (overrides ``multiplicities``).
+        multiplicities: channels per l, used when ``hidden_irreps`` is not given.
+        num_layers: interaction blocks.
+        num_basis: Bessel radial basis size.
+        radial_hidden: width of the radial MLP that produces tensor-product weights.
+        parity: O(3) (True: inversion-aware irreps) or SO(3) only (False).
+        avg_num_neighbors: message normalisation; set from the training data at fit time when None.
+    """
+
+    def __init__(self, cutoff: float = 5.0, max_ell: int = 2, hidden_irreps: str | None = None,
+                 multiplicities: list[int] = (64, 32, 16, 8), num_layers: int = 3, num_basis: int = 8,
+                 radial_hidden: int = 64, parity: bool = True, avg_num_neighbors: float | None = None):
+        super().__init__()
+        if not 0 <= max_ell <= 3:
+            raise ValueError(f"max_ell must be 0..3, got {max_ell}")
+        self.cutoff, self.max_ell, self.parity = float(cutoff), max_ell, parity
+        hidden = o3.Irreps(hidden_irreps) if hidden_irreps else hidden_irreps_from(max_ell, list(multiplicities),
+                                                                                   parity)
+        # what rebuilds this encoder from a checkpoint (weights and avg_num_neighbors come from the state dict)
+        self.config = {"cutoff": self.cutoff, "max_ell": max_ell, "hidden_irreps": str(hidden),
+                       "num_layers": num_layers, "num_basis": num_basis, "radial_hidden": radial_hidden,
+                       "parity": parity}
+        self.species = SpeciesEmbeddingBlock(hidden.count(o3.Irrep("0e")) or 32)
+        self.edge_sh = EdgeShBlock(max_ell, parity)
+        self.radial = RadialEmbeddingBlock(cutoff, num_basis)
+        self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors or 0.0)))
+        layers, irreps = [], self.species.irreps_out
+        for _ in range(num_layers):
+            layers.append(InteractionBlock(irreps, self.edge_sh.irreps_out, hidden, num_basis, radial_hidden))
+            irreps = layers[-1].irreps_out
+        self.layers = nn.ModuleList(layers)
+        self.irreps_out = irreps
+
+    def set_avg_num_neighbors(self, value: float) -> None:
+        self.avg_num_neighbors.fill_(value)
+
+    def forward(self, data) -> torch.Tensor:  # -> (num_nodes, irreps_out.dim)
+        vectors = edge_vectors(data)  # (num_edges, 3)
+        edge_sh = self.edge_sh(vectors)
+        edge_radial = self.radial(vectors.norm(dim=-1))
+        norm = self.avg_num_neighbors.clamp(min=1.0).sqrt()
+        x = self.species(data[keys.ATOMIC_NUMBERS])
+        for layer in self.layers:
+            x = layer(x, edge_sh, edge_radial, data[keys.EDGE_INDEX], norm)
+        return x
+
+
+class InvariantEncoder(nn.Module):
+    """CGCNN-like invariant baseline: species embedding + gated graph convolutions on distances only.
+
+    Args:
+        cutoff: radial cutoff, Å.
+        num_features: node feature width (``num_features x 0e``).
+        num_layers: convolution blocks.
+        num_basis: Bessel radial basis size for edge features.
+    """
+
+    def __init__(self, cutoff: float = 5.0, num_features: int = 64, num_layers: int = 3, num_basis: int = 8):
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.config = {"cutoff": self.cutoff, "num_features": num_features, "num_layers": num_layers,
+                       "num_basis": num_basis}
+        self.species = SpeciesEmbeddingBlock(num_features)
+        self.radial = RadialEmbeddingBlock(cutoff, num_basis)
+        self.layers = nn.ModuleList(CGConvBlock(num_features, num_basis) for _ in range(num_layers))
+        self.irreps_out = o3.Irreps(f"{num_features}x0e")
+
+    def set_avg_num_neighbors(self, value: float) -> None:  # same interface; CGCNN normalises with BatchNorm
+        pass
+
+    def forward(self, data) -> torch.Tensor:  # -> (num_nodes, num_features)
+        edge_features = self.radial(edge_vectors(data).norm(dim=-1))
+        x = self.species(data[keys.ATOMIC_NUMBERS])
+        for layer in self.layers:
+            x = layer(x, edge_features, data[keys.EDGE_INDEX])
+        return x

@@ -1,0 +1,86 @@
+"""Per-task metrics in physical units (torchmetrics: reduced correctly across DDP processes).
+
+Scalars: MAE, RMSE, R². Tensors: component MAE, Frobenius-norm error and the error of the isotropic part (mean
+eigenvalue for rank 2; Voigt bulk modulus for the elastic tensor). Binary: accuracy.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, R2Score
+from torchmetrics.classification import BinaryAccuracy
+
+from equiprop.data.tasks import TaskSpec
+
+
+def voigt_bulk_modulus(c: torch.Tensor) -> torch.Tensor:
+    """K_V = C_iijj / 9 from (n, 3, 3, 3, 3) stiffness tensors."""
+    return torch.einsum("niijj->n", c) / 9.0
+
+
+def voigt_shear_modulus(c: torch.Tensor) -> torch.Tensor:
+    """G_V = (3 C_ijij - C_iijj) / 30 from (n, 3, 3, 3, 3) stiffness tensors."""
+    return (3.0 * torch.einsum("nijij->n", c) - torch.einsum("niijj->n", c)) / 30.0
+
+
+def isotropic_part(t: torch.Tensor, rank: int) -> torch.Tensor | None:
+    """A rotation-invariant summary of each tensor, or None where there is none worth reporting (odd rank)."""
+    if rank == 2:
+        return torch.einsum("nii->n", t) / 3.0
+    if rank == 4:
+        return voigt_bulk_modulus(t)
+    return None
+
+
+class TaskMetrics(nn.Module):
+    """Metrics of one task; ``update`` takes physical-unit predictions and labels of the labelled structures."""
+
+    def __init__(self, task: TaskSpec):
+        super().__init__()
+        self.task = task
+        if task.kind == "binary":
+            self.metrics = nn.ModuleDict({"accuracy": BinaryAccuracy()})
+        elif task.kind == "tensor":
+            self.metrics = nn.ModuleDict({"component_mae": MeanMetric(), "frobenius_error": MeanMetric()})
+            if task.rank in (2, 4):
+                self.metrics["isotropic_mae"] = MeanAbsoluteError()
+        else:
+            self.metrics = nn.ModuleDict({"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False),
+                                          "r2": R2Score()})
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        m = self.metrics
+        if self.task.kind == "binary":
+            m["accuracy"].update(torch.sigmoid(prediction), target.long())
+        elif self.task.kind == "tensor":
+            diff = (prediction - target).reshape(len(target), -1)
+            m["component_mae"].update(diff.abs().mean(dim=1))
+            m["frobenius_error"].update(diff.norm(dim=1))
+            if "isotropic_mae" in m:
+                m["isotropic_mae"].update(isotropic_part(prediction, self.task.rank),
+                                          isotropic_part(target, self.task.rank))
+        else:
+            m["mae"].update(prediction, target)
+            m["rmse"].update(prediction, target)
+            m["r2"].update(prediction, target)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Synchronised values (every process must call this: no branch on local state before the all-gather)."""
+        out = {}
+        for name, metric in self.metrics.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "compute before update" on a process that saw no label
+                try:
+                    value = metric.compute()
+                except ValueError:  # e.g. R² of fewer than two samples
+                    continue
+            if torch.isfinite(value):
+                out[name] = value
+        return out
+
+    def reset(self) -> None:
+        for metric in self.metrics.values():
+            metric.reset()

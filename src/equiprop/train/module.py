@@ -1,0 +1,185 @@
+"""The LightningModule: shared encoder + one readout per task + masked multi-task loss with task weighting."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from equiprop.data import keys
+from equiprop.data.tasks import TaskSpec, resolve_tasks
+from equiprop.nn.heads import build_head
+from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss
+from equiprop.train.metrics import TaskMetrics, voigt_bulk_modulus, voigt_shear_modulus
+from equiprop.train.normalizer import TaskNormalizer
+
+# derived metric -> (tensor task it is computed from, scalar task it is compared with, function)
+DERIVED = {"K_Voigt": ("elastic_tensor", "K_VRH", voigt_bulk_modulus),
+           "G_Voigt": ("elastic_tensor", "G_VRH", voigt_shear_modulus)}
+
+
+class MultiTaskModel(L.LightningModule):
+    """Encoder + per-task readouts, trained on masked labels.
+
+    Args:
+        encoder: an ``equiprop.nn`` encoder (EquivariantEncoder or InvariantEncoder).
+        tasks: task names or definitions (normally linked from the data section).
+        weighting: "uncertainty" (Kendall et al. 2018, learned) or "fixed".
+        task_weights: fixed weights per task (weighting="fixed"; default 1).
+        loss: regression loss in normalised units: "mse", "mae" or "huber" (binary tasks: cross-entropy).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay (not applied to the task log-variances).
+        scheduler: "cosine" (to 1% of lr over max_epochs), "plateau" (on val/loss) or "none".
+        plateau_patience: epochs without improvement before the plateau schedule halves the lr.
+    """
+
+    def __init__(self, encoder: nn.Module, tasks: list[str | dict], weighting: str = "uncertainty",
+                 task_weights: dict[str, float] | None = None, loss: str = "mse", lr: float = 2e-3,
+                 weight_decay: float = 0.0, scheduler: str = "cosine", plateau_patience: int = 5):
+        super().__init__()
+        if loss not in REGRESSION_LOSSES:
+            raise ValueError(f"loss must be one of {list(REGRESSION_LOSSES)}, got {loss!r}")
+        if scheduler not in ("cosine", "plateau", "none"):
+            raise ValueError(f"scheduler must be 'cosine', 'plateau' or 'none', got {scheduler!r}")
+        self.save_hyperparameters(ignore=["encoder"])
+        self.encoder = encoder
+        self.tasks: dict[str, TaskSpec] = resolve_tasks(tasks)
+        self.heads = nn.ModuleDict({name: build_head(t, encoder.irreps_out) for name, t in self.tasks.items()})
+        self.normalizer = TaskNormalizer(self.tasks)
+        names = list(self.tasks)
+        self.weighting = UncertaintyWeighting(names) if weighting == "uncertainty" else FixedWeighting(
+            names, task_weights)
+        self.metrics = nn.ModuleDict({stage: nn.ModuleDict({n: TaskMetrics(t) for n, t in self.tasks.items()})
+                                      for stage in ("val", "test")})
+        from torchmetrics import MeanAbsoluteError
+
+        self.derived = nn.ModuleDict({stage: nn.ModuleDict({
+            name: MeanAbsoluteError() for name, (src, ref, _) in DERIVED.items()
+            if src in self.tasks and ref in self.tasks}) for stage in ("val", "test")})
+
+    # -- data-dependent state, set once from the training data ---------------------------------------------------
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage != "fit" or datamodule is None:
+            return
+        datamodule.setup(stage)
+        if abs(datamodule.cutoff - self.encoder.cutoff) > 1e-9:
+            raise ValueError(f"the encoder's cutoff ({self.encoder.cutoff} Å) differs from the data's neighbour-list "
+                             f"cutoff ({datamodule.cutoff} Å); set one value (the CLI links data.cutoff to it)")
+        missing = set(self.tasks) - set(datamodule.tasks)
+        if missing:
+            raise ValueError(f"the model predicts tasks the data does not define: {sorted(missing)}")
+        self.normalizer.set_stats(datamodule.normalization)
+        train = datamodule.subsets["train"]
+        self.encoder.set_avg_num_neighbors(train._data[keys.EDGE_INDEX].shape[1] / max(train._data.num_nodes, 1))
+
+    # -- forward --------------------------------------------------------------------------------------------------
+    def forward(self, batch, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Normalised model-space predictions {task: (num_graphs, *shape)} (logits for binary tasks)."""
+        features = self.encoder(batch)
+        return {name: self.heads[name](features, batch[keys.BATCH], batch.num_graphs)
+                for name in (tasks if tasks is not None else self.tasks)}
+
+    def predict_physical(self, batch) -> dict[str, torch.Tensor]:
+        """Predictions in physical units (tensors Cartesian; binary: probability)."""
+        return {n: self.normalizer.to_physical(n, y) for n, y in self(batch).items()}
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        present = [n for n in self.tasks if bool(batch[keys.mask_key(n)].any())]
+        predictions = self(batch, present)  # heads of absent tasks are not even run: exactly zero gradient
+        losses = {}
+        for name in present:
+            mask = batch[keys.mask_key(name)]
+            pred, target = predictions[name][mask], self.normalizer.normalise(name, batch[keys.label_key(name)][mask])
+            losses[name] = task_loss(pred, target, self.tasks[name].kind, self.hparams.loss)
+            self.log(f"{stage}/{name}/loss", losses[name], batch_size=int(mask.sum()), sync_dist=stage != "train")
+            if stage != "train":
+                self._update_metrics(stage, name, pred, batch[keys.label_key(name)][mask])
+        if stage != "train":
+            self._update_derived(stage, predictions, batch)
+        kinds = {n: self.tasks[n].kind for n in losses}
+        total = self.weighting(losses, kinds)
+        # the unweighted sum of normalised losses is comparable across runs and weightings: used for selection
+        plain = sum(losses.values())
+        self.log(f"{stage}/loss", plain, batch_size=batch.num_graphs, prog_bar=True, sync_dist=stage != "train")
+        self.log(f"{stage}/weighted_loss", total, batch_size=batch.num_graphs, sync_dist=stage != "train")
+        return total
+
+    def _update_metrics(self, stage: str, name: str, pred_norm: torch.Tensor, target_model: torch.Tensor) -> None:
+        task = self.tasks[name]
+        if task.kind == "binary":
+            self.metrics[stage][name].update(pred_norm, target_model)
+            return
+        physical_target = torch.pow(10.0, target_model) if task.kind == "log_scalar" else target_model
+        self.metrics[stage][name].update(self.normalizer.to_physical(name, pred_norm), physical_target)
+
+    def _update_derived(self, stage: str, predictions: dict, batch) -> None:
+        for derived, (source, reference, fn) in DERIVED.items():
+            if derived not in self.derived[stage]:
+                continue
+            mask = batch[keys.mask_key(reference)]
+            if not mask.any():
+                continue
+            tensor = predictions.get(source)
+            if tensor is None:
+                tensor = self(batch, [source])[source]
+            value = fn(self.normalizer.to_physical(source, tensor[mask]))
+            self.derived[stage][derived].update(value, torch.pow(10.0, batch[keys.label_key(reference)][mask]))
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _log_metrics(self, stage: str) -> None:
+        for name, metrics in self.metrics[stage].items():
+            for metric, value in metrics.compute().items():
+                self.log(f"{stage}/{name}/{metric}", value)
+            metrics.reset()
+        for derived, metric in self.derived[stage].items():
+            source, reference, _ = DERIVED[derived]
+            if metric.update_called or torch.distributed.is_initialized():
+                self.log(f"{stage}/{reference}/{derived}_from_{source}_mae", metric.compute())
+            metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def on_train_epoch_end(self) -> None:
+        for name, weight in self.weighting.task_weights().items():
+            self.log(f"weight/{name}", weight)
+
+    # -- optimisation ---------------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        weighting = set(id(p) for p in self.weighting.parameters())
+        groups = [{"params": [p for p in self.parameters() if id(p) not in weighting]},
+                  {"params": list(self.weighting.parameters()), "weight_decay": 0.0}]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.lr,
+                                      weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "none":
+            return optimizer
+        if self.hparams.scheduler == "cosine":
+            epochs = max(int(self.trainer.max_epochs or 1), 1)
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs,
+                                                                   eta_min=0.01 * self.hparams.lr)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
+                                                               patience=self.hparams.plateau_patience)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+    # -- checkpoint content that prediction needs, in plain types --------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["equiprop"] = {
+            "encoder": {"class_path": f"{type(self.encoder).__module__}.{type(self.encoder).__qualname__}",
+                        "init_args": dict(self.encoder.config)},
+            "tasks": {n: t.to_config() for n, t in self.tasks.items()},
+            "max_neighbors": getattr(getattr(self._trainer, "datamodule", None), "max_neighbors", None)
+            if self._trainer is not None else None,
+        }
