@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from equiprop.data import keys
@@ -127,8 +128,15 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     # -- loaders --------------------------------------------------------------------------------------------------
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        sampler = None
+        if shuffle and (self.trainer is None or self.trainer.world_size == 1):
+            # Seeded per epoch (Lightning calls set_epoch), so a resumed run sees the batches an uninterrupted run
+            # would. Under DDP, Lightning injects its own DistributedSampler with the same property.
+            sampler = DistributedSampler(self.subsets[name], num_replicas=1, rank=0, shuffle=True,
+                                         seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
         return DataLoader(self.subsets[name], batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          shuffle=shuffle, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          shuffle=shuffle and sampler is None, sampler=sampler, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -113,10 +113,16 @@ class CrystalRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CrystalRecord":
-        cell = np.asarray(d["cell"], dtype=np.float64)
-        positions = np.asarray(d["frac"]) @ cell if "frac" in d else d["positions"]
-        return cls(id=d["id"], cell=cell, positions=positions, numbers=d["numbers"], pbc=d.get("pbc", [True] * 3),
-                   source=d.get("source", ""), labels=dict(d.get("labels", {})))
+        try:
+            cell = np.asarray(d["cell"], dtype=np.float64).reshape(3, 3)
+            positions = np.asarray(d["frac"], dtype=np.float64) @ cell if "frac" in d else d["positions"]
+            return cls(id=d["id"], cell=cell, positions=positions, numbers=d["numbers"],
+                       pbc=d.get("pbc", [True] * 3), source=d.get("source", ""), labels=dict(d.get("labels", {})))
+        except (KeyError, ValueError, TypeError) as err:
+            if isinstance(err, DataError):
+                raise
+            raise DataError(str(d.get("id", "?")), f"malformed record ({type(err).__name__}: {err})",
+                            "unparseable structure") from None
 
 
 def _jsonable(labels: dict) -> dict:
@@ -129,10 +135,12 @@ def from_pymatgen(structure, id: str, source: str = "", labels: dict | None = No
     if not structure.is_ordered:
         raise DataError(id, "disordered structure (partial occupancies) is not supported",
                         "disordered structure")
-    try:
-        numbers = [site.specie.Z for site in structure]
-    except AttributeError as err:  # DummySpecies has no Z
-        raise DataError(id, f"unknown element ({err})", "unknown element") from None
+    from pymatgen.core.periodic_table import DummySpecies
+
+    dummy = [str(site.specie) for site in structure if isinstance(site.specie, DummySpecies)]
+    if dummy:  # pymatgen parses unknown symbols as dummy species (whose Z is meaningless)
+        raise DataError(id, f"unknown element {dummy[0]!r}", "unknown element")
+    numbers = [site.specie.Z for site in structure]
     return CrystalRecord(id=id, cell=structure.lattice.matrix, positions=structure.cart_coords, numbers=numbers,
                          pbc=np.asarray(structure.lattice.pbc), source=source, labels=dict(labels or {}))
 

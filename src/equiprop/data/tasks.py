@@ -105,6 +105,8 @@ class TaskSpec:
             except (TypeError, ValueError):
                 raise DataError(where, f"{self.name}: expected a number, got {str(value)[:40]!r}",
                                 "invalid label value") from None
+            if not math.isfinite(x):
+                return None  # "inf", "-Infinity", ... are missing values, like NaN
             if self.kind == "log_scalar" and x <= 0:
                 raise DataError(where, f"{self.name}: log-scalar label must be > 0 {self.units}, got {x}",
                                 "invalid label value")
@@ -192,19 +194,40 @@ def cartesian_to_voigt(t: np.ndarray) -> np.ndarray:
 
 
 def project_symmetric(arr: np.ndarray, formula: str) -> np.ndarray:
-    """Closest tensor (least squares) obeying the index symmetries of ``formula``."""
-    projector = _symmetric_projector(formula)
-    return (projector @ np.asarray(arr, dtype=np.float64).reshape(-1)).reshape(np.shape(arr))
+    """Closest tensor (least squares) obeying the index symmetries of ``formula``, exactly symmetric."""
+    projector, canonical = _symmetric_projector(formula), _canonical_index(formula)
+    flat = projector @ np.asarray(arr, dtype=np.float64).reshape(-1)
+    return flat[canonical].reshape(np.shape(arr))  # equal entries bit for bit, not only to rounding
 
 
 @lru_cache(maxsize=None)
 def _symmetric_projector(formula: str) -> np.ndarray:
-    """(3^rank, 3^rank) orthogonal projector Q^T Q from e3nn's orthonormal change of basis Q."""
+    """(3^rank, 3^rank) orthogonal projector Q^T Q from e3nn's orthonormal change of basis Q, in float64."""
     import torch
 
-    q = _cartesian_tensor(formula).reduced_tensor_products().change_of_basis.to(torch.float64)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # e3nn builds the basis in the default dtype
+    try:
+        q = _cartesian_tensor(formula).reduced_tensor_products().change_of_basis.to(torch.float64)
+    finally:
+        torch.set_default_dtype(previous)
     flat_q = q.reshape(q.shape[0], -1).numpy()
     return flat_q.T @ flat_q
+
+
+@lru_cache(maxsize=None)
+def _canonical_index(formula: str) -> np.ndarray:
+    """For each flat index, the smallest flat index of its orbit under the formula's index permutations."""
+    first, *others = formula.split("=")
+    rank = len(first)
+    group, frontier = {tuple(range(rank))}, [tuple(first.index(c) for c in other) for other in others]
+    while frontier:  # closure of the generating permutations
+        perm = frontier.pop()
+        if perm not in group:
+            group.add(perm)
+            frontier += [tuple(perm[g[i]] for i in range(rank)) for g in list(group)]
+    indices = np.arange(3**rank).reshape((3,) * rank)
+    return np.min([indices.transpose(perm).reshape(-1) for perm in group], axis=0)
 
 
 # -- built-in tasks -----------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from equiprop.data.errors import ConfigError
+from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.record import CrystalRecord, from_pymatgen_dict
 from equiprop.data.sources.base import Source, SourceResult, add_entry, require_file
 from equiprop.data.tasks import TaskSpec
@@ -28,8 +28,12 @@ def bundled_path(name: str) -> Path:
 
 def read_json(path: Path) -> dict:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        return json.load(f)
+    try:
+        with opener(path, "rt") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:  # gzip.BadGzipFile is an OSError
+        raise DataError(str(path), f"not a readable JSON file ({type(err).__name__}: {err})",
+                        "unreadable file") from None
 
 
 class RecordsJSON(Source):
