@@ -221,7 +221,10 @@ def read_structure_file(path: str | Path, id: str | None = None, source: str = "
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(str(path), f"unreadable file ({err})", "unreadable file") from None
     if fmt != "extxyz":
-        return [from_text(text, fmt, id or path.stem, source or str(path))]
+        try:
+            return [from_text(text, fmt, id or path.stem, source or str(path))]
+        except DataError as err:  # name the file, which is what the user can find and fix
+            raise DataError(str(path), err.problem, err.kind) from None
     return read_extxyz_text(text, str(path), source or str(path))
 
 

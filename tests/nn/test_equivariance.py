@@ -1,0 +1,118 @@
+"""Symmetry of the whole model (encoder + readouts) on real structures, for random weights."""
+
+import numpy as np
+import pytest
+import torch
+from e3nn import o3
+from pymatgen.core import Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+from torch_geometric.data import Batch
+
+from equiprop.data import keys
+from equiprop.data.graph import record_to_graph
+from equiprop.data.record import CrystalRecord, from_pymatgen
+from equiprop.data.symmetry import rotate_tensor
+from equiprop.nn import EquivariantEncoder, InvariantEncoder
+from equiprop.train.module import MultiTaskModel
+
+TASKS = ["Ef", "Eg", "eps_electronic", "elastic_tensor", "piezo_tensor"]
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="module")
+def structures(tiny_entries):
+    return [Structure.from_dict(e["structure"]) for e in tiny_entries[:6]]
+
+
+def _model(encoder_cls=EquivariantEncoder, **kwargs):
+    torch.manual_seed(0)
+    encoder = encoder_cls(cutoff=4.5, **kwargs) if encoder_cls is InvariantEncoder else encoder_cls(
+        cutoff=4.5, max_ell=2, multiplicities=[8, 6, 4], num_layers=2, **kwargs)
+    encoder.set_avg_num_neighbors(20.0)
+    model = MultiTaskModel(encoder, TASKS).double().eval()
+    for p in model.parameters():  # non-trivial outputs everywhere (default init zeroes nothing, but be sure)
+        p.data += 0.05 * torch.randn_like(p)
+    return model
+
+
+def _predict(model, records):
+    batch = Batch.from_data_list([record_to_graph(r, {}, 4.5) for r in records])
+    with torch.no_grad():
+        return model.predict_physical(batch)
+
+
+def _transformed(record: CrystalRecord, q: np.ndarray, shift=np.zeros(3)) -> CrystalRecord:
+    return CrystalRecord(record.id, record.cell @ q.T, record.positions @ q.T + shift, record.numbers)
+
+
+def _assert_close(a, b, rtol=1e-5):
+    scale = max(float(b.abs().max()), 1e-8)
+    assert float((a - b).abs().max()) <= rtol * scale, float((a - b).abs().max()) / scale
+
+
+@pytest.mark.parametrize("inversion", [False, True])
+def test_rotations_and_inversion(structures, inversion):
+    model = _model()
+    records = [from_pymatgen(s, str(i)) for i, s in enumerate(structures)]
+    reference = _predict(model, records)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        q = o3.rand_matrix().double().numpy() * (-1.0 if inversion else 1.0)
+        out = _predict(model, [_transformed(r, q) for r in records])
+        for name in ("Ef", "Eg"):
+            _assert_close(out[name], reference[name])
+        for name in ("eps_electronic", "elastic_tensor", "piezo_tensor"):
+            expected = torch.stack([torch.as_tensor(rotate_tensor(t.numpy(), q)) for t in reference[name]])
+            _assert_close(out[name], expected)
+    assert float(reference["piezo_tensor"].abs().max()) > 0  # the odd-parity output is not trivially zero
+
+
+def test_translation_permutation_and_supercell(structures):
+    model = _model()
+    records = [from_pymatgen(s, str(i)) for i, s in enumerate(structures)]
+    reference = _predict(model, records)
+    moved = [_transformed(r, np.eye(3), shift=np.array([0.3, -1.7, 2.2])) for r in records]
+    rng = np.random.default_rng(0)
+    permuted = []
+    for r in records:
+        order = rng.permutation(r.num_atoms)
+        permuted.append(CrystalRecord(r.id, r.cell, r.positions[order], r.numbers[order]))
+    supercells = [from_pymatgen(s.make_supercell([2, 1, 1], in_place=False), str(i)) for i, s in enumerate(structures)]
+    for variant in (moved, permuted, supercells):
+        out = _predict(model, variant)
+        for name in TASKS:
+            _assert_close(out[name], reference[name])
+
+
+def test_cubic_crystal_gets_an_isotropic_dielectric_tensor(tiny_entries):
+    cubic = [Structure.from_dict(e["structure"]) for e in tiny_entries]
+    cubic = [s for s in cubic if SpacegroupAnalyzer(s, symprec=1e-3).get_crystal_system() == "cubic"][:3]
+    assert cubic, "tiny set has cubic crystals"
+    for seed in range(2):
+        torch.manual_seed(seed)
+        model = _model()
+        eps = _predict(model, [from_pymatgen(s, "c") for s in cubic])["eps_electronic"]
+        for t in eps:
+            iso = torch.eye(3) * torch.trace(t) / 3
+            assert float((t - iso).abs().max()) <= 1e-6 * float(t.abs().max())
+            assert float(torch.trace(t).abs()) > 0
+
+
+def test_invariant_baseline_is_invariant(structures):
+    model = _model(InvariantEncoder, num_features=16, num_layers=2)
+    records = [from_pymatgen(s, str(i)) for i, s in enumerate(structures)]
+    reference = _predict(model, records)
+    q = o3.rand_matrix().double().numpy()
+    out = _predict(model, [_transformed(r, -q) for r in records])
+    for name in TASKS:
+        expected = reference[name]
+        if name in ("eps_electronic", "elastic_tensor", "piezo_tensor"):
+            expected = torch.stack([torch.as_tensor(rotate_tensor(t.numpy(), -q)) for t in expected])
+        _assert_close(out[name], expected)

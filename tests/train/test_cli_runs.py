@@ -1,0 +1,79 @@
+"""The command line end to end: fit (single process and DDP over 2 CPU processes), test, predict."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from pymatgen.core import Structure
+
+EQUIPROP = str(Path(sys.executable).parent / "equiprop")
+
+RECIPE = {
+    "run_name": "tiny",
+    "seed_everything": 0,
+    "trainer": {"max_epochs": 1, "accelerator": "cpu", "log_every_n_steps": 1},
+    "model": {"encoder": {"class_path": "equiprop.nn.EquivariantEncoder",
+                          "init_args": {"max_ell": 1, "multiplicities": [8, 4], "num_layers": 1}}},
+    "data": {"sources": [{"class_path": "equiprop.data.sources.BundledDataset", "init_args": {"dataset": "tiny"}}],
+             "tasks": ["Ef", "Eg", "eps_electronic"], "cutoff": 4.5, "batch_size": 8,
+             "split": {"class_path": "equiprop.data.splits.RandomSplit",
+                       "init_args": {"val_fraction": 0.25, "test_fraction": 0.25}}},
+}
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return path
+
+
+def _run(args, cwd):
+    out = subprocess.run([EQUIPROP, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_fit_writes_checkpoints_and_prints_the_metrics_table(recipe, tmp_path):
+    stdout = _run(["fit", "-c", str(recipe)], tmp_path)
+    run = tmp_path / "checkpoints" / "tiny"
+    assert (run / "best.ckpt").exists() and (run / "last.ckpt").exists()
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert "val metrics (physical units)" in stdout
+    assert any(line.startswith("Ef ") and "eV/atom" in line for line in stdout.splitlines())
+    stdout = _run(["test", "-c", str(recipe), "--ckpt_path", str(run / "best.ckpt")], tmp_path)
+    assert "test metrics (physical units)" in stdout
+
+
+def test_ddp_on_two_cpu_processes(recipe, tmp_path):
+    stdout = _run(["fit", "-c", str(recipe), "--trainer.strategy=ddp", "--trainer.devices=2",
+                   "--run_name=ddp"], tmp_path)
+    assert stdout.count("val metrics (physical units)") == 1  # printed by rank zero only
+    checkpoint = torch.load(tmp_path / "checkpoints" / "ddp" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] > 0
+
+
+def test_predict_command_reports_bad_files_and_writes_units(recipe, tmp_path, tiny_entries):
+    _run(["fit", "-c", str(recipe), "--trainer.max_epochs=1"], tmp_path)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for e in tiny_entries[:3]:
+        Structure.from_dict(e["structure"]).to(filename=str(inputs / f"{e['material_id']}.cif"))
+    (inputs / "broken.cif").write_text("data_broken\n_cell_length_a 3.0\n")
+    out = tmp_path / "pred.json"
+    proc = subprocess.run([EQUIPROP, "predict", "--checkpoint", "checkpoints/tiny/best.ckpt", "--input",
+                           str(inputs), "--output", str(out)], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "broken.cif" in proc.stderr
+    result = json.loads(out.read_text())
+    assert result["units"]["Ef"] == "eV/atom" and result["units"]["eps_electronic"] == "dimensionless"
+    assert len(result["predictions"]) == 3 and len(result["errors"]) == 1
+    assert len(result["predictions"][0]["eps_electronic"]) == 3
+    csv_out = tmp_path / "pred.csv"
+    _run(["predict", "--checkpoint", "checkpoints/tiny/best.ckpt", "--input", str(inputs), "--output",
+          str(csv_out)], tmp_path)
+    assert csv_out.read_text().splitlines()[0].startswith("id,file,formula,Ef [eV/atom]")
