@@ -129,7 +129,7 @@ def test_malformed_cif_file_is_an_error_naming_the_file(tmp_path, tiny, case):
         read_structure_file(path)
     assert "mp-broken" in str(info.value) and "cannot parse CIF" in str(info.value)
     assert info.value.kind == "unparseable structure"
-    with pytest.raises(DataError, match=r"^my-id: cannot parse CIF"):
+    with pytest.raises(DataError, match=r"mp-broken\.cif \(my-id\): cannot parse CIF"):
         read_structure_file(path, id="my-id")
 
 

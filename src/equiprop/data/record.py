@@ -224,7 +224,7 @@ def read_structure_file(path: str | Path, id: str | None = None, source: str = "
         try:
             return [from_text(text, fmt, id or path.stem, source or str(path))]
         except DataError as err:  # name the file, which is what the user can find and fix
-            raise DataError(str(path), err.problem, err.kind) from None
+            raise DataError(f"{path}" if id is None else f"{path} ({id})", err.problem, err.kind) from None
     return read_extxyz_text(text, str(path), source or str(path))
 
 
