@@ -49,7 +49,8 @@ class Predictor:
             raise DataError(str(path), f"unknown encoder class {class_path!r}", "bad checkpoint")
         module_name, class_name = class_path.rsplit(".", 1)
         encoder = getattr(importlib.import_module(module_name), class_name)(**meta["encoder"]["init_args"])
-        accepted = set(inspect.signature(MultiTaskModel.__init__).parameters) - {"self", "encoder", "tasks"}
+        # init_from is not replayed: the checkpoint already holds the fine-tuned weights
+        accepted = set(inspect.signature(MultiTaskModel.__init__).parameters) - {"self", "encoder", "tasks", "init_from"}
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
         model = MultiTaskModel(encoder, tasks=list(meta["tasks"].values()), **hparams)
         model.load_state_dict(checkpoint["state_dict"])

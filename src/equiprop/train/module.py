@@ -8,10 +8,12 @@ from torch import nn
 
 from equiprop.data import keys
 from equiprop.data.tasks import TaskSpec, resolve_tasks
+from equiprop.nn.blocks import MAX_Z
 from equiprop.nn.heads import build_head
 from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss
 from equiprop.train.metrics import TaskMetrics, voigt_bulk_modulus, voigt_shear_modulus
 from equiprop.train.normalizer import TaskNormalizer
+from equiprop.train.transfer import frozen_parameters, load_pretrained
 
 # derived metric -> (tensor task it is computed from, scalar task it is compared with, function)
 DERIVED = {"K_Voigt": ("elastic_tensor", "K_VRH", voigt_bulk_modulus),
@@ -31,11 +33,17 @@ class MultiTaskModel(L.LightningModule):
         weight_decay: AdamW weight decay (not applied to the task log-variances).
         scheduler: "cosine" (to 1% of lr over max_epochs), "plateau" (on val/loss) or "none".
         plateau_patience: epochs without improvement before the plateau schedule halves the lr.
+        init_from: pretrained checkpoint: its encoder and the heads of identically defined tasks are reused.
+        finetune: what trains after init_from: "all", "frozen_encoder" or "last_layers".
+        trainable_layers: with finetune="last_layers", how many of the last interaction blocks train.
+        encoder_lr_factor: learning rate of the (trainable) encoder relative to ``lr``.
     """
 
     def __init__(self, encoder: nn.Module, tasks: list[str | dict], weighting: str = "uncertainty",
                  task_weights: dict[str, float] | None = None, loss: str = "mse", lr: float = 2e-3,
-                 weight_decay: float = 0.0, scheduler: str = "cosine", plateau_patience: int = 5):
+                 weight_decay: float = 0.0, scheduler: str = "cosine", plateau_patience: int = 5,
+                 init_from: str | None = None, finetune: str = "all", trainable_layers: int = 1,
+                 encoder_lr_factor: float = 1.0):
         super().__init__()
         if loss not in REGRESSION_LOSSES:
             raise ValueError(f"loss must be one of {list(REGRESSION_LOSSES)}, got {loss!r}")
@@ -56,6 +64,11 @@ class MultiTaskModel(L.LightningModule):
         self.derived = nn.ModuleDict({stage: nn.ModuleDict({
             name: MeanAbsoluteError() for name, (src, ref, _) in DERIVED.items()
             if src in self.tasks and ref in self.tasks}) for stage in ("val", "test")})
+        self.register_buffer("species_seen", torch.zeros(MAX_Z + 1, dtype=torch.bool))  # elements of the fit data
+        self.reused_tasks = load_pretrained(self, init_from) if init_from else []
+        self.frozen = frozen_parameters(self, finetune, trainable_layers) if init_from else []
+        for p in self.frozen:
+            p.requires_grad_(False)
 
     # -- data-dependent state, set once from the training data ---------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -69,8 +82,20 @@ class MultiTaskModel(L.LightningModule):
         missing = set(self.tasks) - set(datamodule.tasks)
         if missing:
             raise ValueError(f"the model predicts tasks the data does not define: {sorted(missing)}")
-        self.normalizer.set_stats(datamodule.normalization)
         train = datamodule.subsets["train"]
+        species = torch.unique(datamodule.dataset._data[keys.ATOMIC_NUMBERS])  # the model's species set: all splits
+        if self.hparams.init_from:  # keep the pretrained encoder's state; new tasks get this data's statistics
+            unseen = [int(z) for z in species if not self.species_seen[z]]
+            if unseen:
+                from ase.data import chemical_symbols
+
+                raise ValueError(f"init_from {self.hparams.init_from}: the data holds elements the pretrained model "
+                                 f"never saw: {[chemical_symbols[z] for z in unseen]}")
+            self.normalizer.set_stats({n: s for n, s in datamodule.normalization.items()
+                                       if n not in self.reused_tasks})
+            return
+        self.normalizer.set_stats(datamodule.normalization)
+        self.species_seen[species] = True
         self.encoder.set_avg_num_neighbors(train._data[keys.EDGE_INDEX].shape[1] / max(train._data.num_nodes, 1))
 
     # -- forward --------------------------------------------------------------------------------------------------
@@ -152,6 +177,12 @@ class MultiTaskModel(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.get("finetune") == "frozen_encoder" and self.frozen:
+            self.encoder.eval()  # frozen means frozen: no BatchNorm statistics update either
+        return self
+
     def on_train_epoch_end(self) -> None:
         for name, weight in self.weighting.task_weights().items():
             self.log(f"weight/{name}", weight)
@@ -159,8 +190,12 @@ class MultiTaskModel(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self):
         weighting = set(id(p) for p in self.weighting.parameters())
-        groups = [{"params": [p for p in self.parameters() if id(p) not in weighting]},
-                  {"params": list(self.weighting.parameters()), "weight_decay": 0.0}]
+        encoder = set(id(p) for p in self.encoder.parameters())
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in trainable if id(p) not in weighting | encoder]},
+                  {"params": [p for p in trainable if id(p) in encoder],
+                   "lr": self.hparams.lr * self.hparams.encoder_lr_factor},
+                  {"params": [p for p in trainable if id(p) in weighting], "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.lr,
                                       weight_decay=self.hparams.weight_decay)
         if self.hparams.scheduler == "none":

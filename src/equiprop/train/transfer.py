@@ -1,0 +1,73 @@
+"""Transfer learning: start a model from a pretrained checkpoint, reuse its encoder and matching heads, and choose
+what trains (all weights, a frozen encoder, or only the last interaction blocks).
+
+Compatibility is checked before any weight is copied: encoder class and configuration (cutoff, irreps, layers,
+...) must match, so a mismatch is a clear error rather than a shape crash deep inside ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from equiprop.data.errors import ConfigError
+
+FINETUNE_MODES = ("all", "frozen_encoder", "last_layers")
+
+
+def read_pretrained(path: str) -> dict:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"init_from: checkpoint not found: {path}") from None
+    if "equiprop" not in checkpoint:
+        raise ConfigError(f"init_from: {path} is not an equiprop checkpoint")
+    return checkpoint
+
+
+def check_encoder(pretrained: dict, encoder, path: str) -> None:
+    """Same encoder class and configuration, or a ConfigError naming every difference."""
+    meta = pretrained["equiprop"]["encoder"]
+    class_path = f"{type(encoder).__module__}.{type(encoder).__qualname__}"
+    if meta["class_path"] != class_path:
+        raise ConfigError(f"init_from {path}: pretrained encoder is {meta['class_path']}, this model uses {class_path}")
+    differences = [f"{key}: pretrained {meta['init_args'].get(key)!r} vs {value!r}"
+                   for key, value in encoder.config.items() if meta["init_args"].get(key) != value]
+    if differences:
+        raise ConfigError(f"init_from {path}: encoder configuration differs ({'; '.join(differences)}). "
+                          "Use the pretrained values (cutoff in data.cutoff, irreps/max_ell/layers in the encoder).")
+
+
+def load_pretrained(model, path: str) -> list[str]:
+    """Copy encoder weights and the heads (with their normalisation and weighting) of tasks defined identically in
+    the pretrained model. Returns the names of the reused tasks."""
+    pretrained = read_pretrained(path)
+    check_encoder(pretrained, model.encoder, path)
+    state = pretrained["state_dict"]
+    model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
+    model.species_seen.copy_(state["species_seen"])
+    reused = [name for name, task in model.tasks.items()
+              if pretrained["equiprop"]["tasks"].get(name) == task.to_config()]
+    for name in reused:
+        prefix = f"heads.{name}."
+        model.heads[name].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        for buffer in (f"shift_{name}", f"scale_{name}"):
+            getattr(model.normalizer, buffer).copy_(state[f"normalizer.{buffer}"])
+        key = f"weighting.log_variance.{name}"
+        if key in state and hasattr(model.weighting, "log_variance"):
+            model.weighting.log_variance[name].data.copy_(state[key])
+    return reused
+
+
+def frozen_parameters(model, mode: str, trainable_layers: int) -> list:
+    """Encoder parameters that do not train under ``mode``."""
+    if mode not in FINETUNE_MODES:
+        raise ConfigError(f"finetune must be one of {FINETUNE_MODES}, got {mode!r}")
+    if mode == "all":
+        return []
+    if mode == "frozen_encoder":
+        return list(model.encoder.parameters())
+    layers = model.encoder.layers
+    if not 1 <= trainable_layers <= len(layers):
+        raise ConfigError(f"trainable_layers must be 1..{len(layers)}, got {trainable_layers}")
+    trainable = {id(p) for layer in layers[len(layers) - trainable_layers:] for p in layer.parameters()}
+    return [p for p in model.encoder.parameters() if id(p) not in trainable]

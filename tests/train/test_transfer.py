@@ -1,0 +1,80 @@
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from equiprop.data.datamodule import MultiTaskDataModule
+from equiprop.data.errors import ConfigError
+from equiprop.data.sources import BundledDataset
+from equiprop.data.splits import RandomSplit
+from equiprop.nn import EquivariantEncoder
+from equiprop.train.module import MultiTaskModel
+
+ENCODER = dict(cutoff=4.5, max_ell=2, multiplicities=[8, 4, 4], num_layers=2)
+
+
+def _data(tmp_path, tasks):
+    return MultiTaskDataModule(sources=[BundledDataset("tiny")], tasks=tasks, cutoff=4.5, batch_size=8,
+                               split=RandomSplit(0.2, 0.0, seed=0), cache_dir=str(tmp_path / "cache"))
+
+
+def _fit(model, data, tmp_path, name):
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=str(tmp_path),
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path / name, save_last=True)])
+    trainer.fit(model, datamodule=data)
+    return tmp_path / name / "last.ckpt"
+
+
+@pytest.fixture
+def pretrained(tmp_path):
+    L.seed_everything(0)
+    tasks = ["Ef", "Eg", "G_VRH", "eps_total"]  # together these cover every tiny structure (the species set)
+    model = MultiTaskModel(EquivariantEncoder(**ENCODER), tasks)
+    return _fit(model, _data(tmp_path, tasks), tmp_path, "pretrain"), model
+
+
+def test_frozen_encoder_stays_bit_identical_and_new_heads_train(pretrained, tmp_path):
+    path, source = pretrained
+    tuned = MultiTaskModel(EquivariantEncoder(**ENCODER), ["Ef", "K_VRH"], init_from=str(path),
+                           finetune="frozen_encoder")
+    assert tuned.reused_tasks == ["Ef"]
+    before = {k: v.clone() for k, v in tuned.state_dict().items()}
+    for k, v in source.encoder.state_dict().items():
+        assert torch.equal(before[f"encoder.{k}"], v)
+    for k, v in source.heads["Ef"].state_dict().items():
+        assert torch.equal(before[f"heads.Ef.{k}"], v)
+    _fit(tuned, _data(tmp_path, ["Ef", "K_VRH"]), tmp_path, "tuned")
+    after = tuned.state_dict()
+    encoder_keys = [k for k in after if k.startswith("encoder.")]
+    assert all(torch.equal(after[k], before[k]) for k in encoder_keys)
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("heads.K_VRH."))
+    # the reused head kept the pretrained normalisation; the new task got the new data's
+    assert torch.equal(after["normalizer.shift_Ef"], before["normalizer.shift_Ef"])
+    assert float(after["normalizer.shift_K_VRH"]) > 1.0  # log10 GPa of real moduli
+
+
+def test_last_layers_only(pretrained, tmp_path):
+    path, _ = pretrained
+    tuned = MultiTaskModel(EquivariantEncoder(**ENCODER), ["K_VRH"], init_from=str(path), finetune="last_layers",
+                           trainable_layers=1)
+    before = {k: v.clone() for k, v in tuned.state_dict().items()}
+    _fit(tuned, _data(tmp_path, ["K_VRH"]), tmp_path, "tuned")
+    after = tuned.state_dict()
+    changed = {k.split(".")[2] for k in after if k.startswith("encoder.layers.") and not torch.equal(after[k], before[k])}
+    assert changed == {"1"}
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("encoder.species."))
+
+
+def test_mismatches_are_clear_errors(pretrained, tmp_path):
+    path, _ = pretrained
+    with pytest.raises(ConfigError, match="cutoff: pretrained 4.5 vs 5.0"):
+        MultiTaskModel(EquivariantEncoder(**{**ENCODER, "cutoff": 5.0}), ["Ef"], init_from=str(path))
+    with pytest.raises(ConfigError, match="hidden_irreps"):
+        MultiTaskModel(EquivariantEncoder(**{**ENCODER, "multiplicities": [16, 4, 4]}), ["Ef"], init_from=str(path))
+    with pytest.raises(ConfigError, match="not found"):
+        MultiTaskModel(EquivariantEncoder(**ENCODER), ["Ef"], init_from=str(tmp_path / "nope.ckpt"))
+    tuned = MultiTaskModel(EquivariantEncoder(**ENCODER), ["Ef"], init_from=str(path))
+    tuned.species_seen[8] = False  # pretend the pretraining data had no oxygen
+    with pytest.raises(ValueError, match=r"never saw: \['O'\]"):
+        _fit(tuned, _data(tmp_path, ["Ef"]), tmp_path, "tuned")
