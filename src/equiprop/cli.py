@@ -17,10 +17,12 @@ from equiprop.data.errors import ConfigError, DataError
 
 USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VALUE --model.KEY=VALUE --data.KEY=VALUE]
        equiprop predict --checkpoint CKPT --input FILES_OR_DIR [...] --output out.{csv,json}
+       equiprop tune -c RECIPE.yaml --n-trials N [--storage URL --study-name NAME] [--trainer.KEY=VALUE ...]
        equiprop data summary [-c CONFIG] [--data.KEY=VALUE ...]
 
   fit|validate|test   LightningCLI on a recipe (see recipes/); `equiprop fit --help` lists every option
   predict             properties of new structures (CIF/POSCAR/extxyz) in physical units
+  tune                Optuna search (max_ell, irreps, ...) declared in the recipe's tune: section
   data summary        per source and task: records read, labels present, skips with reasons, merges, splits
 """
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -92,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             from equiprop.predict import predict_command
 
             return predict_command(argv[1:])
+        if argv and argv[0] == "tune":
+            from equiprop.workflows.tune import tune_command
+
+            return tune_command(argv[1:])
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     except (ConfigError, DataError) as err:

@@ -45,6 +45,12 @@ def _task_list(tasks):
     return list(tasks) if tasks is not None else list(DEFAULT_TASKS)
 
 
+def cli_kwargs() -> dict:
+    """Arguments shared by every LightningCLI equiprop builds (fit/validate/test, tune trials, MatBench folds)."""
+    return dict(model_class=MultiTaskModel, datamodule_class=MultiTaskDataModule,
+                save_config_kwargs={"overwrite": True}, trainer_defaults={"callbacks": [MetricsTable()]},
+                auto_configure_optimizers=False)
+
+
 def run_lightning_cli(args: list[str]) -> None:
-    EquipropCLI(MultiTaskModel, MultiTaskDataModule, args=args, save_config_kwargs={"overwrite": True},
-                trainer_defaults={"callbacks": [MetricsTable()]}, auto_configure_optimizers=False)
+    EquipropCLI(args=args, **cli_kwargs())

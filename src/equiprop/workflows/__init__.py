@@ -1,0 +1,1 @@
+"""Research workflows on top of fit: hyperparameter search, MatBench runs, embeddings."""
