@@ -18,11 +18,13 @@ from equiprop.data.errors import ConfigError, DataError
 USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VALUE --model.KEY=VALUE --data.KEY=VALUE]
        equiprop predict --checkpoint CKPT --input FILES_OR_DIR [...] --output out.{csv,json}
        equiprop tune -c RECIPE.yaml --n-trials N [--storage URL --study-name NAME] [--trainer.KEY=VALUE ...]
+       equiprop matbench --task TASK -c RECIPE.yaml [--folds 0 1 2 3 4] [--subset] [--trainer.KEY=VALUE ...]
        equiprop data summary [-c CONFIG] [--data.KEY=VALUE ...]
 
   fit|validate|test   LightningCLI on a recipe (see recipes/); `equiprop fit --help` lists every option
   predict             properties of new structures (CIF/POSCAR/extxyz) in physical units
   tune                Optuna search (max_ell, irreps, ...) declared in the recipe's tune: section
+  matbench            official MatBench folds, one training each, results in matbench's record format
   data summary        per source and task: records read, labels present, skips with reasons, merges, splits
 """
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -98,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             from equiprop.workflows.tune import tune_command
 
             return tune_command(argv[1:])
+        if argv and argv[0] == "matbench":
+            from equiprop.workflows.matbench import matbench_command
+
+            return matbench_command(argv[1:])
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     except (ConfigError, DataError) as err:

@@ -1,0 +1,164 @@
+"""``equiprop matbench``: one training per official MatBench fold, predictions in the official record format.
+
+    equiprop matbench --task matbench_phonons -c recipes/matbench.yaml [--folds 0 1 2 3 4] [--trainer.* ...]
+    equiprop matbench --task matbench_log_kvrh -c recipes/matbench.yaml --subset    (MatBench-subset protocol)
+
+Each fold trains on that fold's training ids only (validation carved out of them, seeded) and predicts its test ids.
+Finished folds (``fold_<k>/predictions.json``) are kept and skipped on re-run. For complete tasks, once all five
+folds are finished, ``results.json.gz`` is written with matbench's own ``MatbenchBenchmark`` (which validates only
+complete tasks) and scored with ``MatbenchBenchmark.from_file``; subset runs write ``subset_results.json`` instead
+(not a leaderboard result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from equiprop.data import keys
+from equiprop.data.errors import ConfigError
+from equiprop.data.tasks import MATBENCH_TASKS
+from equiprop.workflows.recipe import build_run, load_recipe, set_dotted
+
+SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "matbench"
+# task -> (matminer CSV, a task that CSV provides) holding the local structures of the subset protocol
+SUBSET_STRUCTURES = {
+    "matbench_dielectric": ("dielectric_constant", "Eg"), "matbench_mp_gap": ("dielectric_constant", "Eg"),
+    "matbench_log_kvrh": ("elastic_tensor", "K_VRH"), "matbench_log_gvrh": ("elastic_tensor", "K_VRH"),
+    "matbench_mp_e_form": ("flla_2015", "Ef"),
+}
+
+
+def source_config(task: str, subset: bool, data_path: str | None, shared: Path) -> dict:
+    if not subset:
+        return {"class_path": "equiprop.data.sources.MatbenchTask", "init_args": {"task": task, "path": data_path}}
+    if task not in SUBSET_STRUCTURES:
+        raise ConfigError(f"no subset protocol for {task}; available: {', '.join(SUBSET_STRUCTURES)}")
+    csv, structure_task = SUBSET_STRUCTURES[task]
+    matminer = shared.parent / "matminer-0.4.0" / f"{csv}.csv.gz"
+    return {"class_path": "equiprop.data.sources.matbench_subset.MatbenchSubset",
+            "init_args": {"task": task, "map_path": str(shared / "subset_maps" / f"{task}.csv"),
+                          "structures": {"class_path": "equiprop.data.sources.MatminerCSV",
+                                         "init_args": {"path": str(matminer)}},
+                          "structure_task": structure_task}}
+
+
+def run_fold(recipe: dict, task: str, fold: int, subset: bool, source: dict, overrides: list[str],
+             fold_dir: Path) -> dict:
+    """Train on the fold's training ids, predict its test ids: {"predictions": {id: value}, "mae": float}."""
+    label_task = MATBENCH_TASKS[task][0]
+    split = {"class_path": "equiprop.data.splits.MatbenchFoldSplit",
+             "init_args": {"task": task, "fold": fold, "val_fraction": recipe.get("matbench", {}).get(
+                 "val_fraction", 0.1), "seed": recipe.get("seed_everything", 0), "restrict_to_present": subset}}
+    fold_recipe = {k: v for k, v in recipe.items() if k != "matbench"}
+    for key, value in {"data.sources": [source], "data.tasks": [label_task], "data.split": split,
+                       "run_name": str(fold_dir.relative_to("checkpoints"))}.items():
+        fold_recipe = set_dotted(fold_recipe, key, value)
+    trainer, model, datamodule = build_run(fold_recipe, overrides, fold_dir)
+    trainer.fit(model, datamodule=datamodule)
+    best = trainer.checkpoint_callback.best_model_path
+    if best:
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    model.eval()
+    predictions, errors = {}, []
+    task_spec = model.tasks[label_task]
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            values = model.predict_physical(batch)[label_task]
+            targets = task_spec.from_model(batch[keys.label_key(label_task)].numpy())
+            for structure_id, value, target in zip(batch[keys.STRUCTURE_ID], values.tolist(), targets):
+                predictions[structure_id] = value
+                errors.append(abs(value - float(target)))
+    return {"predictions": predictions, "mae": float(np.mean(errors)), "units": task_spec.units,
+            "n_train": len(datamodule.subsets["train"]), "n_val": len(datamodule.subsets["val"]),
+            "n_test": len(predictions), "best_checkpoint": best}
+
+
+def official_record(task: str, folds: dict[int, dict], data_path: str | None, out: Path) -> dict:
+    """Record finished folds with matbench's MatbenchBenchmark and write results.json.gz; returns its scores."""
+    from matbench.bench import MatbenchBenchmark
+
+    from equiprop.data.sources.matbench import MatbenchTask
+
+    benchmark = MatbenchBenchmark(autoload=False, subset=[task])
+    mb_task = benchmark.tasks_map[task]
+    try:
+        mb_task.load()  # online: matminer's download (or its $MATMINER_DATA copy)
+    except Exception:  # offline: the same official data, read by our MatbenchTask reader (ids + targets)
+        import pandas as pd
+
+        ids, _, targets, _ = MatbenchTask(task, path=data_path)._read(MATBENCH_TASKS[task][1])
+        mb_task.df = pd.DataFrame({"structure": None, MATBENCH_TASKS[task][1]: targets}, index=ids)
+    for fold, result in sorted(folds.items()):
+        test_ids = mb_task.get_test_data(fold, include_target=False).index
+        mb_task.record(fold, [result["predictions"][i] for i in test_ids],
+                       params={"model": "equiprop", "best_checkpoint": result["best_checkpoint"]})
+    tmp = out.with_name(out.name + ".tmp.json.gz")
+    benchmark.to_file(str(tmp))
+    os.replace(tmp, out)
+    scored = MatbenchBenchmark.from_file(str(out))
+    return {fold: scored.tasks_map[task].results[f"fold_{fold}"]["scores"]["mae"] for fold in folds}
+
+
+def matbench_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="equiprop matbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, choices=sorted(MATBENCH_TASKS))
+    parser.add_argument("-c", "--config", required=True, help="a fit recipe (model, trainer, batch size, cutoff)")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--subset", action="store_true", help="MatBench-subset protocol on local structures")
+    parser.add_argument("--data-path", help="the task's orient='split' JSON(.gz) (default: $MATMINER_DATA/download)")
+    parser.add_argument("--shared", default=str(SHARED), help="folder with subset_maps/ and the leaderboard CSV")
+    args, overrides = parser.parse_known_args(argv)
+    recipe = load_recipe(args.config)
+    run_dir = Path("checkpoints") / recipe.get("run_name", "matbench") / (args.task + ("_subset" if args.subset
+                                                                                       else ""))
+    source = source_config(args.task, args.subset, args.data_path, Path(args.shared))
+    finished = {}
+    for fold in args.folds:
+        path = run_dir / f"fold_{fold}" / "predictions.json"
+        if path.exists():
+            print(f"fold {fold}: finished earlier, kept ({path})")
+        else:
+            result = run_fold(recipe, args.task, fold, args.subset, source, overrides, run_dir / f"fold_{fold}")
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result))
+            os.replace(tmp, path)  # written last and atomically: its presence means the fold is complete
+        finished[fold] = json.loads(path.read_text())
+    on_disk = {int(p.parent.name.removeprefix("fold_")): json.loads(p.read_text())
+               for p in run_dir.glob("fold_*/predictions.json")}
+    if not args.subset and sorted(on_disk) == [0, 1, 2, 3, 4]:  # matbench validates complete tasks only
+        scores = official_record(args.task, on_disk, args.data_path, run_dir / "results.json.gz")
+        print(f"official record scored by MatbenchBenchmark.from_file: MAE per fold {scores}")
+    print(report(args.task, finished, args.subset, Path(args.shared), run_dir, sorted(on_disk)))
+    return 0
+
+
+def report(task: str, folds: dict, subset: bool, shared: Path, run_dir: Path, on_disk: list[int]) -> str:
+    units = next(iter(folds.values()))["units"]
+    lines = [f"{task}{' (MatBench-subset protocol: NOT a leaderboard result)' if subset else ''}",
+             f"{'fold':>4} {'train':>6} {'val':>5} {'test':>5} {'MAE':>10}  units"]
+    lines += [f"{k:>4} {r['n_train']:>6} {r['n_val']:>5} {r['n_test']:>5} {r['mae']:>10.4g}  {units}"
+              for k, r in sorted(folds.items())]
+    mean = float(np.mean([r["mae"] for r in folds.values()]))
+    lines.append(f"mean MAE over {len(folds)} folds: {mean:.4g} {units}")
+    if subset:
+        import pandas as pd
+
+        board = pd.read_csv(shared / "leaderboard_full_and_subset_mae.csv")
+        short = task.removeprefix("matbench_")
+        rows = board[board.task == short].sort_values("mae_shared_subset").head(5)
+        lines += [f"  reference {r.algo}: {r.mae_shared_subset:.4g} on the same subset ({r.n_shared_subset} entries; "
+                  f"trained on the full folds)" for r in rows.itertuples()]
+        (run_dir / "subset_results.json").write_text(json.dumps({"task": task, "protocol": "matbench-subset",
+                                                                 "folds": folds, "mean_mae": mean}, indent=1))
+    elif len(on_disk) == 5:
+        lines.append(f"official record: {run_dir / 'results.json.gz'} (MatbenchBenchmark.from_file)")
+    else:
+        lines.append(f"folds finished so far: {on_disk}; the official record is written when all 5 are")
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""The MatBench runner on the real, complete matbench_phonons task (a few batches per fold)."""
+
+import json
+
+import pytest
+from matbench.bench import MatbenchBenchmark
+
+from equiprop.cli import main
+
+FAST = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    path = tmp_path / "mb.yaml"
+    path.write_text("""
+run_name: mb
+seed_everything: 0
+trainer: {accelerator: cpu, enable_model_summary: false}
+model:
+  encoder:
+    class_path: equiprop.nn.EquivariantEncoder
+    init_args: {max_ell: 1, multiplicities: [8, 4], num_layers: 1}
+  weighting: fixed
+  loss: mae
+data: {cutoff: 4.5, batch_size: 64}
+""")
+    return path
+
+
+def test_one_fold_then_a_rerun_that_skips_it_and_writes_the_official_record(recipe, tmp_path, monkeypatch,
+                                                                             shared_data, capsys):
+    monkeypatch.chdir(tmp_path)
+    data = str(shared_data / "matbench" / "matbench_phonons.json.gz")
+    args = ["matbench", "--task", "matbench_phonons", "-c", str(recipe), "--data-path", data, *FAST]
+    assert main(args + ["--folds", "0"]) == 0
+    run = tmp_path / "checkpoints" / "mb" / "matbench_phonons"
+    fold0 = run / "fold_0" / "predictions.json"
+    first = json.loads(fold0.read_text())
+    assert first["n_test"] == 253 and first["n_train"] + first["n_val"] == 1012 and first["units"] == "cm^-1"
+    assert all(k.startswith("mb-phonons-") for k in first["predictions"])
+    assert not (run / "results.json.gz").exists()  # matbench validates complete tasks only
+    mtime = fold0.stat().st_mtime_ns
+
+    assert main(args) == 0  # all five folds: fold 0 is kept, the others train
+    out = capsys.readouterr().out
+    assert "fold 0: finished earlier, kept" in out
+    assert fold0.stat().st_mtime_ns == mtime
+    scored = MatbenchBenchmark.from_file(str(run / "results.json.gz"))
+    task = scored.tasks_map["matbench_phonons"]
+    assert task.all_folds_recorded
+    assert task.results["fold_0"]["scores"]["mae"] == pytest.approx(first["mae"], rel=1e-6)
+
+
+def test_subset_protocol_reports_references(recipe, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["matbench", "--task", "matbench_log_gvrh", "-c", str(recipe), "--subset", "--folds", "1",
+                 *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "NOT a leaderboard result" in out and "on the same subset" in out
+    result = json.loads((tmp_path / "checkpoints" / "mb" / "matbench_log_gvrh_subset" /
+                         "subset_results.json").read_text())
+    fold = result["folds"]["1"]
+    assert fold["units"] == "log10(GPa)" and fold["n_test"] > 100
+    assert all(k.startswith("mb-log-gvrh-") for k in fold["predictions"])
