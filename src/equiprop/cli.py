@@ -19,12 +19,14 @@ USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VAL
        equiprop predict --checkpoint CKPT --input FILES_OR_DIR [...] --output out.{csv,json}
        equiprop tune -c RECIPE.yaml --n-trials N [--storage URL --study-name NAME] [--trainer.KEY=VALUE ...]
        equiprop matbench --task TASK -c RECIPE.yaml [--folds 0 1 2 3 4] [--subset] [--trainer.KEY=VALUE ...]
+       equiprop embed --checkpoint CKPT (--input FILES_OR_DIRS | --dataset default) --output emb.npz
        equiprop data summary [-c CONFIG] [--data.KEY=VALUE ...]
 
   fit|validate|test   LightningCLI on a recipe (see recipes/); `equiprop fit --help` lists every option
   predict             properties of new structures (CIF/POSCAR/extxyz) in physical units
   tune                Optuna search (max_ell, irreps, ...) declared in the recipe's tune: section
   matbench            official MatBench folds, one training each, results in matbench's record format
+  embed               per-structure latent vectors (rotation-invariant) for maps of the learned space
   data summary        per source and task: records read, labels present, skips with reasons, merges, splits
 """
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             from equiprop.workflows.tune import tune_command
 
             return tune_command(argv[1:])
+        if argv and argv[0] == "embed":
+            from equiprop.workflows.embed import embed_command
+
+            return embed_command(argv[1:])
         if argv and argv[0] == "matbench":
             from equiprop.workflows.matbench import matbench_command
 

@@ -1,0 +1,101 @@
+"""``equiprop embed``: per-structure latent vectors of a trained encoder, for maps of the learned space.
+
+    equiprop embed --checkpoint CKPT --input FILES_OR_DIRS --output emb.npz
+    equiprop embed --checkpoint CKPT --dataset default --output emb.npz     (bundled data, with its labels)
+
+The vector of a structure is the mean over its atoms of the encoder's rotation-invariant features: the 0e channels
+and the norm of every l > 0 channel, so it does not depend on the orientation of the input. The .npz holds ids,
+formulas, crystal systems, the embeddings and, for datasets, every task's label (NaN where missing) with its units.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
+
+from equiprop.data import keys
+from equiprop.data.errors import DataError
+from equiprop.data.graph import record_to_graph
+from equiprop.data.record import read_structure_file
+from equiprop.predict import Predictor, collect_files
+
+
+def invariant_features(encoder, batch) -> torch.Tensor:
+    """(num_graphs, d) mean over atoms of [0e channels, |l>0 channels|]."""
+    x = encoder(batch)
+    parts = []
+    for (mul, ir), block in zip(encoder.irreps_out, x.split([m.dim for m in encoder.irreps_out], dim=1)):
+        block = block.reshape(-1, mul, ir.dim)
+        parts.append(block[:, :, 0] if ir.l == 0 and ir.p == 1 else block.norm(dim=-1))
+    return scatter(torch.cat(parts, dim=1), batch[keys.BATCH], dim=0, dim_size=batch.num_graphs, reduce="mean")
+
+
+def crystal_system(record) -> str:
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return SpacegroupAnalyzer(record.to_pymatgen(), symprec=0.1).get_crystal_system()
+        except Exception:  # spglib failures on odd cells: reported as unknown, not fatal
+            return "unknown"
+
+
+@torch.no_grad()
+def embed_records(predictor: Predictor, records, batch_size: int = 64) -> np.ndarray:
+    encoder = predictor.model.encoder.eval()
+    out = []
+    for start in range(0, len(records), batch_size):
+        graphs = [record_to_graph(r, {}, predictor.cutoff, predictor.max_neighbors)
+                  for r in records[start:start + batch_size]]
+        out.append(invariant_features(encoder, Batch.from_data_list(graphs)).double().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def embed_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="equiprop embed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="CIF/POSCAR/extxyz files or folders")
+    source.add_argument("--dataset", choices=["default", "tiny"], help="a bundled dataset (labels included)")
+    parser.add_argument("--output", required=True, help="emb.npz")
+    parser.add_argument("--limit", type=int, help="embed only the first N structures")
+    args = parser.parse_args(argv)
+    predictor = Predictor.from_checkpoint(args.checkpoint)
+    records, skipped = [], []
+    if args.dataset:
+        from equiprop.data.sources.records_json import BundledDataset
+        from equiprop.data.tasks import resolve_tasks
+
+        records = BundledDataset(args.dataset).load(resolve_tasks(list(predictor.tasks.values()))).records
+    else:
+        for path in collect_files(args.input):
+            try:
+                records += read_structure_file(path)
+            except DataError as err:
+                skipped.append(str(err))
+    kept = []
+    for record in records[: args.limit]:
+        try:
+            record_to_graph(record.validate(), {}, predictor.cutoff, predictor.max_neighbors)
+            kept.append(record)
+        except DataError as err:
+            skipped.append(str(err))
+    embeddings = embed_records(predictor, kept)
+    labels = {f"label_{name}": np.array([float(np.mean(r.labels[name])) if name in r.labels and np.ndim(
+        r.labels[name]) == 0 else np.nan for r in kept]) for name, t in predictor.tasks.items() if t.kind != "tensor"}
+    units = {f"units_{name}": t.units for name, t in predictor.tasks.items()}
+    np.savez_compressed(args.output, ids=np.array([r.id for r in kept]), formulas=np.array([r.formula for r in kept]),
+                        crystal_systems=np.array([crystal_system(r) for r in kept]), embeddings=embeddings,
+                        **labels, **units)
+    for message in skipped:
+        print(f"equiprop embed: skipped {message}")
+    print(f"wrote {len(kept)} embeddings of dimension {embeddings.shape[1] if len(kept) else 0} to {args.output} "
+          f"({len(skipped)} skipped)")
+    return 0
