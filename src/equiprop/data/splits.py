@@ -140,3 +140,20 @@ class JarvisLeaderboardSplit(Split):
 
         split = jarvis_leaderboard_split(self.path)
         return IdListSplit(train=split["train"], val=split["val"], test=split["test"])(ids, groups)
+
+
+class SubsampledSplit(Split):
+    """A split whose training part is a seeded random subset of ``n_train`` structures (val and test unchanged):
+    the same held-out structures for every training-set size, for learning curves."""
+
+    def __init__(self, base: Split, n_train: int | None = None, seed: int = 0):
+        self.base, self.n_train, self.seed = base, n_train, seed
+
+    def __call__(self, ids: list[str], groups: list[str]) -> dict[str, np.ndarray]:
+        split = self.base(ids, groups)
+        if self.n_train is not None:
+            if self.n_train > len(split["train"]):
+                raise ConfigError(f"n_train={self.n_train} but the training split has {len(split['train'])}")
+            rng = np.random.default_rng(self.seed)
+            split["train"] = np.sort(rng.choice(split["train"], size=self.n_train, replace=False))
+        return split
