@@ -80,3 +80,18 @@ def test_jarvis_leaderboard_split_on_the_real_zip(shared_data):
     split = JarvisLeaderboardSplit(str(path))(ids, ids)
     for name in ("train", "val", "test"):
         assert sorted(ids[i] for i in split[name]) == sorted(official[name])
+
+
+def test_subsampled_split_keeps_the_held_out_sets():
+    from equiprop.data.splits import SubsampledSplit
+
+    ids = [f"s{i}" for i in range(200)]
+    groups = [f"g{i % 40}" for i in range(200)]
+    base = GroupedSplit(0.1, 0.2, seed=0)
+    full = base(ids, groups)
+    for seed in (0, 1):
+        small = SubsampledSplit(base, n_train=30, seed=seed)(ids, groups)
+        assert len(small["train"]) == 30 and set(small["train"]) <= set(full["train"])
+        assert np.array_equal(small["test"], full["test"]) and np.array_equal(small["val"], full["val"])
+    with pytest.raises(ConfigError, match="n_train"):
+        SubsampledSplit(base, n_train=10_000)(ids, groups)
