@@ -9,10 +9,6 @@ Recipes are LightningCLI-style YAML files; ``data summary`` reads their ``data:`
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-import yaml
-
 from equiprop.data.errors import ConfigError, DataError
 
 USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VALUE --model.KEY=VALUE --data.KEY=VALUE]
@@ -36,16 +32,11 @@ def data_section(config_path: str | None) -> dict:
     """The ``data:`` section of a recipe as init arguments (class_path/init_args unwrapped)."""
     if config_path is None:
         return {}
-    path = Path(config_path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        recipe = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from None
-    section = recipe.get("data", {}) if isinstance(recipe, dict) else {}
+    from equiprop.workflows.recipe import load_recipe
+
+    section = load_recipe(config_path).get("data", {})
     if not isinstance(section, dict):
-        raise ConfigError(f"{path}: 'data' must be a mapping of MultiTaskDataModule arguments")
+        raise ConfigError(f"{config_path}: 'data' must be a mapping of MultiTaskDataModule arguments")
     return section.get("init_args", section) if "class_path" in section else section
 
 

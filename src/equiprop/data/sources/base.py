@@ -47,12 +47,14 @@ def require_file(path: str | Path, what: str) -> Path:
 
 
 def add_entry(result: SourceResult, entry_id: str, make_record: Callable[[], CrystalRecord],
-              raw_labels: dict, tasks: dict[str, TaskSpec], where: str | None = None) -> CrystalRecord | None:
+              raw_labels: dict, tasks: dict[str, TaskSpec], where: str | None = None,
+              refine: Callable | None = None) -> CrystalRecord | None:
     """Build, validate and label one entry; count what is skipped. ``raw_labels`` maps task name -> raw value.
 
     Missing values (None, NaN, inf, "na") are masked and counted in ``result.missing``; an invalid label (wrong shape,
     asymmetric tensor, ...) is masked and counted in ``result.label_skips``; an invalid structure, or an entry left
-    with no label of the requested tasks, is skipped and counted in ``result.skips``.
+    with no label of the requested tasks, is skipped and counted in ``result.skips``. ``refine(record, task, value,
+    where)`` may check or transform a parsed label further (e.g. against the crystal's symmetry), raising DataError.
     """
     where = where or entry_id
     result.entries_read += 1
@@ -65,6 +67,8 @@ def add_entry(result: SourceResult, entry_id: str, make_record: Callable[[], Cry
         task = tasks[name]
         try:
             value = task.parse(raw, where)
+            if value is not None and refine is not None:
+                value = refine(record, task, value, where)
         except DataError as err:
             result.label_skips.add(f"{name}: {err.kind}", f"{where}: {err.problem}")
             continue

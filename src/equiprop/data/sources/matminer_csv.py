@@ -14,7 +14,7 @@ import numpy as np
 
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.record import CrystalRecord, from_pymatgen, from_text
-from equiprop.data.sources.base import Source, SourceResult, require_file, requested
+from equiprop.data.sources.base import Source, SourceResult, add_entry, require_file, requested
 from equiprop.data.symmetry import fit_to_symmetry, ieee_rotation, point_group_rotations
 from equiprop.data.tasks import TaskSpec
 
@@ -47,6 +47,7 @@ class MatminerCSV(Source):
             raise ConfigError(f"{self.path}: unknown matminer dataset {self.dataset!r}; known: {', '.join(DATASETS)}")
         self.limit, self.check_symmetry = limit, check_symmetry
         self.name = f"matminer:{self.dataset}"
+        self._rotations = None  # (record, its point-group rotations): reused by the record's other tensors
 
     def load(self, tasks: dict[str, TaskSpec]) -> SourceResult:
         import pandas as pd
@@ -56,20 +57,13 @@ class MatminerCSV(Source):
         result = SourceResult(self.name, f"{path} ({_first_line(path)})")
         structure_col, fmt, columns = DATASETS[self.dataset]
         columns = requested(columns, tasks)
+        refine = self._fit_to_structure if self.check_symmetry else None
         for row in frame.to_dict("records"):
             entry_id = str(row["material_id"])
-            where = f"{path.name}:{entry_id}"
-            result.entries_read += 1
-            try:
-                record = self._structure(row[structure_col], fmt, entry_id).validate()
-            except DataError as err:
-                result.skips.add(err.kind, f"{where}: {err.problem}")
-                continue
-            self._label(record, row, columns, tasks, result, where)
-            if record.labels:
-                result.records.append(record)
-            else:
-                result.skips.add("no label of the requested tasks", where)
+            raw = {name: _literal(row[column]) if tasks[name].kind == "tensor" else row[column]
+                   for name, column in columns.items()}
+            add_entry(result, entry_id, lambda r=row, i=entry_id: self._structure(r[structure_col], fmt, i), raw,
+                      tasks, f"{path.name}:{entry_id}", refine)
         return result
 
     def _structure(self, text: str, fmt: str, entry_id: str) -> CrystalRecord:
@@ -84,30 +78,13 @@ class MatminerCSV(Source):
             return from_pymatgen(structure, entry_id, self.name)
         return from_text(text, fmt, entry_id, self.name)
 
-    def _label(self, record: CrystalRecord, row: dict, columns: dict, tasks: dict, result: SourceResult, where: str):
-        rotations = None
-        for name, column in columns.items():
-            task = tasks[name]
-            raw = row[column]
-            try:
-                if task.kind == "tensor" and isinstance(raw, str):
-                    raw = ast.literal_eval(raw)
-                value = task.parse(raw, where)
-                if value is not None and task.kind == "tensor" and self.check_symmetry:
-                    if rotations is None:
-                        rotations = point_group_rotations(record.to_pymatgen())
-                    value = self._fit(record, task, value, rotations, where)
-            except (ValueError, SyntaxError) as err:
-                if not isinstance(err, DataError):
-                    err = DataError(where, f"{name}: cannot parse {column!r}", "invalid label value")
-                result.label_skips.add(f"{name}: {err.kind}", f"{where}: {err.problem}")
-                continue
-            if value is None:
-                result.missing[name] += 1
-            else:
-                record.labels[name] = value
-
-    def _fit(self, record: CrystalRecord, task: TaskSpec, value: np.ndarray, rotations, where: str) -> np.ndarray:
+    def _fit_to_structure(self, record: CrystalRecord, task: TaskSpec, value, where: str):
+        """The tensor symmetrised to the structure's point group, or DataError if it does not fit the frame."""
+        if task.kind != "tensor":
+            return value
+        if self._rotations is None or self._rotations[0] is not record:  # once per record, for all its tensors
+            self._rotations = (record, point_group_rotations(record.to_pymatgen()))
+        rotations = self._rotations[1]
         try:
             return fit_to_symmetry(value, rotations, where)
         except DataError:
@@ -117,7 +94,19 @@ class MatminerCSV(Source):
         rotation = ieee_rotation(record.to_pymatgen())
         record.cell = record.cell @ rotation.T
         record.positions = record.positions @ rotation.T
-        return fit_to_symmetry(value, np.einsum("ij,njk,lk->nil", rotation, rotations, rotation), where)
+        self._rotations = (record, np.einsum("ij,njk,lk->nil", rotation, rotations, rotation))
+        return fit_to_symmetry(value, self._rotations[1], where)
+
+
+def _literal(raw):
+    """A tensor written as a Python literal string -> nested lists (literal_eval, never eval); on failure the raw
+    string is kept, and the task's parser rejects it as a counted label skip."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
 
 
 def _first_line(path: Path) -> str:
