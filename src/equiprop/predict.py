@@ -65,12 +65,29 @@ class Predictor:
             return from_ase(item, f"structure_{index}")
         raise TypeError(f"structure {index}: expected a pymatgen Structure, ASE Atoms or CrystalRecord")
 
-    @torch.no_grad()
+    def graphs(self, structures) -> tuple[list, list[int], dict[int, str]]:
+        """Graphs of the usable structures, their indices, and {index: error} for the others."""
+        graphs, kept, errors = [], [], {}
+        for i, item in enumerate(structures):
+            try:
+                record = self._record(item, i).validate()
+                graphs.append(record_to_graph(record, {}, self.cutoff, self.max_neighbors))
+                kept.append(i)
+            except DataError as err:
+                errors[i] = str(err)
+        return graphs, kept, errors
+
     def predict(self, structures, progress: bool = False) -> list[dict]:
         """One dict per structure: {task: float | ndarray} in physical units, plus K_Voigt/G_Voigt (GPa) derived
-        from a predicted elastic tensor. Elastic/piezo tensors are returned in Voigt form (6x6, 3x6)."""
-        graphs = [record_to_graph(self._record(s, i).validate(), {}, self.cutoff, self.max_neighbors)
-                  for i, s in enumerate(structures)]
+        from a predicted elastic tensor. Elastic/piezo tensors are returned in Voigt form (6x6, 3x6). A structure
+        that cannot be used (overlapping atoms, isolated atom, ...) raises DataError naming it."""
+        graphs, _, errors = self.graphs(structures)
+        if errors:
+            raise DataError("predict", "; ".join(errors.values()), "unusable structure")
+        return self.predict_graphs(graphs, progress)
+
+    @torch.no_grad()
+    def predict_graphs(self, graphs: list, progress: bool = False) -> list[dict]:
         results = []
         chunks = range(0, len(graphs), self.batch_size)
         if progress:
@@ -129,12 +146,13 @@ def predict_command(argv: list[str]) -> int:
         try:
             for record in read_structure_file(path):
                 record.source = str(path)
-                predictor._record(record, 0).validate()
-                record_to_graph(record, {}, predictor.cutoff, predictor.max_neighbors)  # isolated atoms etc.
                 records.append(record)
         except DataError as err:
             errors.append({"file": str(path), "error": str(err)})
-    predictions = predictor.predict(records, progress=True) if records else []
+    graphs, kept, unusable = predictor.graphs(records)  # bad structures are reported, not fatal
+    errors += [{"file": records[i].source, "error": message} for i, message in unusable.items()]
+    records = [records[i] for i in kept]
+    predictions = predictor.predict_graphs(graphs, progress=True)
     rows = [{"id": r.id, "file": r.source, "formula": r.formula, **p} for r, p in zip(records, predictions)]
     write_predictions(output, rows, predictor.units(), errors, args.checkpoint)
     for e in errors:

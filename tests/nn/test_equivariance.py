@@ -8,7 +8,6 @@ from pymatgen.core import Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from torch_geometric.data import Batch
 
-from equiprop.data import keys
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord, from_pymatgen
 from equiprop.data.symmetry import rotate_tensor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch import nn
+from torchmetrics import MeanAbsoluteError
 
 from equiprop.data import keys
 from equiprop.data.tasks import TaskSpec, resolve_tasks
@@ -59,8 +60,6 @@ class MultiTaskModel(L.LightningModule):
             names, task_weights)
         self.metrics = nn.ModuleDict({stage: nn.ModuleDict({n: TaskMetrics(t) for n, t in self.tasks.items()})
                                       for stage in ("val", "test")})
-        from torchmetrics import MeanAbsoluteError
-
         self.derived = nn.ModuleDict({stage: nn.ModuleDict({
             name: MeanAbsoluteError() for name, (src, ref, _) in DERIVED.items()
             if src in self.tasks and ref in self.tasks}) for stage in ("val", "test")})

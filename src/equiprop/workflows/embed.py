@@ -20,7 +20,6 @@ from torch_geometric.utils import scatter
 
 from equiprop.data import keys
 from equiprop.data.errors import DataError
-from equiprop.data.graph import record_to_graph
 from equiprop.data.record import read_structure_file
 from equiprop.predict import Predictor, collect_files
 
@@ -47,13 +46,10 @@ def crystal_system(record) -> str:
 
 
 @torch.no_grad()
-def embed_records(predictor: Predictor, records, batch_size: int = 64) -> np.ndarray:
-    encoder = predictor.model.encoder.eval()
-    out = []
-    for start in range(0, len(records), batch_size):
-        graphs = [record_to_graph(r, {}, predictor.cutoff, predictor.max_neighbors)
-                  for r in records[start:start + batch_size]]
-        out.append(invariant_features(encoder, Batch.from_data_list(graphs)).double().numpy())
+def embed_graphs(encoder, graphs: list, batch_size: int = 64) -> np.ndarray:
+    encoder.eval()
+    out = [invariant_features(encoder, Batch.from_data_list(graphs[start:start + batch_size])).double().numpy()
+           for start in range(0, len(graphs), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -80,14 +76,11 @@ def embed_command(argv: list[str]) -> int:
                 records += read_structure_file(path)
             except DataError as err:
                 skipped.append(str(err))
-    kept = []
-    for record in records[: args.limit]:
-        try:
-            record_to_graph(record.validate(), {}, predictor.cutoff, predictor.max_neighbors)
-            kept.append(record)
-        except DataError as err:
-            skipped.append(str(err))
-    embeddings = embed_records(predictor, kept)
+    records = records[: args.limit]
+    graphs, kept, unusable = predictor.graphs(records)
+    skipped += list(unusable.values())
+    kept = [records[i] for i in kept]
+    embeddings = embed_graphs(predictor.model.encoder, graphs)
     labels = {f"label_{name}": np.array([float(np.mean(r.labels[name])) if name in r.labels and np.ndim(
         r.labels[name]) == 0 else np.nan for r in kept]) for name, t in predictor.tasks.items() if t.kind != "tensor"}
     units = {f"units_{name}": t.units for name, t in predictor.tasks.items()}
