@@ -30,7 +30,7 @@ SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "matbe
 SUBSET_STRUCTURES = {
     "matbench_dielectric": ("dielectric_constant", "Eg"), "matbench_mp_gap": ("dielectric_constant", "Eg"),
     "matbench_log_kvrh": ("elastic_tensor", "K_VRH"), "matbench_log_gvrh": ("elastic_tensor", "K_VRH"),
-    "matbench_mp_e_form": ("flla_2015", "Ef"),
+    "matbench_mp_e_form": ("flla_2015", "Ef"), "matbench_perovskites": ("perov5", "e_form_perovskite"),
 }
 
 
@@ -40,12 +40,15 @@ def source_config(task: str, subset: bool, data_path: str | None, shared: Path) 
     if task not in SUBSET_STRUCTURES:
         raise ConfigError(f"no subset protocol for {task}; available: {', '.join(SUBSET_STRUCTURES)}")
     csv, structure_task = SUBSET_STRUCTURES[task]
-    matminer = shared.parent / "matminer-0.4.0" / f"{csv}.csv.gz"
+    if csv == "perov5":
+        structures = {"class_path": "equiprop.data.sources.Perov5CSV", "init_args": {
+            "paths": [str(shared.parent / "perov5" / f"{part}.csv.gz") for part in ("test", "val")]}}
+    else:
+        structures = {"class_path": "equiprop.data.sources.MatminerCSV",
+                      "init_args": {"path": str(shared.parent / "matminer-0.4.0" / f"{csv}.csv.gz")}}
     return {"class_path": "equiprop.data.sources.matbench_subset.MatbenchSubset",
             "init_args": {"task": task, "map_path": str(shared / "subset_maps" / f"{task}.csv"),
-                          "structures": {"class_path": "equiprop.data.sources.MatminerCSV",
-                                         "init_args": {"path": str(matminer)}},
-                          "structure_task": structure_task}}
+                          "structures": structures, "structure_task": structure_task}}
 
 
 def run_fold(recipe: dict, task: str, fold: int, subset: bool, source: dict, overrides: list[str],
