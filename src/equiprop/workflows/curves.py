@@ -13,7 +13,7 @@ import numpy as np
 
 from equiprop.workflows.recipe import build_run, set_dotted
 
-FIELDS = ["model", "requested", "n_train", "seed", "task", "mae", "units", "epochs"]
+FIELDS = ["model", "requested", "n_train", "seed", "task", "metric", "mae", "units", "epochs"]
 
 
 def split_config(n_train: int | None, seed: int, split_seed: int = 0) -> dict:
@@ -33,7 +33,8 @@ def fit_and_test(recipe: dict, task: str, n_train: int | None, seed: int, workdi
                                                                    "--trainer.enable_model_summary=false"], workdir)
     trainer.fit(model, datamodule=datamodule)
     metrics = trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
-    return {"mae": float(metrics[f"test/{task}/mae"]), "units": model.tasks[task].units,
+    metric = "component_mae" if model.tasks[task].kind == "tensor" else "mae"  # tensors: per Cartesian component
+    return {"mae": float(metrics[f"test/{task}/{metric}"]), "metric": metric, "units": model.tasks[task].units,
             "n_train": len(datamodule.subsets["train"]), "epochs": trainer.current_epoch}
 
 
