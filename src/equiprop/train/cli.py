@@ -53,4 +53,13 @@ def cli_kwargs() -> dict:
 
 
 def run_lightning_cli(args: list[str]) -> None:
-    EquipropCLI(args=args, **cli_kwargs())
+    quietly(lambda: EquipropCLI(args=args, **cli_kwargs()))
+
+
+def quietly(build):
+    """Build a LightningCLI from explicit args without its warning that sys.argv is also set (ours is by design)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return build()

@@ -36,10 +36,10 @@ def set_dotted(config: dict, key: str, value) -> dict:
 
 def build_run(recipe: dict, overrides: list[str], workdir: Path):
     """(trainer, model, datamodule) from a recipe dict plus ``--a.b=value`` overrides, via LightningCLI (run=False)."""
-    from equiprop.train.cli import EquipropCLI, cli_kwargs
+    from equiprop.train.cli import EquipropCLI, cli_kwargs, quietly
 
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "recipe.yaml"
     config_path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    cli = EquipropCLI(args=["-c", str(config_path), *overrides], run=False, **cli_kwargs())
+    cli = quietly(lambda: EquipropCLI(args=["-c", str(config_path), *overrides], run=False, **cli_kwargs()))
     return cli.trainer, cli.model, cli.datamodule
