@@ -3,6 +3,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from equiprop import Predictor
 from equiprop.data.datamodule import MultiTaskDataModule
 from equiprop.data.errors import ConfigError
 from equiprop.data.sources import BundledDataset
@@ -44,7 +45,7 @@ def test_frozen_encoder_stays_bit_identical_and_new_heads_train(pretrained, tmp_
         assert torch.equal(before[f"encoder.{k}"], v)
     for k, v in source.heads["Ef"].state_dict().items():
         assert torch.equal(before[f"heads.Ef.{k}"], v)
-    _fit(tuned, _data(tmp_path, ["Ef", "K_VRH"]), tmp_path, "tuned")
+    tuned_checkpoint = _fit(tuned, _data(tmp_path, ["Ef", "K_VRH"]), tmp_path, "tuned")
     after = tuned.state_dict()
     encoder_keys = [k for k in after if k.startswith("encoder.")]
     assert all(torch.equal(after[k], before[k]) for k in encoder_keys)
@@ -52,6 +53,11 @@ def test_frozen_encoder_stays_bit_identical_and_new_heads_train(pretrained, tmp_
     # the reused head kept the pretrained normalisation; the new task got the new data's
     assert torch.equal(after["normalizer.shift_Ef"], before["normalizer.shift_Ef"])
     assert float(after["normalizer.shift_K_VRH"]) > 1.0  # log10 GPa of real moduli
+    # the fine-tuned checkpoint stands alone: prediction does not need the pretrained file any more
+    path.unlink()
+    predictor = Predictor.from_checkpoint(tuned_checkpoint)
+    assert torch.equal(predictor.model.state_dict()["encoder.species.embedding.weight"],
+                       after["encoder.species.embedding.weight"])
 
 
 def test_last_layers_only(pretrained, tmp_path):
