@@ -109,7 +109,7 @@ class MaterialsProjectAPI(Source):
                  columns: dict[str, str] | None = None):
         """
         Args:
-            material_ids: MP ids to fetch, e.g. ["mp-149", "mp-2534"]; None fetches every material that has all the
+            material_ids: MP ids to fetch, e.g. ["mp-149"]; None fetches every material that has all the
                 requested fields (large).
             api_key: Materials Project API key (default: the MP_API_KEY environment variable).
             columns: task -> dotted summary-doc field; default MP_COLUMNS.
