@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from equiprop.data import keys
-from equiprop.data.tasks import TaskSpec
+from equiprop.data.tasks import TaskSpec, change_of_basis
 
 
 @dataclass
@@ -28,10 +28,10 @@ class TaskStats:
 
 def invariant_part(t: np.ndarray, task: TaskSpec) -> np.ndarray:
     """Projection of a Cartesian tensor onto its 0e (rotation-invariant) irreps."""
-    ct = task.cartesian_tensor
-    irreps = ct.from_cartesian(torch.as_tensor(t, dtype=torch.get_default_dtype()))
-    mask = torch.cat([torch.full((mul * ir.dim,), ir.l == 0) for mul, ir in ct])
-    return ct.to_cartesian(irreps * mask).double().numpy()
+    q = change_of_basis(task.formula)  # (irreps dim, 3^rank)
+    invariant = np.concatenate([np.full(mul * ir.dim, ir.l == 0) for mul, ir in task.cartesian_tensor])
+    irreps = q @ np.asarray(t, dtype=np.float64).reshape(-1)
+    return (q.T @ (irreps * invariant)).reshape(np.shape(t))
 
 
 def compute_stats(labels: torch.Tensor, task: TaskSpec) -> TaskStats:

@@ -201,8 +201,12 @@ def project_symmetric(arr: np.ndarray, formula: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _symmetric_projector(formula: str) -> np.ndarray:
-    """(3^rank, 3^rank) orthogonal projector Q^T Q from e3nn's orthonormal change of basis Q, in float64."""
+def change_of_basis(formula: str) -> np.ndarray:
+    """(irreps dim, 3^rank) orthonormal map from a Cartesian tensor to its irreps, built once per formula in float64.
+
+    e3nn recomputes it on every ``from_cartesian``/``to_cartesian`` call (seconds for rank 4); projection,
+    normalisation and the tensor readouts all share this one copy.
+    """
     import torch
 
     previous = torch.get_default_dtype()
@@ -211,7 +215,13 @@ def _symmetric_projector(formula: str) -> np.ndarray:
         q = _cartesian_tensor(formula).reduced_tensor_products().change_of_basis.to(torch.float64)
     finally:
         torch.set_default_dtype(previous)
-    flat_q = q.reshape(q.shape[0], -1).numpy()
+    return q.reshape(q.shape[0], -1).numpy()
+
+
+@lru_cache(maxsize=None)
+def _symmetric_projector(formula: str) -> np.ndarray:
+    """(3^rank, 3^rank) orthogonal projector Q^T Q onto the tensors obeying the formula."""
+    flat_q = change_of_basis(formula)
     return flat_q.T @ flat_q
 
 

@@ -14,7 +14,7 @@ from e3nn import o3
 from torch import nn
 from torch_geometric.utils import scatter
 
-from equiprop.data.tasks import TaskSpec
+from equiprop.data.tasks import TaskSpec, change_of_basis
 
 
 def _scalars(irreps: o3.Irreps) -> o3.Irreps:
@@ -58,8 +58,8 @@ class TensorReadoutBlock(nn.Module):
         if missing:
             warnings.warn(f"{task.name}: irreps {missing} cannot be produced from node irreps {self.irreps_in}; "
                           "they are predicted as zero (raise max_ell)")
-        basis = cartesian.reduced_tensor_products().change_of_basis.to(torch.get_default_dtype())
-        self.register_buffer("change_of_basis", basis.reshape(basis.shape[0], -1))  # (irreps dim, 3^rank)
+        basis = torch.as_tensor(change_of_basis(task.formula), dtype=torch.get_default_dtype())
+        self.register_buffer("change_of_basis", basis)  # (irreps dim, 3^rank)
 
     def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
         small = self.project(x)
