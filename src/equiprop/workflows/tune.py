@@ -76,7 +76,6 @@ def make_study(tune: dict, storage: str, study_name: str):
 
 
 def objective_for(recipe: dict, tune: dict, overrides: list[str], run_dir: Path):
-    from optuna.exceptions import TrialPruned
     from optuna_integration import PyTorchLightningPruningCallback
 
     metric, multi = tune.get("metric", "val/loss"), bool(tune.get("multi_objective"))
@@ -91,10 +90,7 @@ def objective_for(recipe: dict, tune: dict, overrides: list[str], run_dir: Path)
         trainer.callbacks.append(timer)
         if not multi:  # Optuna prunes single-objective studies only
             trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=metric))
-        try:
-            trainer.fit(model, datamodule=datamodule)
-        except TrialPruned:
-            raise
+        trainer.fit(model, datamodule=datamodule)  # the pruning callback raises TrialPruned through here
         checkpoint = trainer.checkpoint_callback
         score = checkpoint.best_model_score if checkpoint is not None and checkpoint.best_model_score is not None \
             else trainer.callback_metrics.get(metric)
