@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import inspect
 import json
 import sys
@@ -20,12 +19,11 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
-from equiprop.data.errors import DataError
+from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord, from_ase, from_pymatgen, read_structure_file, structure_format
+from equiprop.nn.base import build_encoder
 from equiprop.train.metrics import voigt_bulk_modulus, voigt_shear_modulus
-
-ENCODERS = {"equiprop.nn.encoders.EquivariantEncoder", "equiprop.nn.encoders.InvariantEncoder"}
 
 
 class Predictor:
@@ -44,11 +42,10 @@ class Predictor:
         if "equiprop" not in checkpoint:
             raise DataError(str(path), "not an equiprop checkpoint (no 'equiprop' section)", "bad checkpoint")
         meta = checkpoint["equiprop"]
-        class_path = meta["encoder"]["class_path"]
-        if class_path not in ENCODERS:  # never import an arbitrary class named in a file
-            raise DataError(str(path), f"unknown encoder class {class_path!r}", "bad checkpoint")
-        module_name, class_name = class_path.rsplit(".", 1)
-        encoder = getattr(importlib.import_module(module_name), class_name)(**meta["encoder"]["init_args"])
+        try:  # only registered encoder classes: never import an arbitrary class named in a file
+            encoder = build_encoder(meta["encoder"])
+        except ConfigError as err:
+            raise DataError(str(path), str(err), "bad checkpoint") from None
         # init_from is not replayed: the checkpoint already holds the fine-tuned weights
         accepted = set(inspect.signature(MultiTaskModel.__init__).parameters) - {"self", "encoder", "tasks", "init_from"}
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}

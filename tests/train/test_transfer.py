@@ -76,7 +76,7 @@ def test_mismatches_are_clear_errors(pretrained, tmp_path):
     path, _ = pretrained
     with pytest.raises(ConfigError, match="cutoff: pretrained 4.5 vs 5.0"):
         MultiTaskModel(EquivariantEncoder(**{**ENCODER, "cutoff": 5.0}), ["Ef"], init_from=str(path))
-    with pytest.raises(ConfigError, match="hidden_irreps"):
+    with pytest.raises(ConfigError, match=r"multiplicities: pretrained \[8, 4, 4\]"):
         MultiTaskModel(EquivariantEncoder(**{**ENCODER, "multiplicities": [16, 4, 4]}), ["Ef"], init_from=str(path))
     with pytest.raises(ConfigError, match="not found"):
         MultiTaskModel(EquivariantEncoder(**ENCODER), ["Ef"], init_from=str(tmp_path / "nope.ckpt"))

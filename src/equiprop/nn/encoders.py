@@ -8,6 +8,7 @@ from torch import nn
 
 from equiprop.data import keys
 from equiprop.data.graph import edge_vectors
+from equiprop.nn.base import Encoder
 from equiprop.nn.blocks import CGConvBlock, EdgeShBlock, InteractionBlock, SpeciesEmbeddingBlock
 from equiprop.nn.radial import RadialEmbeddingBlock
 
@@ -19,7 +20,7 @@ def hidden_irreps_from(max_ell: int, multiplicities: list[int], parity: bool) ->
     return o3.Irreps([(multiplicities[l], (l, (-1) ** l if parity else 1)) for l in range(max_ell + 1)])
 
 
-class EquivariantEncoder(nn.Module):
+class EquivariantEncoder(Encoder):
     """E(3)-equivariant message passing (NequIP/MACE lineage) built from e3nn.
 
     Args:
@@ -43,10 +44,6 @@ class EquivariantEncoder(nn.Module):
         self.cutoff, self.max_ell, self.parity = float(cutoff), max_ell, parity
         hidden = o3.Irreps(hidden_irreps) if hidden_irreps else hidden_irreps_from(max_ell, list(multiplicities),
                                                                                    parity)
-        # what rebuilds this encoder from a checkpoint (weights and avg_num_neighbors come from the state dict)
-        self.config = {"cutoff": self.cutoff, "max_ell": max_ell, "hidden_irreps": str(hidden),
-                       "num_layers": num_layers, "num_basis": num_basis, "radial_hidden": radial_hidden,
-                       "parity": parity}
         self.species = SpeciesEmbeddingBlock(hidden.count(o3.Irrep("0e")) or 32)
         self.edge_sh = EdgeShBlock(max_ell, parity)
         self.radial = RadialEmbeddingBlock(cutoff, num_basis)
@@ -72,7 +69,7 @@ class EquivariantEncoder(nn.Module):
         return x
 
 
-class InvariantEncoder(nn.Module):
+class InvariantEncoder(Encoder):
     """CGCNN-like invariant baseline: species embedding + gated graph convolutions on distances only.
 
     Args:
@@ -85,15 +82,10 @@ class InvariantEncoder(nn.Module):
     def __init__(self, cutoff: float = 5.0, num_features: int = 64, num_layers: int = 3, num_basis: int = 8):
         super().__init__()
         self.cutoff = float(cutoff)
-        self.config = {"cutoff": self.cutoff, "num_features": num_features, "num_layers": num_layers,
-                       "num_basis": num_basis}
         self.species = SpeciesEmbeddingBlock(num_features)
         self.radial = RadialEmbeddingBlock(cutoff, num_basis)
         self.layers = nn.ModuleList(CGConvBlock(num_features, num_basis) for _ in range(num_layers))
         self.irreps_out = o3.Irreps(f"{num_features}x0e")
-
-    def set_avg_num_neighbors(self, value: float) -> None:  # same interface; CGCNN normalises with BatchNorm
-        pass
 
     def forward(self, data) -> torch.Tensor:  # -> (num_nodes, num_features)
         edge_features = self.radial(edge_vectors(data).norm(dim=-1))

@@ -9,6 +9,7 @@ from torchmetrics import MeanAbsoluteError
 
 from equiprop.data import keys
 from equiprop.data.tasks import TaskSpec, resolve_tasks
+from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z
 from equiprop.nn.heads import build_head
 from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss
@@ -25,7 +26,7 @@ class MultiTaskModel(L.LightningModule):
     """Encoder + per-task readouts, trained on masked labels.
 
     Args:
-        encoder: an ``equiprop.nn`` encoder (EquivariantEncoder or InvariantEncoder).
+        encoder: an ``equiprop.nn.Encoder`` (EquivariantEncoder, InvariantEncoder, FoundationEncoder, ...).
         tasks: task names or definitions (normally linked from the data section).
         weighting: "uncertainty" (Kendall et al. 2018, learned) or "fixed".
         task_weights: fixed weights per task (weighting="fixed"; default 1).
@@ -40,7 +41,7 @@ class MultiTaskModel(L.LightningModule):
         encoder_lr_factor: learning rate of the (trainable) encoder relative to ``lr``.
     """
 
-    def __init__(self, encoder: nn.Module, tasks: list[str | dict], weighting: str = "uncertainty",
+    def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: str = "uncertainty",
                  task_weights: dict[str, float] | None = None, loss: str = "mse", lr: float = 2e-3,
                  weight_decay: float = 0.0, scheduler: str = "cosine", plateau_patience: int = 5,
                  init_from: str | None = None, finetune: str = "all", trainable_layers: int = 1,
@@ -78,6 +79,9 @@ class MultiTaskModel(L.LightningModule):
         if abs(datamodule.cutoff - self.encoder.cutoff) > 1e-9:
             raise ValueError(f"the encoder's cutoff ({self.encoder.cutoff} Å) differs from the data's neighbour-list "
                              f"cutoff ({datamodule.cutoff} Å); set one value (the CLI links data.cutoff to it)")
+        if getattr(self.encoder, "full_neighbor_list", False) and datamodule.max_neighbors is not None:
+            raise ValueError(f"{type(self.encoder).__name__} needs every neighbour within its cutoff, as in its "
+                             f"pretraining; set data.max_neighbors: null (got {datamodule.max_neighbors})")
         missing = set(self.tasks) - set(datamodule.tasks)
         if missing:
             raise ValueError(f"the model predicts tasks the data does not define: {sorted(missing)}")
@@ -211,8 +215,7 @@ class MultiTaskModel(L.LightningModule):
     # -- checkpoint content that prediction needs, in plain types --------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["equiprop"] = {
-            "encoder": {"class_path": f"{type(self.encoder).__module__}.{type(self.encoder).__qualname__}",
-                        "init_args": dict(self.encoder.config)},
+            "encoder": describe(self.encoder),
             "tasks": {n: t.to_config() for n, t in self.tasks.items()},
             "max_neighbors": getattr(getattr(self._trainer, "datamodule", None), "max_neighbors", None)
             if self._trainer is not None else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from equiprop.data.errors import ConfigError
+from equiprop.nn.base import describe
 
 FINETUNE_MODES = ("all", "frozen_encoder", "last_layers")
 
@@ -27,11 +28,12 @@ def read_pretrained(path: str) -> dict:
 def check_encoder(pretrained: dict, encoder, path: str) -> None:
     """Same encoder class and configuration, or a ConfigError naming every difference."""
     meta = pretrained["equiprop"]["encoder"]
-    class_path = f"{type(encoder).__module__}.{type(encoder).__qualname__}"
+    class_path = describe(encoder)["class_path"]
     if meta["class_path"] != class_path:
         raise ConfigError(f"init_from {path}: pretrained encoder is {meta['class_path']}, this model uses {class_path}")
     differences = [f"{key}: pretrained {meta['init_args'].get(key)!r} vs {value!r}"
-                   for key, value in encoder.config.items() if meta["init_args"].get(key) != value]
+                   for key, value in encoder.config.items()
+                   if key not in encoder.runtime_args and meta["init_args"].get(key) != value]
     if differences:
         raise ConfigError(f"init_from {path}: encoder configuration differs ({'; '.join(differences)}). "
                           "Use the pretrained values (cutoff in data.cutoff, irreps/max_ell/layers in the encoder).")
@@ -66,7 +68,7 @@ def frozen_parameters(model, mode: str, trainable_layers: int) -> list:
         return []
     if mode == "frozen_encoder":
         return list(model.encoder.parameters())
-    layers = model.encoder.layers
+    layers = model.encoder.layer_modules()
     if not 1 <= trainable_layers <= len(layers):
         raise ConfigError(f"trainable_layers must be 1..{len(layers)}, got {trainable_layers}")
     trainable = {id(p) for layer in layers[len(layers) - trainable_layers:] for p in layer.parameters()}

@@ -1,0 +1,69 @@
+"""Multi-task training on the FoundationEncoder with a real Trainer: frozen weights stay bit-identical, every head
+(tensors included) trains, and a checkpoint predicts the same numbers after loading (no network involved)."""
+
+import lightning as L
+import pytest
+import torch
+
+from equiprop.data.datamodule import MultiTaskDataModule
+from equiprop.data.sources import BundledDataset
+from equiprop.data.splits import RandomSplit
+from equiprop.train.module import MultiTaskModel
+
+pytest.importorskip("sevenn", reason="the foundation extra is not installed: pip install 'equiprop[foundation]'")
+
+from equiprop.nn import FoundationEncoder  # noqa: E402
+from equiprop.predict import Predictor  # noqa: E402
+
+TASKS = ["Ef", "Eg", "K_VRH", "eps_electronic", "elastic_tensor", "piezo_tensor"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    return MultiTaskDataModule(sources=[BundledDataset("tiny")], tasks=TASKS, cutoff=5.0,
+                               split=RandomSplit(0.2, 0.2, seed=0), batch_size=8, cache_dir=str(tmp_path / "graphs"))
+
+
+def _fit(model, data, tmp_path, epochs=2):
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        default_root_dir=str(tmp_path), enable_model_summary=False)
+    trainer.fit(model, datamodule=data)
+    return trainer
+
+
+def test_frozen_fit_keeps_pretrained_weights_and_trains_heads(data, tmp_path):
+    encoder = FoundationEncoder(transfer="frozen", cache_dir=str(tmp_path / "features"))
+    pretrained = {k: v.clone() for k, v in encoder.potential.state_dict().items()}
+    model = MultiTaskModel(encoder, TASKS, lr=3e-3)
+    heads_before = {k: v.clone() for k, v in model.heads.state_dict().items()}
+    trainer = _fit(model, data, tmp_path)
+    after = encoder.potential.state_dict()
+    assert all(torch.equal(pretrained[k], after[k]) for k in pretrained)
+    assert any(not torch.equal(heads_before[k], v) for k, v in model.heads.state_dict().items())
+    # every structure was featurised once (first epoch), later epochs and validation read the cache
+    cache = encoder.feature_cache()
+    assert cache.hits > 0 and cache.misses <= len(data.dataset)
+    trainer.save_checkpoint(tmp_path / "frozen.ckpt")
+    predictor = Predictor.from_checkpoint(tmp_path / "frozen.ckpt")
+    assert isinstance(predictor.model.encoder, FoundationEncoder)
+    structures = [data.dataset[i] for i in range(4)]
+    direct = model.eval()
+    from torch_geometric.data import Batch
+
+    with torch.no_grad():
+        expected = direct.predict_physical(Batch.from_data_list(structures))
+    loaded = predictor.predict_graphs(structures)
+    for i in range(4):
+        assert loaded[i]["Ef"] == pytest.approx(float(expected["Ef"][i]), rel=1e-5)
+        assert torch.allclose(torch.as_tensor(loaded[i]["piezo_tensor"]).float(),
+                              torch.as_tensor(predictor.tasks["piezo_tensor"].to_user(
+                                  expected["piezo_tensor"][i].double().numpy())).float(), atol=1e-5)
+
+
+def test_partial_finetune_trains_only_the_last_layer(data, tmp_path):
+    encoder = FoundationEncoder(transfer="finetune", trainable_layers=1, cache_dir=str(tmp_path / "features"))
+    before = {k: v.clone() for k, v in encoder.potential.state_dict().items()}
+    model = MultiTaskModel(encoder, TASKS, lr=3e-3, encoder_lr_factor=0.1)
+    _fit(model, data, tmp_path, epochs=1)
+    changed = {k.split("_", 1)[0] for k, v in encoder.potential.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"4"}
