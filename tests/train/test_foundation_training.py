@@ -53,6 +53,9 @@ def test_frozen_fit_keeps_pretrained_weights_and_trains_heads(data, tmp_path):
     with torch.no_grad():
         expected = direct.predict_physical(Batch.from_data_list(structures))
     loaded = predictor.predict_graphs(structures)
+    from equiprop.workflows.embed import embed_graphs
+
+    assert embed_graphs(predictor.model.encoder, structures).shape == (4, 640 + 2 * (64 + 32))
     for i in range(4):
         assert loaded[i]["Ef"] == pytest.approx(float(expected["Ef"][i]), rel=1e-5)
         assert torch.allclose(torch.as_tensor(loaded[i]["piezo_tensor"]).float(),
