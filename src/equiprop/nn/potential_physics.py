@@ -8,9 +8,10 @@ errors remain. Each is cached per structure like the frozen features.
 - ``bulk_modulus`` (2 values): K = (1/9V) d2E/de2 from the energies at isotropic strains e in
   {-2, -1, 0, 1, 2} % (quadratic fit), and the residual pressure P = -(1/3V) dE/de, both in GPa, given to the network
   as signed log10(1 + |x|).
-- ``gamma_phonons`` (3 values): Γ-point frequencies from central finite-difference forces (0.01 Å steps on every
-  atom and direction), mass-weighted dynamical matrix: the highest frequency, the mean of the optical ones and the
-  lowest one (imaginary frequencies as negative numbers), in units of 1000 cm^-1.
+- ``gamma_phonons`` (3 values): Γ-point frequencies from finite-displacement forces (0.01 Å), with phonopy choosing
+  the symmetry-irreducible displacements of the cell and building the force constants (a cubic cell needs one or
+  two displaced copies instead of 6 per atom): the highest frequency, the mean of the optical ones and the lowest one
+  (imaginary frequencies as negative numbers), in units of 1000 cm^-1.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from equiprop.nn.feature_cache import FeatureCache, structure_keys
 
 DESCRIPTOR_SIZES = {"bulk_modulus": 2, "gamma_phonons": 3}
 EV_PER_A3_IN_GPA = 160.21766208
-# sqrt(eV / (Å^2 amu)) in cm^-1
-FREQUENCY_CM1 = 521.4708983725064
+THZ_IN_CM1 = 33.35640951981521
 STRAINS = (-0.02, -0.01, 0.0, 0.01, 0.02)
 DISPLACEMENT = 0.01  # Å
 MAX_EDGES_PER_CHUNK = 150_000
@@ -106,24 +106,28 @@ class PotentialPhysics:
         return [signed_log10(bulk), signed_log10(pressure)]
 
     def gamma_phonons(self, graph) -> list[float]:
-        from ase.data import atomic_masses
+        from phonopy import Phonopy
+        from phonopy.structure.atoms import PhonopyAtoms
 
         n = graph.num_nodes
+        cell = graph[keys.CELL][0].double().numpy()
+        positions = graph[keys.POSITIONS].double().numpy()
+        unitcell = PhonopyAtoms(numbers=graph[keys.ATOMIC_NUMBERS].numpy(), cell=cell,
+                                scaled_positions=positions @ np.linalg.inv(cell))
+        phonon = Phonopy(unitcell, supercell_matrix=np.eye(3, dtype=int))  # the cell itself: Γ-point phonons
+        phonon.generate_displacements(distance=DISPLACEMENT)
+        steps = []
+        for displaced in phonon.supercells_with_displacements:
+            delta = displaced.scaled_positions - unitcell.scaled_positions
+            steps.append((delta - np.round(delta)) @ cell)  # Cartesian displacement of each atom, Å
+        displacement = torch.tensor(np.stack(steps), dtype=graph[keys.POSITIONS].dtype).requires_grad_(True)
         i, j = graph[keys.EDGE_INDEX]
-        vectors = edge_vectors(graph).detach()
-        steps = torch.zeros(2, n, 3, n, 3)  # (sign, atom, direction) -> displacement of every atom
-        for a in range(n):
-            for alpha in range(3):
-                steps[0, a, alpha, a, alpha], steps[1, a, alpha, a, alpha] = DISPLACEMENT, -DISPLACEMENT
-        displacement = steps.reshape(-1, n, 3).requires_grad_(True)  # (6n, n, 3)
-        copies = vectors.unsqueeze(0) + displacement[:, j] - displacement[:, i]
+        copies = edge_vectors(graph).detach().unsqueeze(0) + displacement[:, j] - displacement[:, i]
         energies = self._energies(graph, copies)
-        forces = -torch.autograd.grad(energies.sum(), displacement)[0].reshape(2, 3 * n, 3 * n).double()
-        constants = -(forces[0] - forces[1]) / (2 * DISPLACEMENT)  # (3n displaced, 3n force) eV/Å^2
-        constants = 0.5 * (constants + constants.T)
-        masses = np.repeat(atomic_masses[graph[keys.ATOMIC_NUMBERS].numpy()], 3)
-        dynamical = constants.numpy() / np.sqrt(np.outer(masses, masses))
-        eigenvalues = np.linalg.eigvalsh(dynamical)
-        frequencies = np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues)) * FREQUENCY_CM1  # cm^-1
-        optical = np.sort(frequencies)[3:] if n > 1 else np.zeros(1)
+        forces = -torch.autograd.grad(energies.sum(), displacement)[0]  # (copies, n, 3) eV/Å
+        phonon.forces = forces.double().numpy()
+        phonon.produce_force_constants()
+        phonon.run_qpoints([[0.0, 0.0, 0.0]])
+        frequencies = np.sort(phonon.get_qpoints_dict()["frequencies"][0]) * THZ_IN_CM1  # imaginary: negative
+        optical = frequencies[3:] if n > 1 else np.zeros(1)
         return [float(frequencies.max()) / 1000, float(optical.mean()) / 1000, float(frequencies.min()) / 1000]

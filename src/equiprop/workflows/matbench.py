@@ -2,6 +2,7 @@
 
     equiprop matbench --task matbench_phonons -c recipes/matbench.yaml [--folds 0 1 2 3 4] [--trainer.* ...]
     equiprop matbench --task matbench_log_kvrh -c recipes/matbench.yaml --subset    (MatBench-subset protocol)
+    equiprop matbench ... --run_name=my_variant --model.lr=0.001    (a variant of a recipe, in its own folder)
 
 Each fold trains on that fold's training ids only (validation carved out of them, seeded) and predicts its test ids.
 Finished folds (``fold_<k>/predictions.json``) are kept and skipped on re-run. For complete tasks, once all five
@@ -119,8 +120,11 @@ def matbench_command(argv: list[str]) -> int:
     parser.add_argument("--shared", default=str(SHARED), help="folder with subset_maps/ and the leaderboard CSV")
     args, overrides = parser.parse_known_args(argv)
     recipe = load_recipe(args.config)
-    run_dir = Path("checkpoints") / recipe.get("run_name", "matbench") / (args.task + ("_subset" if args.subset
-                                                                                       else ""))
+    # --run_name=X names the study's folder (each fold's own run name is set below, so it is not passed on)
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("--run_name=")]
+    overrides = [o for o in overrides if not o.startswith("--run_name=")]
+    run_name = names[-1] if names else recipe.get("run_name", "matbench")
+    run_dir = Path("checkpoints") / run_name / (args.task + ("_subset" if args.subset else ""))
     source = source_config(args.task, args.subset, args.data_path, Path(args.shared))
     finished = {}
     for fold in args.folds:
