@@ -67,3 +67,25 @@ def test_multi_objective_returns_a_pareto_front(tmp_path, monkeypatch, capsys):
     assert len(study.directions) == 2 and all(len(t.values) == 2 for t in study.trials)
     assert "Pareto front" in capsys.readouterr().out
     assert (tmp_path / "checkpoints" / "tiny_pareto" / "pareto_front.png").exists()
+
+
+def test_search_over_pretrained_potentials(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("sevenn", reason="the foundation extra is not installed: pip install 'equiprop[foundation]'")
+    monkeypatch.chdir(tmp_path)
+    recipe = dict(RECIPE, run_name="tiny_foundation",
+                  model={"encoder": {"class_path": "equiprop.nn.FoundationEncoder", "init_args": {}}},
+                  data={**RECIPE["data"], "cutoff": 5.0},
+                  tune={**RECIPE["tune"], "search_space": {
+                      "model.encoder.init_args.model": {"type": "categorical", "choices": ["7net-0", "7net-l3i5"]},
+                      "model.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}})
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["tune", "-c", str(path), "--n-trials", "2"]) == 0
+    study = optuna.load_study(study_name="tiny_foundation",
+                              storage=f"sqlite:///{tmp_path / 'checkpoints' / 'tiny_foundation' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for t in study.trials:
+        used = load_recipe(tmp_path / "checkpoints" / "tiny_foundation" / f"trial_{t.number:03d}" / "recipe.yaml")
+        assert used["model"]["encoder"]["init_args"]["model"] == t.params["model.encoder.init_args.model"]
