@@ -143,6 +143,11 @@ def test_feature_cache_misses_on_new_model_or_structure(records, tmp_path):
     assert torch.equal(features, seven(batch))
     other = FoundationEncoder(model="7net-l3i5", cache_dir=str(tmp_path))
     assert other.feature_cache().directory != seven.feature_cache().directory
+    # descriptors are appended after the cached rows: the same features, the same cache
+    with_physics = FoundationEncoder(descriptors=["bulk_modulus"], cache_dir=str(tmp_path))
+    assert with_physics.feature_cache().directory == seven.feature_cache().directory
+    assert FoundationEncoder(energy_feature=True, cache_dir=str(tmp_path)).feature_cache().directory != (
+        seven.feature_cache().directory)
     moved = CrystalRecord(records[0].id, records[0].cell, records[0].positions + np.array([0.0, 0.0, 0.05]) *
                           (np.arange(records[0].num_atoms) == 0)[:, None], records[0].numbers)
     assert structure_keys(_batch([moved]))[0] != structure_keys(batch)[0]

@@ -308,8 +308,10 @@ class FoundationEncoder(Encoder):
         if self._cache is None:
             frozen = {n: p for n, p in self.potential.state_dict().items()
                       if self._frozen_name(n)}
+            # what the cached rows depend on: not where they are kept, nor the descriptors appended after the cache
+            config = {k: v for k, v in self.config.items() if k not in (*self.runtime_args, "descriptors")}
             self._cache = FeatureCache(self.cache_dir, {
-                "encoder": "FoundationEncoder", "config": self.config, "cache_point": self.cache_point,
+                "encoder": "FoundationEncoder", "config": config, "cache_point": self.cache_point,
                 "dtype": str(self.potential_dtype), "weights": weights_digest(frozen)})
         return self._cache
 

@@ -59,13 +59,13 @@ class PotentialPhysics:
     def descriptors(self, data) -> torch.Tensor:  # -> (num_graphs, size), cached per structure
         graphs = data.to_data_list() if hasattr(data, "to_data_list") else [data]
         names = structure_keys(data)
-        rows = []
+        rows, fresh = [], {}
         for key, graph in zip(names, graphs):
             row = self.cache.get(key)
             if row is None:
-                row = torch.tensor(self.compute(graph), dtype=torch.float64)
-                self.cache.put({key: row})
+                row = fresh[key] = torch.tensor(self.compute(graph), dtype=torch.float64)
             rows.append(row)
+        self.cache.put(fresh)  # one shard per batch
         return torch.stack(rows)
 
     def compute(self, graph) -> list[float]:
