@@ -128,8 +128,7 @@ def test_partial_finetune_from_cache_equals_full_computation(records, tmp_path):
     assert partial.feature_cache().hits == len(records) and torch.allclose(first, reference, atol=1e-5)
     assert torch.allclose(second, reference, atol=1e-5)
     second.sum().backward()  # the trainable last layer gets gradients through the cached inputs
-    assert partial.layer_modules()[-1][0].linear.weight.grad is not None or any(
-        p.grad is not None for p in partial.layer_modules()[-1].parameters())
+    assert any(p.grad is not None for p in partial.layer_modules()[-1].parameters())
 
 
 def test_feature_cache_misses_on_new_model_or_structure(records, tmp_path):

@@ -146,12 +146,9 @@ class FoundationEncoder(Encoder):
             self.potential.requires_grad_(False)
             for module in self.layer_modules()[self.num_layers - trainable_layers:]:
                 module.requires_grad_(True)
-        if not self.energy_feature or self.transfer == "frozen":
+        if not self.energy_feature:
             for p in readout:  # the energy readout is not a feature unless asked: its weights stay untouched
                 p.requires_grad_(False)
-        if self.energy_feature and self.transfer != "frozen" and trainable_layers is None:
-            for p in readout:
-                p.requires_grad_(True)
 
     def _cache_point(self, trainable_layers) -> int:
         """Layers [0, point) are frozen and cached; point == num_layers caches the whole output; 0 caches nothing."""

@@ -96,7 +96,7 @@ class PotentialPhysics:
 
     def bulk_modulus(self, graph) -> list[float]:
         with torch.no_grad():
-            vectors = edge_vectors(graph).double().float()
+            vectors = edge_vectors(graph)
             strains = torch.tensor(STRAINS)
             energies = self._energies(graph, vectors.unsqueeze(0) * (1.0 + strains).view(-1, 1, 1))
         volume = abs(float(torch.linalg.det(graph[keys.CELL][0].double())))
