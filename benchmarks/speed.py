@@ -1,5 +1,6 @@
-"""Training and inference speed of the invariant baseline, the equivariant encoder at max_ell 0-3, and the
-SevenNet-0 foundation encoder in each transfer mode.
+"""Training and inference speed of the invariant baseline, the equivariant encoder at max_ell 0-3 (and, lean at
+max_ell 2, with body order raised by the product basis: ``_c2``, ``_c3`` = correlation 2, 3), and the SevenNet-0
+foundation encoder in each transfer mode.
 
     python benchmarks/speed.py [--batches 12] [--batch-size 32] [--width 64] [--layers 3]
 
@@ -24,7 +25,8 @@ import sys
 import tempfile
 import time
 
-CONFIGS = ["invariant", "equivariant_l0", "equivariant_l1", "equivariant_l2", "equivariant_l3", "equivariant_l2_lean"]
+CONFIGS = ["invariant", "equivariant_l0", "equivariant_l1", "equivariant_l2", "equivariant_l3", "equivariant_l2_lean",
+           "equivariant_l2_lean_c2", "equivariant_l2_lean_c3"]
 FOUNDATION = ["foundation_uncached", "foundation_frozen", "foundation_last1", "foundation_all"]
 
 
@@ -42,9 +44,10 @@ def build(config: str, width: int, layers: int, cutoff: float):
                 "foundation_all": lambda: FoundationEncoder(transfer="finetune")}[config]()
     if config == "invariant":
         return InvariantEncoder(cutoff=cutoff, num_features=width, num_layers=layers)
-    if config == "equivariant_l2_lean":  # same scalar width, fewer l>0 channels: the quickstart's shape
+    if config.startswith("equivariant_l2_lean"):  # same scalar width, fewer l>0 channels: the quickstart's shape
+        correlation = int(config[-1]) if config[-3:-1] == "_c" else 1
         return EquivariantEncoder(cutoff=cutoff, max_ell=2, multiplicities=[width, width // 4, width // 8],
-                                  num_layers=layers)
+                                  num_layers=layers, correlation=correlation)
     max_ell = int(config[-1])
     multiplicities = [width, width // 2, width // 4, width // 8][: max_ell + 1]
     return EquivariantEncoder(cutoff=cutoff, max_ell=max_ell, multiplicities=multiplicities, num_layers=layers)
@@ -127,11 +130,11 @@ def main():
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     base = rows[0] if rows[0]["config"] == "invariant" else None
-    print(f"{'encoder':<16} {'params':>9} {'train struct/s':>15} {'infer struct/s':>15} {'train slowdown':>15} "
+    print(f"{'encoder':<22} {'params':>9} {'train struct/s':>15} {'infer struct/s':>15} {'train slowdown':>15} "
           f"{'peak MiB':>9}  hidden irreps")
     for r in rows:
         ratio = f"{base['train_per_s'] / r['train_per_s']:.2f}x" if base else "-"
-        print(f"{r['config']:<16} {r['params']:>9} {r['train_per_s']:>15.1f} {r['infer_per_s']:>15.1f} {ratio:>15} "
+        print(f"{r['config']:<22} {r['params']:>9} {r['train_per_s']:>15.1f} {r['infer_per_s']:>15.1f} {ratio:>15} "
               f"{r['peak_mib']:>9.0f}  {r['irreps']}")
 
 

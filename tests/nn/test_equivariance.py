@@ -15,6 +15,9 @@ from equiprop.nn import EquivariantEncoder, InvariantEncoder
 from equiprop.train.module import MultiTaskModel
 
 TASKS = ["Ef", "Eg", "eps_electronic", "elastic_tensor", "piezo_tensor"]
+# the same tasks with positive-definite outputs through the log-Euclidean map (matrix exponentials)
+SPD_TASKS = ["Ef", "Eg", {"name": "eps_electronic", "parametrization": "spd_log"},
+             {"name": "elastic_tensor", "parametrization": "spd_log"}, "piezo_tensor"]
 
 
 @pytest.fixture(autouse=True)
@@ -30,12 +33,12 @@ def structures(tiny_entries):
     return [Structure.from_dict(e["structure"]) for e in tiny_entries[:6]]
 
 
-def _model(encoder_cls=EquivariantEncoder, **kwargs):
+def _model(encoder_cls=EquivariantEncoder, tasks=TASKS, **kwargs):
     torch.manual_seed(0)
     encoder = encoder_cls(cutoff=4.5, **kwargs) if encoder_cls is InvariantEncoder else encoder_cls(
         cutoff=4.5, max_ell=2, multiplicities=[8, 6, 4], num_layers=2, **kwargs)
     encoder.set_avg_num_neighbors(20.0)
-    model = MultiTaskModel(encoder, TASKS).double().eval()
+    model = MultiTaskModel(encoder, tasks).double().eval()
     for p in model.parameters():  # non-trivial outputs everywhere (default init zeroes nothing, but be sure)
         p.data += 0.05 * torch.randn_like(p)
     return model
@@ -56,9 +59,10 @@ def _assert_close(a, b, rtol=1e-5):
     assert float((a - b).abs().max()) <= rtol * scale, float((a - b).abs().max()) / scale
 
 
+@pytest.mark.parametrize("tasks", [TASKS, SPD_TASKS], ids=["linear", "spd_log"])
 @pytest.mark.parametrize("inversion", [False, True])
-def test_rotations_and_inversion(structures, inversion):
-    model = _model()
+def test_rotations_and_inversion(structures, inversion, tasks):
+    model = _model(tasks=tasks)
     records = [from_pymatgen(s, str(i)) for i, s in enumerate(structures)]
     reference = _predict(model, records)
     for seed in range(3):
@@ -90,13 +94,14 @@ def test_translation_permutation_and_supercell(structures):
             _assert_close(out[name], reference[name])
 
 
-def test_cubic_crystal_gets_an_isotropic_dielectric_tensor(tiny_entries):
+@pytest.mark.parametrize("tasks", [TASKS, SPD_TASKS], ids=["linear", "spd_log"])
+def test_cubic_crystal_gets_an_isotropic_dielectric_tensor(tiny_entries, tasks):
     cubic = [Structure.from_dict(e["structure"]) for e in tiny_entries]
     cubic = [s for s in cubic if SpacegroupAnalyzer(s, symprec=1e-3).get_crystal_system() == "cubic"][:3]
     assert cubic, "tiny set has cubic crystals"
     for seed in range(2):
         torch.manual_seed(seed)
-        model = _model()
+        model = _model(tasks=tasks)
         eps = _predict(model, [from_pymatgen(s, "c") for s in cubic])["eps_electronic"]
         for t in eps:
             iso = torch.eye(3) * torch.trace(t) / 3

@@ -1,7 +1,13 @@
 """Per-task normalisation statistics, computed on the training split only and stored with the model.
 
-Scalars: mean and standard deviation of the model-space label. Tensors: the shift is the rotation-invariant (0e)
-part of the mean tensor, and the scale one RMS over components, so normalisation commutes with rotations. Binary
+Scalars: mean and standard deviation of the model-space label. Tensors are normalised in their irreps (e3nn
+``CartesianTensor`` basis), one robust statistic per irrep copy: each 0e component is shifted by its median and scaled
+by its median absolute deviation (x1.4826, the standard deviation of a normal distribution), each l>0 block is scaled
+by its mean norm per component, sqrt(dim) (no shift: a nonzero mean would single out a direction; a mean, not a
+median, because most crystals have none of a given anisotropy by symmetry, which would make a median scale ~0 and blow
+up the rest).
+One RMS over all components, as before, let the heavy tail (eps_inf up to 257) set the scale of every part: the
+traceless part of a typical crystal became invisible to the loss. Per-copy scalars commute with rotations. Binary
 tasks are not normalised.
 """
 
@@ -18,34 +24,47 @@ from equiprop.data.tasks import TaskSpec, change_of_basis
 
 @dataclass
 class TaskStats:
-    shift: list  # model-space shift: a float for scalars, a nested (3,)*rank list for tensors
-    scale: float  # model-space scale (> 0)
+    shift: float | list  # model-space shift: a float for scalars, one value per irreps component for tensors
+    scale: float | list  # model-space scale (> 0): a float for scalars, one value per irreps component for tensors
     count: int  # training labels the statistics come from
 
     def to_dict(self) -> dict:
         return {"shift": self.shift, "scale": self.scale, "count": self.count}
 
 
-def invariant_part(t: np.ndarray, task: TaskSpec) -> np.ndarray:
-    """Projection of a Cartesian tensor onto its 0e (rotation-invariant) irreps."""
-    q = change_of_basis(task.formula)  # (irreps dim, 3^rank)
-    invariant = np.concatenate([np.full(mul * ir.dim, ir.l == 0) for mul, ir in task.cartesian_tensor])
-    irreps = q @ np.asarray(t, dtype=np.float64).reshape(-1)
-    return (q.T @ (irreps * invariant)).reshape(np.shape(t))
-
-
 def compute_stats(labels: torch.Tensor, task: TaskSpec) -> TaskStats:
     """Statistics of one task from its labelled training values, shape (num_labels, *task.model_shape)."""
     x = labels.double().numpy()
     n = len(x)
+    if task.kind == "tensor":
+        return _tensor_stats(x, task)
     if task.kind == "binary" or n == 0:
-        return TaskStats(shift=np.zeros(task.model_shape).tolist(), scale=1.0, count=n)
-    if task.kind != "tensor":
-        scale = float(x.std()) if n > 1 else 1.0
-        return TaskStats(shift=float(x.mean()), scale=scale if scale > 1e-12 else 1.0, count=n)
-    shift = invariant_part(x.mean(axis=0), task)
-    scale = float(np.sqrt(((x - shift) ** 2).mean()))
-    return TaskStats(shift=shift.tolist(), scale=scale if scale > 1e-12 else 1.0, count=n)
+        return TaskStats(shift=0.0, scale=1.0, count=n)
+    scale = float(x.std()) if n > 1 else 1.0
+    return TaskStats(shift=float(x.mean()), scale=scale if scale > 1e-12 else 1.0, count=n)
+
+
+def _tensor_stats(x: np.ndarray, task: TaskSpec) -> TaskStats:
+    q = change_of_basis(task.formula)  # (irreps dim, 3^rank)
+    dim = q.shape[0]
+    shift, scale = np.zeros(dim), np.ones(dim)
+    if len(x) == 0:
+        return TaskStats(shift=shift.tolist(), scale=scale.tolist(), count=0)
+    irreps = x.reshape(len(x), -1) @ q.T  # (n, irreps dim)
+    start = 0
+    for mul, ir in task.cartesian_tensor:
+        for _ in range(mul):
+            block = irreps[:, start:start + ir.dim]
+            if ir.l == 0:
+                shift[start] = np.median(block)
+                spread = 1.4826 * np.median(np.abs(block - shift[start]))
+                fallback = block.std()
+            else:  # mean, not median: most crystals have no anisotropy at all (cubic), a median would be ~0
+                spread = np.linalg.norm(block, axis=1).mean() / np.sqrt(ir.dim)
+                fallback = np.sqrt((block**2).mean())
+            scale[start:start + ir.dim] = next((s for s in (spread, fallback) if s > 1e-12), 1.0)
+            start += ir.dim
+    return TaskStats(shift=shift.tolist(), scale=scale.tolist(), count=len(x))
 
 
 def stats_from_dataset(dataset, tasks: dict[str, TaskSpec]) -> dict[str, TaskStats]:

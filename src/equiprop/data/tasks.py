@@ -8,7 +8,7 @@ target stored on graphs: log10 for log-scalars, the full Cartesian tensor (rank 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -37,6 +37,11 @@ class TaskSpec:
     pooling: "mean" for intensive properties, "sum" for extensive ones, "max" for properties set by the most
         extreme atom (used by the model's readout).
     symmetry_tol: largest allowed asymmetry of a tensor label, relative to its largest component.
+    parametrization: how a tensor is represented in model space. "linear": the Cartesian tensor itself. "spd_log"
+        (dielectric and elastic tensors): the log-Euclidean map ``logm(eps - I)`` / ``logm(Mandel(C))``; the model
+        predicts that symmetric log tensor and outputs ``I + expm(L)`` / ``expm(L)``, positive definite (eigenvalues
+        > 1 for eps) by construction, and the loss is taken in log space. Labels that are not positive definite
+        are skipped and counted (reason "tensor not positive definite").
     """
 
     name: str
@@ -49,6 +54,7 @@ class TaskSpec:
     pooling: str = "mean"
     symmetry_tol: float = 0.01
     description: str = ""
+    parametrization: str = "linear"
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -59,6 +65,14 @@ class TaskSpec:
             raise ConfigError(f"task {self.name!r}: only level='structure' is supported so far")
         if self.pooling not in ("mean", "sum", "max"):
             raise ConfigError(f"task {self.name!r}: pooling must be 'mean', 'sum' or 'max'")
+        if self.parametrization not in ("linear", "spd_log"):
+            raise ConfigError(f"task {self.name!r}: parametrization must be 'linear' or 'spd_log', "
+                              f"got {self.parametrization!r}")
+        if self.parametrization == "spd_log" and self.formula not in ("ij=ji", "ijkl=jikl=klij"):
+            raise ConfigError(f"task {self.name!r}: parametrization 'spd_log' needs a symmetric rank-2 ('ij=ji') or "
+                              f"elastic ('ijkl=jikl=klij') tensor, got formula {self.formula!r}")
+        if self.kind == "tensor" and self.pooling == "max":
+            raise ConfigError(f"task {self.name!r}: a tensor cannot be max-pooled (not equivariant); use mean or sum")
         if self.voigt_shape is not None:
             object.__setattr__(self, "voigt_shape", tuple(self.voigt_shape))
 
@@ -121,8 +135,18 @@ class TaskSpec:
                                 "invalid label value") from None
         if not np.isfinite(arr).all():
             return None  # a tensor with NaN entries is a missing label, counted as such by the caller
-        arr = self.to_cartesian(arr, where)
-        return self.symmetrize(arr, where)
+        arr = self.symmetrize(self.to_cartesian(arr, where), where)
+        if self.parametrization == "spd_log":
+            from equiprop.data.tensor_ops import smallest_eigenvalue
+
+            floor = 1.0 if self.rank == 2 else 0.0  # eps - I, or the Mandel stiffness, must be positive definite
+            smallest = smallest_eigenvalue(arr, self.formula)
+            if smallest <= floor * (1 + 1e-9):
+                raise DataError(where, f"{self.name}: smallest eigenvalue {smallest:.4g} <= {floor:g}: no matrix log "
+                                       "(parametrization spd_log needs a positive-definite "
+                                       f"{'eps - I' if self.rank == 2 else 'stiffness'})",
+                                "tensor not positive definite")
+        return arr
 
     def to_cartesian(self, arr: np.ndarray, where: str = "") -> np.ndarray:
         """Accept the Cartesian (3,)*rank form or the Voigt form; return Cartesian."""
@@ -154,12 +178,24 @@ class TaskSpec:
         return projected
 
     def to_model(self, value) -> np.ndarray:
-        """Model-space target from a parsed physical label: log10 for log-scalars, else unchanged."""
+        """Model-space target from a parsed physical label: log10 for log-scalars, the log tensor for "spd_log"
+        tensors, else unchanged."""
         x = np.asarray(value, dtype=np.float64)
+        if self.parametrization == "spd_log":
+            from equiprop.data.tensor_ops import spd_log
+
+            return spd_log(x, self.formula)
         return np.log10(x) if self.kind == "log_scalar" else x
 
     def from_model(self, x: np.ndarray) -> np.ndarray:
+        """Physical label from model space; accepts one value or a batch (leading axis)."""
         x = np.asarray(x, dtype=np.float64)
+        if self.parametrization == "spd_log":
+            from equiprop.data.tensor_ops import spd_exp
+
+            if x.ndim == self.rank:
+                return spd_exp(x, self.formula)
+            return np.stack([spd_exp(t, self.formula) for t in x.reshape(-1, *self.model_shape)]).reshape(x.shape)
         return np.power(10.0, x) if self.kind == "log_scalar" else x
 
     def to_config(self) -> dict:
@@ -294,6 +330,12 @@ def resolve_task(task: str | dict | TaskSpec) -> TaskSpec:
     if isinstance(task, TaskSpec):
         return task
     if isinstance(task, dict):
+        if task.get("name") in BUILTIN_TASKS and not {"key", "units"} & set(task):
+            # a built-in task with some fields changed, e.g. {name: eps_electronic, parametrization: spd_log}
+            try:
+                return replace(BUILTIN_TASKS[task["name"]], **{k: v for k, v in task.items() if k != "name"})
+            except TypeError as err:
+                raise ConfigError(f"task definition {task}: {err}") from None
         try:
             return TaskSpec(**task)
         except TypeError as err:

@@ -106,33 +106,121 @@ class EdgeTensorProductBlock(nn.Module):
                           for _, i, offset, dim, mul in self.layout], dim=1)  # (num_nodes, irreps_out.dim)
 
 
+def _channelwise_product(irreps1: o3.Irreps, irreps2: o3.Irreps, keep: list, first: list | None,
+                         weighted: bool) -> tuple[o3.TensorProduct, list]:
+    """e3nn "uuu" tensor product (channel u only meets channel u) of powers of A (irreps1) with A (irreps2), outputs
+    in ``keep``. Unweighted: one output block per path (a basis to multiply further). Weighted: per-sample weights
+    per (path, channel), the paths summed into one block per irrep of ``keep`` (a contraction of the basis).
+
+    All factors are the same A and a_i a_j = a_j a_i, so only nondecreasing factor indices are formed: block i of
+    irreps1, whose last factor is A's block ``first[i]``, meets A's blocks j >= first[i] (at max_ell <= 2 this spans
+    what all orders span: tests/nn/test_body_order.py). For A x A (``first`` None), a_l x a_l -> L with L odd is
+    antisymmetric, i.e. zero (a x a = 0), and left out. Returns the product and, per output block, its last factor's
+    index in A.
+    """
+    square = first is None
+    first = list(range(len(irreps1))) if square else first
+    out = [(irreps1[0].mul, ir) for ir in keep] if weighted else []  # weighted: paths summed per irrep of keep
+    instructions, last = [], []
+    for i, (mul, ir1) in enumerate(irreps1):
+        for j in range(first[i], len(irreps2)):
+            for ir in ir1 * irreps2[j].ir:
+                if ir in keep and not (square and i == j and ir.l % 2):
+                    instructions.append((i, j, keep.index(ir) if weighted else len(out), "uuu", weighted))
+                    if not weighted:
+                        out.append((mul, ir))
+                    last.append(j)
+    tp = o3.TensorProduct(irreps1, irreps2, o3.Irreps(out), instructions, internal_weights=False,
+                          shared_weights=False)
+    return tp, last
+
+
+class ProductBasisBlock(nn.Module):
+    """Higher body order (MACE's product basis): channel-wise powers of the atomic basis A, contracted with weights
+    that depend on the centre's species, then mixed.
+
+    A = linear(aggregated messages): ``channels`` copies of every irrep of ``irreps_out``. P2 = A (x) A,
+    P3 = P2 (x) A, ... ("uuu" products): P_nu of atom i sums over nu-tuples of its neighbours, a (nu+1)-body feature,
+    at per-atom (not per-edge) cost. Intermediate irreps are any l <= lmax (2o from 1o x 2e feeds P3). For each
+    nu = 2..``correlation``, B_nu[u, L] = sum_paths w_path,u(z) P_nu[path, u, L] (the paths are MACE's basis, w its
+    contraction weights) with w(z) = w_shared + emb(z) W: a rank-``species_rank`` version of MACE's one-hot x W
+    (shares strength between rare elements; W = 0 at start). Then a linear from all B_nu to ``irreps_out``.
+    The nu = 1 term is not here: it is the caller's linear on A.
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, correlation: int, channels: int = 16,
+                 species_rank: int = 8):
+        super().__init__()
+        if correlation < 2:
+            raise ValueError(f"correlation must be >= 2 for a product basis, got {correlation}")
+        self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        wanted = sorted({ir for _, ir in self.irreps_out})
+        parities = (1, -1) if any(ir.p == -1 for ir in wanted) else (1,)  # parity off: all irreps even
+        intermediate = [o3.Irrep(l, p) for l in range(self.irreps_out.lmax + 1) for p in parities]
+        self.irreps_a = o3.Irreps([(channels, ir) for ir in wanted])
+        self.linear_down = o3.Linear(self.irreps_in, self.irreps_a)
+        powers, contractions, irreps, first = [], [], self.irreps_a, None
+        for nu in range(2, correlation + 1):
+            contractions.append(_channelwise_product(irreps, self.irreps_a, wanted, first, weighted=True)[0])
+            if nu < correlation:  # P_nu itself is only needed as a factor of P_nu+1
+                power, first = _channelwise_product(irreps, self.irreps_a, intermediate, first, weighted=False)
+                powers.append(power)
+                irreps = power.irreps_out
+        self.powers, self.contractions = nn.ModuleList(powers), nn.ModuleList(contractions)
+        self.weight_sizes = [tp.weight_numel for tp in contractions]
+        self.species_embedding = nn.Embedding(MAX_Z + 1, species_rank)
+        self.species_weights = nn.Linear(species_rank, sum(self.weight_sizes))  # bias: the shared weights
+        nn.init.zeros_(self.species_weights.weight)
+        nn.init.normal_(self.species_weights.bias)
+        self.linear_up = o3.Linear(o3.Irreps(sum((tp.irreps_out for tp in contractions), o3.Irreps(""))),
+                                   self.irreps_out)
+
+    def forward(self, aggregated: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        # aggregated: (num_nodes, irreps_in.dim); species: (num_nodes,) atomic numbers
+        a = self.linear_down(aggregated)  # (num_nodes, irreps_a.dim)
+        weights = self.species_weights(self.species_embedding(species)).split(self.weight_sizes, dim=1)
+        basis, p = [], a
+        for nu, (contract, w) in enumerate(zip(self.contractions, weights)):
+            basis.append(contract(p, a, w))  # B_nu+2: (num_nodes, channels x wanted irreps)
+            if nu < len(self.powers):
+                p = self.powers[nu](p, a)  # P_nu+2: (num_nodes, one block per path)
+        return self.linear_up(torch.cat(basis, dim=1))  # (num_nodes, irreps_out.dim)
+
+
 class InteractionBlock(nn.Module):
     """NequIP/MACE-style equivariant convolution with gated nonlinearity and a linear self-interaction residual.
 
-    message_ij = TP_uvu(linear(x_j), Y(r_ij); w = MLP(radial_ij)); x_i' = gate(linear(sum_j message_ij / sqrt(n)))
-    + linear_self(x_i). The "uvu" tensor product keeps channels separate (no dense mixing on edges): the cost that
-    makes equivariant models slow is the per-edge work, so channel mixing happens on nodes in the linears.
+    message_ij = TP_uvu(linear(x_j), Y(r_ij); w = MLP(radial_ij)); A_i = sum_j message_ij / sqrt(n);
+    x_i' = gate(linear(A_i) + product(A_i, z_i)) + linear_self(x_i). The "uvu" tensor product keeps channels separate
+    (no dense mixing on edges): the cost that makes equivariant models slow is the per-edge work, so channel mixing
+    happens on nodes in the linears. ``correlation`` > 1 adds the ``ProductBasisBlock`` (body order correlation + 1);
+    1 is the two-body model, with no product parameters at all.
     """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_out: o3.Irreps, num_basis: int,
-                 radial_hidden: int = 64):
+                 radial_hidden: int = 64, radial_layers: int = 2, correlation: int = 1, product_channels: int = 16):
         super().__init__()
         self.irreps_in, self.irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         self.linear_in = o3.Linear(self.irreps_in, self.irreps_in)
         self.tp = EdgeTensorProductBlock(self.irreps_in, irreps_sh, {ir for _, ir in self.irreps_out})
-        self.radial = FullyConnectedNet([num_basis, radial_hidden, radial_hidden, self.tp.weight_numel],
+        self.radial = FullyConnectedNet([num_basis] + [radial_hidden] * radial_layers + [self.tp.weight_numel],
                                         torch.nn.functional.silu)
         self.gate = _gate_for(self.irreps_out)
         self.linear_out = o3.Linear(self.tp.irreps_out, self.gate.irreps_in)
+        self.product = (ProductBasisBlock(self.tp.irreps_out, self.gate.irreps_in, correlation, product_channels)
+                        if correlation > 1 else None)
         self.self_interaction = o3.Linear(self.irreps_in, self.irreps_out)
 
     def forward(self, x: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor, edge_index: torch.Tensor,
-                neighbour_norm: torch.Tensor) -> torch.Tensor:
+                neighbour_norm: torch.Tensor, species: torch.Tensor | None = None) -> torch.Tensor:
         # x: (num_nodes, irreps_in.dim); edge_sh: (num_edges, sh.dim); edge_radial: (num_edges, num_basis);
-        # neighbour_norm: () sqrt of the average number of neighbours
+        # neighbour_norm: () sqrt of the average number of neighbours; species: (num_nodes,) atomic numbers
         aggregated = self.tp(self.linear_in(x), edge_sh, self.radial(edge_radial), edge_index, x.shape[0])
         aggregated = aggregated / neighbour_norm
-        return self.gate(self.linear_out(aggregated)) + self.self_interaction(x)  # (num_nodes, irreps_out.dim)
+        h = self.linear_out(aggregated)  # (num_nodes, gate.irreps_in.dim)
+        if self.product is not None:
+            h = h + self.product(aggregated, species)
+        return self.gate(h) + self.self_interaction(x)  # (num_nodes, irreps_out.dim)
 
 
 class CGConvBlock(nn.Module):

@@ -31,16 +31,27 @@ class EquivariantEncoder(Encoder):
         num_layers: interaction blocks.
         num_basis: Bessel radial basis size.
         radial_hidden: width of the radial MLP that produces tensor-product weights.
+        radial_layers: hidden layers of that MLP.
+        correlation: body order minus one of each layer's features: 1 is two-body messages (NequIP), 2-3 add
+            MACE's channel-wise product basis A x A (x A) of the aggregated messages (``ProductBasisBlock``).
+        product_channels: channels per irrep of A in the product basis (correlation > 1 only).
         parity: O(3) (True: inversion-aware irreps) or SO(3) only (False).
         avg_num_neighbors: message normalisation; set from the training data at fit time when None.
     """
 
     def __init__(self, cutoff: float = 5.0, max_ell: int = 2, hidden_irreps: str | None = None,
                  multiplicities: list[int] = (64, 32, 16, 8), num_layers: int = 3, num_basis: int = 8,
-                 radial_hidden: int = 64, parity: bool = True, avg_num_neighbors: float | None = None):
+                 radial_hidden: int = 64, parity: bool = True, avg_num_neighbors: float | None = None,
+                 radial_layers: int = 2, correlation: int = 1, product_channels: int = 16):
         super().__init__()
         if not 0 <= max_ell <= 3:
             raise ValueError(f"max_ell must be 0..3, got {max_ell}")
+        if not 1 <= correlation <= 3:
+            raise ValueError(f"correlation must be 1..3, got {correlation}")
+        if radial_layers < 1 or radial_hidden < 1:
+            raise ValueError(f"radial_layers and radial_hidden must be >= 1, got {radial_layers}, {radial_hidden}")
+        if product_channels < 1:
+            raise ValueError(f"product_channels must be >= 1, got {product_channels}")
         self.cutoff, self.max_ell, self.parity = float(cutoff), max_ell, parity
         hidden = o3.Irreps(hidden_irreps) if hidden_irreps else hidden_irreps_from(max_ell, list(multiplicities),
                                                                                    parity)
@@ -50,7 +61,8 @@ class EquivariantEncoder(Encoder):
         self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors or 0.0)))
         layers, irreps = [], self.species.irreps_out
         for _ in range(num_layers):
-            layers.append(InteractionBlock(irreps, self.edge_sh.irreps_out, hidden, num_basis, radial_hidden))
+            layers.append(InteractionBlock(irreps, self.edge_sh.irreps_out, hidden, num_basis, radial_hidden,
+                                           radial_layers, correlation, product_channels))
             irreps = layers[-1].irreps_out
         self.layers = nn.ModuleList(layers)
         self.irreps_out = irreps
@@ -63,9 +75,10 @@ class EquivariantEncoder(Encoder):
         edge_sh = self.edge_sh(vectors)
         edge_radial = self.radial(vectors.norm(dim=-1))
         norm = self.avg_num_neighbors.clamp(min=1.0).sqrt()
-        x = self.species(data[keys.ATOMIC_NUMBERS])
+        species = data[keys.ATOMIC_NUMBERS]
+        x = self.species(species)
         for layer in self.layers:
-            x = layer(x, edge_sh, edge_radial, data[keys.EDGE_INDEX], norm)
+            x = layer(x, edge_sh, edge_radial, data[keys.EDGE_INDEX], norm, species)
         return x
 
 

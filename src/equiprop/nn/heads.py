@@ -2,7 +2,8 @@
 
 Each readout states its physical output irreps: ``1x0e`` for scalars, the ``CartesianTensor`` irreps for tensors
 (dielectric ``ij=ji`` -> 1x0e+1x2e; elastic ``ijkl=jikl=klij`` -> 2x0e+2x2e+1x4e; piezo ``ijk=ikj`` ->
-2x1o+1x2o+1x3o). Tensor readouts return Cartesian tensors: irreps stay inside.
+2x1o+1x2o+1x3o). Tensor readouts return normalised irreps coefficients; ``TaskNormalizer`` maps them to Cartesian
+tensors in physical units.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import warnings
 
 import torch
 from e3nn import o3
+from e3nn.nn import BatchNorm
 from torch import nn
 from torch_geometric.utils import scatter
 
-from equiprop.data.tasks import TaskSpec, change_of_basis
+from equiprop.data.tasks import TaskSpec
 
 
 def _scalars(irreps: o3.Irreps) -> o3.Irreps:
@@ -45,36 +47,91 @@ class ScalarReadoutBlock(nn.Module):
 
 
 class TensorReadoutBlock(nn.Module):
-    """Node features -> tensor irreps per atom (linear + quadratic paths), mean-pooled, returned as Cartesian.
+    """Node features -> the task's tensor irreps per atom, mean-pooled: (num_graphs, irreps_out.dim), normalised.
 
-    The quadratic path (a tensor product of a small projection of the features with itself) reaches irreps that
-    no hidden feature carries, e.g. 2o of the piezoelectric tensor from 1o x 2e, or 4e of the elastic tensor.
+    Three paths, summed in the layout of ``irreps_out``:
+
+    - 0e outputs (the isotropic part) come from an MLP of the atom's invariant features, as strong as a scalar head.
+    - each l>0 output is a gated mixture of the atom's features of that irrep: ``sum_k g_k(h) W_k x_l``, with gates
+      ``g`` from the same invariant MLP, so how much of each local direction enters the tensor depends nonlinearly on
+      the environment (still equivariant: scalars times l-features). Channel mixing uses plain ``nn.Linear`` weights:
+      e3nn's ``o3.Linear`` divides by sqrt(fan-in) in its forward and learns that much slower under Adam.
+    - a quadratic path (a small projection tensor-multiplied with itself) reaches irreps no feature carries, e.g.
+      4e of the elastic tensor or 3o of the piezo tensor; it is used for those outputs only.
     """
 
-    def __init__(self, irreps_in: o3.Irreps, task: TaskSpec, pooling: str = "mean", quadratic_mul: int = 8):
+    def __init__(self, irreps_in: o3.Irreps, task: TaskSpec, pooling: str = "mean", hidden: int = 64,
+                 num_gates: int = 4, quadratic_mul: int = 8):
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
-        cartesian = task.cartesian_tensor
-        self.irreps_out = o3.Irreps(cartesian)  # e.g. 1x0e+1x2e
-        self.pooling, self.cartesian_shape = pooling, task.model_shape
-        self.linear = o3.Linear(self.irreps_in, self.irreps_out)
-        small = o3.Irreps([(min(mul, quadratic_mul), ir) for mul, ir in self.irreps_in])
-        self.project = o3.Linear(self.irreps_in, small)
-        self.quadratic = o3.FullyConnectedTensorProduct(small, small, self.irreps_out)
-        reachable = {ir for _, ir in self.linear.irreps_out if self.linear.irreps_in.count(ir)}
-        reachable |= {ir for i in self.quadratic.instructions for ir in [self.irreps_out[i.i_out].ir]}
-        missing = [str(ir) for _, ir in self.irreps_out if ir not in reachable]
+        self.irreps_out = o3.Irreps(task.cartesian_tensor)  # e.g. 1x0e+1x2e
+        self.pooling, self.num_gates = pooling, num_gates
+        # feature scales differ by irrep (frozen SevenNet-0: rms norm 0.03 for 1e and 0.02 for 2o, 3.2 for 2e), and a
+        # head learns each path at the speed of its input's scale: an equivariant batch norm (l>0 divided by the
+        # running norm) puts them on one footing
+        self.input_norm = BatchNorm(self.irreps_in, normalization="component")
+        scalars = _channel_index(self.irreps_in, o3.Irrep("0e"))
+        if not len(scalars):
+            raise ValueError(f"{task.name}: the tensor readout needs 0e features, node irreps are {self.irreps_in}")
+        self.register_buffer("scalar_index", scalars.reshape(-1), persistent=False)
+        self.invariant = nn.Sequential(nn.Linear(len(self.scalar_index), hidden), nn.SiLU(),
+                                       nn.Linear(hidden, hidden), nn.SiLU())
+        self.isotropic = nn.ModuleDict()  # output slice -> linear map of the invariant MLP
+        self.mix, self.gates = nn.ModuleDict(), nn.ModuleDict()
+        for k, ((mul, ir), sl) in enumerate(zip(self.irreps_out, self.irreps_out.slices())):
+            if ir.l == 0:
+                self.isotropic[str(k)] = nn.Linear(hidden, mul)
+                continue
+            index = _channel_index(self.irreps_in, ir)  # (channels, ir.dim)
+            if len(index):
+                self.register_buffer(f"index_{k}", index, persistent=False)
+                self.mix[str(k)] = nn.Linear(len(index), mul * num_gates, bias=False)
+                self.gates[str(k)] = nn.Linear(hidden, mul * num_gates)
+        # the quadratic path only for outputs no feature carries: on outputs the MLP and gates already reach, its
+        # products of raw features were large, noisy and slow to tame (eps isotropic part worse than the median)
+        self.unreached = [k for k in range(len(self.irreps_out)) if str(k) not in {*self.mix, *self.isotropic}]
+        self.quadratic, produced = None, set()
+        if self.unreached:
+            small = o3.Irreps([(min(mul, quadratic_mul), ir) for mul, ir in self.irreps_in])
+            self.project = o3.Linear(self.irreps_in, small)
+            self.quadratic = o3.FullyConnectedTensorProduct(small, small, o3.Irreps(
+                [self.irreps_out[k] for k in self.unreached]))
+            self.quadratic_scale = nn.Parameter(torch.zeros(()))  # starts silent, grows as the loss asks (ReZero)
+            produced = {self.quadratic.irreps_out[i.i_out].ir for i in self.quadratic.instructions}
+        missing = [str(self.irreps_out[k].ir) for k in self.unreached if self.irreps_out[k].ir not in produced]
         if missing:
             warnings.warn(f"{task.name}: irreps {missing} cannot be produced from node irreps {self.irreps_in}; "
                           "they are predicted as zero (raise max_ell)")
-        basis = torch.as_tensor(change_of_basis(task.formula), dtype=torch.get_default_dtype())
-        self.register_buffer("change_of_basis", basis)  # (irreps dim, 3^rank)
 
     def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
-        small = self.project(x)
-        per_atom = self.linear(x) + self.quadratic(small, small)  # (num_nodes, irreps_out.dim)
-        pooled = scatter(per_atom, batch, dim=0, dim_size=num_graphs, reduce=self.pooling)
-        return (pooled @ self.change_of_basis).reshape(num_graphs, *self.cartesian_shape)
+        # x: (num_nodes, irreps_in.dim) -> (num_graphs, irreps_out.dim)
+        x = self.input_norm(x)
+        h = self.invariant(x[:, self.scalar_index])  # (num_nodes, hidden)
+        if self.quadratic is not None:
+            small = self.project(x)
+            quadratic = (self.quadratic_scale * self.quadratic(small, small)).split(
+                [self.irreps_out[k].dim for k in self.unreached], dim=1)
+        parts = []
+        for k, (mul, ir) in enumerate(self.irreps_out):
+            if str(k) in self.isotropic:
+                parts.append(self.isotropic[str(k)](h))  # (num_nodes, mul)
+            elif str(k) in self.mix:
+                features = x[:, getattr(self, f"index_{k}")]  # (num_nodes, channels, ir.dim)
+                candidates = self.mix[str(k)](features.transpose(1, 2))  # (num_nodes, ir.dim, mul * num_gates)
+                gates = self.gates[str(k)](h).unsqueeze(1)  # (num_nodes, 1, mul * num_gates)
+                mixed = (candidates * gates).reshape(len(x), ir.dim, mul, self.num_gates).sum(-1)
+                parts.append(mixed.transpose(1, 2).reshape(len(x), mul * ir.dim))  # e3nn layout: channel-major
+            else:
+                parts.append(quadratic[self.unreached.index(k)])  # (num_nodes, mul * ir.dim)
+        per_atom = torch.cat(parts, dim=1)  # (num_nodes, irreps_out.dim)
+        return scatter(per_atom, batch, dim=0, dim_size=num_graphs, reduce=self.pooling)
+
+
+def _channel_index(irreps: o3.Irreps, ir: o3.Irrep) -> torch.Tensor:
+    """(channels, ir.dim) positions of every copy of ``ir`` in a feature vector laid out as ``irreps``."""
+    rows = [list(range(sl.start + u * ir.dim, sl.start + (u + 1) * ir.dim))
+            for (mul, ir_in), sl in zip(irreps, irreps.slices()) if ir_in == ir for u in range(mul)]
+    return torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), ir.dim)
 
 
 def build_head(task: TaskSpec, irreps_in: o3.Irreps) -> nn.Module:

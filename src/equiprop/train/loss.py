@@ -1,7 +1,9 @@
 """Masked per-task losses in normalised model space, and task weighting (fixed or learned uncertainty).
 
-Regression losses compare normalised values ((y - shift) / scale); tensor losses average over Cartesian
-components of the normalised tensor. Only labelled structures enter a task's loss; a task with no label in the batch
+Regression losses compare normalised values ((y - shift) / scale). Tensor losses compare normalised irreps
+coefficients and are split into the isotropic part (0e components) and the anisotropic part (l>0 components), each
+averaged over its own components and weighted separately: averaged together, the 5 traceless components of a dielectric
+tensor and its one trace component would weigh by count, not by what a user needs. Only labelled structures enter a task's loss; a task with no label in the batch
 is left out of the total, so neither its head nor its weight receives any gradient.
 """
 
@@ -22,6 +24,24 @@ def task_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str, loss: s
     if kind == "binary":
         return nn.functional.binary_cross_entropy_with_logits(prediction, target)
     return REGRESSION_LOSSES[loss](prediction, target)
+
+
+def tensor_task_loss(prediction: torch.Tensor, target: torch.Tensor, isotropic: torch.Tensor, loss: str,
+                     isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of one tensor task and its parts.
+
+    prediction/target: (num_labelled, irreps dim) normalised irreps; isotropic: (irreps dim,) bool, True on 0e.
+    Returns ``isotropic_weight * L_iso + anisotropic_weight * L_aniso`` over the parts the tensor has (a piezo tensor
+    has no isotropic part) and the parts themselves.
+    """
+    elementwise = REGRESSION_LOSSES[loss](prediction, target, reduction="none")  # (num_labelled, irreps dim)
+    parts, weights = {}, {"isotropic": isotropic_weight, "anisotropic": anisotropic_weight}
+    if isotropic.any():
+        parts["isotropic"] = elementwise[:, isotropic].mean()
+    if (~isotropic).any():
+        parts["anisotropic"] = elementwise[:, ~isotropic].mean()
+    return sum(weights[p] * value for p, value in parts.items()), parts
 
 
 class FixedWeighting(nn.Module):

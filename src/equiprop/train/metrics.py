@@ -1,7 +1,8 @@
 """Per-task metrics in physical units (torchmetrics: reduced correctly across DDP processes).
 
-Scalars: MAE, RMSE, R². Tensors: component MAE, Frobenius-norm error and the error of the isotropic part (mean
-eigenvalue for rank 2; Voigt bulk modulus for the elastic tensor). Binary: accuracy.
+Scalars: MAE, RMSE, R². Tensors: component MAE, Frobenius-norm error, the error of the isotropic part (mean
+eigenvalue for rank 2; Voigt bulk modulus for the elastic tensor) and the component MAE of the anisotropic part (the
+tensor minus its 0e projection: the traceless part of a dielectric tensor; all of a piezo tensor). Binary: accuracy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, R2Scor
 from torchmetrics.classification import BinaryAccuracy
 
 from equiprop.data.tasks import TaskSpec
+from equiprop.data.tensor_ops import anisotropic_part
 
 
 def voigt_bulk_modulus(c: torch.Tensor) -> torch.Tensor:
@@ -44,7 +46,8 @@ class TaskMetrics(nn.Module):
         if task.kind == "binary":
             self.metrics = nn.ModuleDict({"accuracy": BinaryAccuracy()})
         elif task.kind == "tensor":
-            self.metrics = nn.ModuleDict({"component_mae": MeanMetric(), "frobenius_error": MeanMetric()})
+            self.metrics = nn.ModuleDict({"component_mae": MeanMetric(), "frobenius_error": MeanMetric(),
+                                          "anisotropic_mae": MeanMetric()})
             if task.rank in (2, 4):
                 self.metrics["isotropic_mae"] = MeanAbsoluteError()
         else:
@@ -59,6 +62,8 @@ class TaskMetrics(nn.Module):
             diff = (prediction - target).reshape(len(target), -1)
             m["component_mae"].update(diff.abs().mean(dim=1))
             m["frobenius_error"].update(diff.norm(dim=1))
+            anisotropic = anisotropic_part(prediction - target, self.task.formula)  # linear: part of the difference
+            m["anisotropic_mae"].update(anisotropic.reshape(len(target), -1).abs().mean(dim=1))
             if "isotropic_mae" in m:
                 m["isotropic_mae"].update(isotropic_part(prediction, self.task.rank),
                                           isotropic_part(target, self.task.rank))

@@ -12,7 +12,8 @@ from equiprop.data.tasks import TaskSpec, resolve_tasks
 from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z
 from equiprop.nn.heads import build_head
-from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss
+from equiprop.data.tensor_ops import invariant_mask
+from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss, tensor_task_loss
 from equiprop.train.metrics import TaskMetrics, voigt_bulk_modulus, voigt_shear_modulus
 from equiprop.train.normalizer import TaskNormalizer
 from equiprop.train.transfer import frozen_parameters, load_pretrained
@@ -39,13 +40,17 @@ class MultiTaskModel(L.LightningModule):
         finetune: what trains after init_from: "all", "frozen_encoder" or "last_layers".
         trainable_layers: with finetune="last_layers", how many of the last interaction blocks train.
         encoder_lr_factor: learning rate of the (trainable) encoder relative to ``lr``.
+        isotropic_weight: weight of a tensor task's isotropic-part (0e) loss.
+        anisotropic_weight: weight of a tensor task's anisotropic-part (l>0) loss.
+        warmup_epochs: linear learning-rate warmup from lr/10 over this many epochs (fractions allowed; 0: none).
     """
 
     def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: str = "uncertainty",
                  task_weights: dict[str, float] | None = None, loss: str = "mse", lr: float = 2e-3,
                  weight_decay: float = 0.0, scheduler: str = "cosine", plateau_patience: int = 5,
                  init_from: str | None = None, finetune: str = "all", trainable_layers: int = 1,
-                 encoder_lr_factor: float = 1.0):
+                 encoder_lr_factor: float = 1.0, isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0,
+                 warmup_epochs: float = 0.0):
         super().__init__()
         if loss not in REGRESSION_LOSSES:
             raise ValueError(f"loss must be one of {list(REGRESSION_LOSSES)}, got {loss!r}")
@@ -64,6 +69,10 @@ class MultiTaskModel(L.LightningModule):
         self.derived = nn.ModuleDict({stage: nn.ModuleDict({
             name: MeanAbsoluteError() for name, (src, ref, _) in DERIVED.items()
             if src in self.tasks and ref in self.tasks}) for stage in ("val", "test")})
+        for name, task in self.tasks.items():
+            if task.kind == "tensor":
+                invariant = torch.as_tensor(invariant_mask(task.formula), dtype=torch.bool)
+                self.register_buffer(f"isotropic_{name}", invariant, persistent=False)  # (irreps dim,) 0e entries
         self.register_buffer("species_seen", torch.zeros(MAX_Z + 1, dtype=torch.bool))  # elements of the fit data
         self.reused_tasks = load_pretrained(self, init_from) if init_from else []
         self.frozen = frozen_parameters(self, finetune, trainable_layers) if init_from else []
@@ -119,7 +128,15 @@ class MultiTaskModel(L.LightningModule):
         for name in present:
             mask = batch[keys.mask_key(name)]
             pred, target = predictions[name][mask], self.normalizer.normalise(name, batch[keys.label_key(name)][mask])
-            losses[name] = task_loss(pred, target, self.tasks[name].kind, self.hparams.loss)
+            if self.tasks[name].kind == "tensor":
+                losses[name], parts = tensor_task_loss(pred, target, getattr(self, f"isotropic_{name}"),
+                                                       self.hparams.loss, self.hparams.isotropic_weight,
+                                                       self.hparams.anisotropic_weight)
+                for part, value in parts.items():
+                    self.log(f"{stage}/{name}/loss_{part}", value, batch_size=int(mask.sum()),
+                             sync_dist=stage != "train")
+            else:
+                losses[name] = task_loss(pred, target, self.tasks[name].kind, self.hparams.loss)
             self.log(f"{stage}/{name}/loss", losses[name], batch_size=int(mask.sum()), sync_dist=stage != "train")
             if stage != "train":
                 self._update_metrics(stage, name, pred, batch[keys.label_key(name)][mask])
@@ -138,7 +155,7 @@ class MultiTaskModel(L.LightningModule):
         if task.kind == "binary":
             self.metrics[stage][name].update(pred_norm, target_model)
             return
-        physical_target = torch.pow(10.0, target_model) if task.kind == "log_scalar" else target_model
+        physical_target = self.normalizer.model_to_physical(name, target_model)
         self.metrics[stage][name].update(self.normalizer.to_physical(name, pred_norm), physical_target)
 
     def _update_derived(self, stage: str, predictions: dict, batch) -> None:
@@ -211,6 +228,16 @@ class MultiTaskModel(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
                                                                patience=self.hparams.plateau_patience)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        """Linear warmup from lr/10 over ``warmup_epochs``, on top of whatever schedule follows it."""
+        warmup_steps = self.hparams.warmup_epochs * max(int(self.trainer.num_training_batches or 1), 1)
+        if self.global_step < warmup_steps:
+            fraction = 0.1 + 0.9 * (self.global_step + 1) / warmup_steps
+            for group in optimizer.param_groups:
+                base = group.setdefault("warmup_base_lr", group.get("initial_lr", group["lr"]))
+                group["lr"] = fraction * base
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
 
     # -- checkpoint content that prediction needs, in plain types --------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

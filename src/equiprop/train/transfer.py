@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from equiprop.data.errors import ConfigError
+from equiprop.data.tasks import TaskSpec
 from equiprop.nn.base import describe
 
 FINETUNE_MODES = ("all", "frozen_encoder", "last_layers")
@@ -47,8 +48,8 @@ def load_pretrained(model, path: str) -> list[str]:
     state = pretrained["state_dict"]
     model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
     model.species_seen.copy_(state["species_seen"])
-    reused = [name for name, task in model.tasks.items()
-              if pretrained["equiprop"]["tasks"].get(name) == task.to_config()]
+    defined = pretrained["equiprop"]["tasks"]  # compared as TaskSpecs: fields added later take their defaults
+    reused = [name for name, task in model.tasks.items() if name in defined and TaskSpec(**defined[name]) == task]
     for name in reused:
         prefix = f"heads.{name}."
         model.heads[name].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

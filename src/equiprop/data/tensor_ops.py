@@ -1,0 +1,137 @@
+"""Tensor algebra shared by data, model and scoreboard: isotropic/anisotropic parts, Mandel form, matrix log/exp.
+
+Positive-definite tensors are mapped to log space (log-Euclidean): a dielectric tensor by ``L = logm(eps - I)``, a
+stiffness tensor by ``L = logm(Mandel(C))``. Mandel's form of a rank-4 stiffness tensor is the 6x6 matrix on which
+rotations act orthogonally (``Q M Q^T``), so matrix functions commute with rotations and ``L`` is again a tensor of the
+same index symmetry: the model predicts it with the same irreps and the output ``I + expm(L)`` / ``expm(L)`` is
+equivariant and positive definite by construction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from equiprop.data.tasks import VOIGT_PAIRS, cartesian_to_voigt, change_of_basis, voigt_to_cartesian, \
+    _cartesian_tensor
+
+# weights of the Mandel form: 1 for normal components, sqrt(2) for shear ones (Voigt order xx yy zz yz xz xy)
+MANDEL_WEIGHTS = np.array([1.0, 1.0, 1.0, 2**0.5, 2**0.5, 2**0.5])
+PARAMETRIZATIONS = ("linear", "spd_log")
+
+
+def invariant_mask(formula: str) -> np.ndarray:
+    """(irreps dim,) True on the 0e (rotation-invariant) components of the formula's irreps."""
+    return np.concatenate([np.full(mul * ir.dim, ir.l == 0) for mul, ir in _cartesian_tensor(formula)])
+
+
+def isotropic_part(t, formula: str):
+    """Projection of Cartesian tensors (..., 3, ..., 3) onto their 0e irreps: trace/3 * I for a symmetric rank-2
+    tensor, the isotropic stiffness (from K_Voigt and G_Voigt) for an elastic tensor, zero for a piezo tensor."""
+    rank = len(formula.split("=")[0])
+    q = change_of_basis(formula)
+    keep = invariant_mask(formula).astype(np.float64)
+    projector = q.T @ (keep[:, None] * q)  # (3^rank, 3^rank), symmetric
+    if isinstance(t, torch.Tensor):
+        p = torch.as_tensor(projector, dtype=t.dtype, device=t.device)
+        flat = t.reshape(*t.shape[:t.ndim - rank], -1)
+        return (flat @ p).reshape(t.shape)
+    t = np.asarray(t, dtype=np.float64)
+    flat = t.reshape(*t.shape[:t.ndim - rank], -1)
+    return (flat @ projector).reshape(t.shape)
+
+
+def anisotropic_part(t, formula: str):
+    """The tensor minus its isotropic part: the traceless part of a dielectric tensor."""
+    return t - isotropic_part(t, formula)
+
+
+# -- Mandel form --------------------------------------------------------------------------------------------------
+def to_mandel(c: np.ndarray) -> np.ndarray:
+    """(..., 3, 3, 3, 3) stiffness -> (..., 6, 6) Mandel matrix."""
+    c = np.asarray(c, dtype=np.float64)
+    rows, cols = (np.array(x) for x in zip(*VOIGT_PAIRS))
+    voigt = c[..., rows[:, None], cols[:, None], rows[None, :], cols[None, :]]
+    return voigt * MANDEL_WEIGHTS[:, None] * MANDEL_WEIGHTS[None, :]
+
+
+def from_mandel(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float64)
+    voigt = m / (MANDEL_WEIGHTS[:, None] * MANDEL_WEIGHTS[None, :])
+    if voigt.ndim == 2:
+        return voigt_to_cartesian(voigt)
+    return np.stack([voigt_to_cartesian(v) for v in voigt.reshape(-1, 6, 6)]).reshape(*m.shape[:-2], 3, 3, 3, 3)
+
+
+def _mandel_index() -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices: Cartesian flat index of each Mandel entry, and Mandel flat index of each Cartesian entry."""
+    rows, cols = zip(*VOIGT_PAIRS)
+    to_m = [np.ravel_multi_index((rows[a], cols[a], rows[b], cols[b]), (3,) * 4) for a in range(6) for b in range(6)]
+    voigt_index = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])
+    to_c = [voigt_index[i, j] * 6 + voigt_index[k, l] for i in range(3) for j in range(3) for k in range(3)
+            for l in range(3)]
+    return torch.as_tensor(to_m), torch.as_tensor(to_c)
+
+
+_TO_MANDEL, _TO_CARTESIAN = _mandel_index()
+_WEIGHTS_66 = torch.as_tensor(np.outer(MANDEL_WEIGHTS, MANDEL_WEIGHTS).reshape(-1))
+
+
+def to_mandel_torch(c: torch.Tensor) -> torch.Tensor:
+    """(n, 3, 3, 3, 3) -> (n, 6, 6), differentiable."""
+    flat = c.reshape(len(c), 81)[:, _TO_MANDEL.to(c.device)]
+    return (flat * _WEIGHTS_66.to(c)).reshape(len(c), 6, 6)
+
+
+def from_mandel_torch(m: torch.Tensor) -> torch.Tensor:
+    """(n, 6, 6) -> (n, 3, 3, 3, 3), differentiable."""
+    voigt = m.reshape(len(m), 36) / _WEIGHTS_66.to(m)
+    return voigt[:, _TO_CARTESIAN.to(m.device)].reshape(len(m), 3, 3, 3, 3)
+
+
+# -- matrix functions of symmetric matrices --------------------------------------------------------------------------
+def sym_logm(a: np.ndarray) -> np.ndarray:
+    """Matrix log of symmetric positive-definite matrices (..., n, n), via the eigendecomposition (float64)."""
+    w, v = np.linalg.eigh(np.asarray(a, dtype=np.float64))
+    if (w <= 0).any():
+        raise ValueError(f"matrix not positive definite (smallest eigenvalue {w.min():.4g})")
+    return (v * np.log(w)[..., None, :]) @ np.swapaxes(v, -1, -2)
+
+
+def sym_expm(a: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(np.asarray(a, dtype=np.float64))
+    return (v * np.exp(w)[..., None, :]) @ np.swapaxes(v, -1, -2)
+
+
+def smallest_eigenvalue(t: np.ndarray, formula: str) -> float:
+    """Smallest eigenvalue of a rank-2 tensor, or of the Mandel matrix of a stiffness tensor."""
+    return float(np.linalg.eigvalsh(to_mandel(t) if np.ndim(t) == 4 else np.asarray(t)).min())
+
+
+def spd_log(t: np.ndarray, formula: str) -> np.ndarray:
+    """Physical tensor -> log-space tensor of the same shape: logm(eps - I) (rank 2) or logm(Mandel(C)) (rank 4)."""
+    if np.ndim(t) == 2:
+        return sym_logm(np.asarray(t) - np.eye(3))
+    if np.ndim(t) == 4:
+        return from_mandel(sym_logm(to_mandel(t)))
+    raise ValueError(f"spd_log needs a rank-2 or rank-4 tensor ({formula})")
+
+
+def spd_exp(t: np.ndarray, formula: str) -> np.ndarray:
+    """Inverse of ``spd_log`` (numpy, float64)."""
+    if np.ndim(t) == 2:
+        return np.eye(3) + sym_expm(t)
+    return from_mandel(sym_expm(to_mandel(t)))
+
+
+def spd_exp_torch(log_tensor: torch.Tensor, rank: int) -> torch.Tensor:
+    """Batched inverse of ``spd_log``, differentiable: (n, 3, 3) -> I + expm, (n, 3, 3, 3, 3) -> expm in Mandel form.
+
+    ``torch.linalg.matrix_exp`` (Padé with scaling and squaring) has well-defined gradients at repeated eigenvalues,
+    where an eigendecomposition's backward divides by eigenvalue gaps (cubic crystals have three equal ones).
+    """
+    if rank == 2:
+        return torch.eye(3, dtype=log_tensor.dtype, device=log_tensor.device) + torch.linalg.matrix_exp(log_tensor)
+    if rank == 4:
+        return from_mandel_torch(torch.linalg.matrix_exp(to_mandel_torch(log_tensor)))
+    raise ValueError(f"spd_exp needs rank 2 or 4, got rank {rank}")

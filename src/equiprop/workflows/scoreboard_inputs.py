@@ -1,0 +1,171 @@
+"""What the accuracy scoreboard reads from a finished run: its model, its exact data split, and its test predictions
+and training labels in physical units (``equiprop.workflows.scoreboard`` does the maths).
+
+The split is rebuilt from the resolved config that LightningCLI saved beside the checkpoint (``data:`` section: the
+same sources, tasks, graph parameters and seeded split, hence the same structures in each part), then verified: the
+normalisation statistics recomputed on the rebuilt training split must equal those stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from equiprop.data import keys
+from equiprop.data.errors import ConfigError
+from equiprop.workflows.scoreboard import INVARIANT, MODEL, TaskResults
+
+
+@dataclass
+class Run:
+    """A trained model with the data module it was trained on (set up: graphs loaded, split made)."""
+
+    checkpoint: Path
+    config: Path  # the config the data module was built from
+    model: object  # MultiTaskModel, in eval mode
+    datamodule: object  # MultiTaskDataModule
+    seed: int | None  # seed_everything of the run
+    split: str  # the data.split section of the config, as JSON
+    split_check: str  # how the split was verified
+
+
+def saved_config(checkpoint: Path) -> Path | None:
+    """The config LightningCLI saved for the run that wrote ``checkpoint``: the newest one not newer than it (a
+    rerun under the same run name adds tensorboard/version_<n+1>/config.yaml and best-v1.ckpt beside the old ones)."""
+    found = list(checkpoint.parent.glob("tensorboard/version_*/config.yaml")) + \
+        [p for p in [checkpoint.parent / "config.yaml"] if p.exists()]
+    written = checkpoint.stat().st_mtime
+    before = [p for p in found if p.stat().st_mtime <= written]
+    return max(before or found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def load_run(checkpoint: str | Path, recipe: str | Path) -> Run:
+    """The checkpoint's model and data module; the recipe's data section is used only if no config was saved."""
+    from equiprop.cli import build_datamodule
+    from equiprop.predict import Predictor
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise ConfigError(f"checkpoint not found: {checkpoint}")
+    config = saved_config(checkpoint) or Path(recipe)
+    datamodule = build_datamodule(str(config), [])
+    datamodule.setup("test")
+    model = Predictor.from_checkpoint(checkpoint).model.eval()
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved = yaml.safe_load(Path(config).read_text()) or {}
+    data = saved.get("data") or {}
+    split = (data.get("init_args", data) if isinstance(data, dict) else {}).get("split")
+    return Run(checkpoint, config, model, datamodule, saved.get("seed_everything"), json.dumps(split),
+               check_training_split(stored, datamodule))
+
+
+def check_training_split(stored: dict, datamodule) -> str:
+    """Compare the checkpoint's normalisation statistics with those of the rebuilt training split; raise if they
+    differ (another split, other data), say so if the checkpoint holds none to compare with. Statistics stored in
+    another layout (a checkpoint from before a change of the normalisation code) are compared by label count only."""
+    state = stored.get(type(datamodule).__qualname__) or {}
+    saved = state.get("normalization")
+    if not saved:
+        return "not verified (the checkpoint holds no data-module state)"
+    rebuilt = {name: stats.to_dict() for name, stats in datamodule.normalization.items()}
+    counts_only = []
+    for name, stats in saved.items():
+        other = rebuilt.get(name)
+        same = other is not None and other["count"] == stats["count"]
+        for key in ("shift", "scale"):
+            ours, theirs = (np.asarray(x[key], dtype=float) for x in (other or stats, stats))
+            if ours.shape != theirs.shape:
+                counts_only.append(name)
+            elif same:
+                same = np.allclose(ours, theirs, rtol=1e-6, atol=1e-9)
+        if not same:
+            raise ConfigError(f"the rebuilt training split is not the one the checkpoint was trained on (or the "
+                              f"normalisation code changed since): statistics of {name} differ (training labels: "
+                              f"{stats['count']} in the checkpoint, {other['count'] if other else 'none'} rebuilt)")
+    if counts_only:
+        return (f"verified: training-split statistics of {len(saved)} tasks equal the checkpoint's (label counts "
+                f"only for {sorted(set(counts_only))}: stored in another layout)")
+    return f"verified: training-split statistics of {len(saved)} tasks equal the checkpoint's"
+
+
+def split_ids(datamodule) -> dict[str, list[str]]:
+    ids = datamodule.structure_ids
+    return {part: [ids[i] for i in subset.indices()] for part, subset in datamodule.subsets.items()}
+
+
+def check_same_split(a, b) -> None:
+    """Two data modules hold the same structures in each part (both models are scored on the same test set)."""
+    left, right = split_ids(a), split_ids(b)
+    for part in ("train", "val", "test"):
+        if set(left.get(part, [])) != set(right.get(part, [])):
+            raise ConfigError(f"the model and the baseline were trained on different splits: their {part} parts "
+                              f"differ ({len(left.get(part, []))} vs {len(right.get(part, []))} structures)")
+
+
+def physical_labels(task, model_space: torch.Tensor) -> np.ndarray:
+    """Labels are stored in model space (log10 for log-scalars, maybe a log tensor): back to physical units."""
+    return np.asarray(task.from_model(model_space.double().numpy()), dtype=np.float64)
+
+
+def training_labels(datamodule, name: str) -> np.ndarray:
+    """The labelled training values of one task, physical units, (n_train, *shape)."""
+    train = datamodule.subsets["train"]
+    rows = torch.as_tensor(list(train.indices()), dtype=torch.long)
+    mask = train._data[keys.mask_key(name)][rows]
+    return physical_labels(datamodule.tasks[name], train._data[keys.label_key(name)][rows][mask])
+
+
+@torch.no_grad()
+def predictions_on_test_split(run: Run) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+    """{task: (structure ids, true, predicted)} in physical units over the labelled test structures; binary tasks
+    (probabilities, not errors in units) are left out."""
+    tasks = {n: t for n, t in run.datamodule.tasks.items() if n in run.model.tasks and t.kind != "binary"}
+    parts = {name: ([], [], []) for name in tasks}
+    for batch in run.datamodule.test_dataloader():
+        physical = run.model.predict_physical(batch)
+        for name, task in tasks.items():
+            mask = batch[keys.mask_key(name)]
+            if not bool(mask.any()):
+                continue
+            ids, true, pred = parts[name]
+            ids += [i for i, m in zip(batch[keys.STRUCTURE_ID], mask.tolist()) if m]
+            true.append(physical_labels(task, batch[keys.label_key(name)][mask]))
+            pred.append(physical[name][mask].double().numpy())
+    return {name: (ids, np.concatenate(true), np.concatenate(pred)) for name, (ids, true, pred) in parts.items()
+            if ids}
+
+
+def task_results(model_run: Run, baseline_run: Run | None) -> dict[str, TaskResults]:
+    """Everything the scoreboard needs per task, the baseline's predictions aligned to the model's structures."""
+    model_side = predictions_on_test_split(model_run)
+    baseline_side = predictions_on_test_split(baseline_run) if baseline_run is not None else {}
+    results = {}
+    for name, (ids, true, pred) in model_side.items():
+        task = model_run.datamodule.tasks[name]
+        predictions = {MODEL: pred}
+        if name in baseline_side:
+            base_ids, _, base_pred = baseline_side[name]
+            position = {i: n for n, i in enumerate(base_ids)}
+            if set(position) != set(ids):
+                raise ConfigError(f"{name}: the baseline's labelled test structures differ from the model's")
+            predictions[INVARIANT] = base_pred[[position[i] for i in ids]]
+        results[name] = TaskResults(name, task.kind, task.units, task.formula, ids, true,
+                                    training_labels(model_run.datamodule, name), predictions)
+    return results
+
+
+def git_state(repo: Path) -> dict[str, str]:
+    """Commit and whether the working tree differs from it (results of a dirty tree are not reproducible from the
+    commit alone)."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+    status = git("status", "--porcelain")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": "unknown" if status == "unknown" else str(bool(status))}
