@@ -24,11 +24,14 @@ def main():
     parser.add_argument("--equivariant", default=str(HERE / "quickstart.yaml"))
     parser.add_argument("--invariant", default=str(HERE / "baseline_invariant.yaml"))
     parser.add_argument("--out", default="learning_curve")
+    parser.add_argument("--parametrization", choices=["linear", "spd_log"],
+                        help="tensor output parametrization of the task (default: the task's own)")
     args, overrides = parser.parse_known_args()
     models = {"equivariant": load_recipe(args.equivariant), "invariant": load_recipe(args.invariant)}
     for recipe in models.values():  # identical training budget for both
         recipe["trainer"]["max_epochs"] = 40
-    run_study(models, args.task, args.sizes, args.seeds, Path(args.out), overrides)
+    task = {"name": args.task, "parametrization": args.parametrization} if args.parametrization else args.task
+    run_study(models, task, args.sizes, args.seeds, Path(args.out), overrides)
 
 
 if __name__ == "__main__":

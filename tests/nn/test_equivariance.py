@@ -33,12 +33,12 @@ def structures(tiny_entries):
     return [Structure.from_dict(e["structure"]) for e in tiny_entries[:6]]
 
 
-def _model(encoder_cls=EquivariantEncoder, tasks=TASKS, **kwargs):
+def _model(encoder_cls=EquivariantEncoder, tasks=TASKS, environment_channels=0, **kwargs):
     torch.manual_seed(0)
     encoder = encoder_cls(cutoff=4.5, **kwargs) if encoder_cls is InvariantEncoder else encoder_cls(
         cutoff=4.5, max_ell=2, multiplicities=[8, 6, 4], num_layers=2, **kwargs)
     encoder.set_avg_num_neighbors(20.0)
-    model = MultiTaskModel(encoder, tasks).double().eval()
+    model = MultiTaskModel(encoder, tasks, environment_channels=environment_channels).double().eval()
     for p in model.parameters():  # non-trivial outputs everywhere (default init zeroes nothing, but be sure)
         p.data += 0.05 * torch.randn_like(p)
     return model
@@ -59,10 +59,11 @@ def _assert_close(a, b, rtol=1e-5):
     assert float((a - b).abs().max()) <= rtol * scale, float((a - b).abs().max()) / scale
 
 
-@pytest.mark.parametrize("tasks", [TASKS, SPD_TASKS], ids=["linear", "spd_log"])
+@pytest.mark.parametrize("tasks,environment", [(TASKS, 0), (SPD_TASKS, 0), (SPD_TASKS, 3)],
+                         ids=["linear", "spd_log", "spd_log+environment"])
 @pytest.mark.parametrize("inversion", [False, True])
-def test_rotations_and_inversion(structures, inversion, tasks):
-    model = _model(tasks=tasks)
+def test_rotations_and_inversion(structures, inversion, tasks, environment):
+    model = _model(tasks=tasks, environment_channels=environment)
     records = [from_pymatgen(s, str(i)) for i, s in enumerate(structures)]
     reference = _predict(model, records)
     for seed in range(3):
@@ -77,8 +78,9 @@ def test_rotations_and_inversion(structures, inversion, tasks):
     assert float(reference["piezo_tensor"].abs().max()) > 0  # the odd-parity output is not trivially zero
 
 
-def test_translation_permutation_and_supercell(structures):
-    model = _model()
+@pytest.mark.parametrize("environment", [0, 3])
+def test_translation_permutation_and_supercell(structures, environment):
+    model = _model(environment_channels=environment)
     records = [from_pymatgen(s, str(i)) for i, s in enumerate(structures)]
     reference = _predict(model, records)
     moved = [_transformed(r, np.eye(3), shift=np.array([0.3, -1.7, 2.2])) for r in records]
@@ -94,14 +96,15 @@ def test_translation_permutation_and_supercell(structures):
             _assert_close(out[name], reference[name])
 
 
-@pytest.mark.parametrize("tasks", [TASKS, SPD_TASKS], ids=["linear", "spd_log"])
-def test_cubic_crystal_gets_an_isotropic_dielectric_tensor(tiny_entries, tasks):
+@pytest.mark.parametrize("tasks,environment", [(TASKS, 0), (SPD_TASKS, 0), (SPD_TASKS, 3)],
+                         ids=["linear", "spd_log", "spd_log+environment"])
+def test_cubic_crystal_gets_an_isotropic_dielectric_tensor(tiny_entries, tasks, environment):
     cubic = [Structure.from_dict(e["structure"]) for e in tiny_entries]
     cubic = [s for s in cubic if SpacegroupAnalyzer(s, symprec=1e-3).get_crystal_system() == "cubic"][:3]
     assert cubic, "tiny set has cubic crystals"
     for seed in range(2):
         torch.manual_seed(seed)
-        model = _model(tasks=tasks)
+        model = _model(tasks=tasks, environment_channels=environment)
         eps = _predict(model, [from_pymatgen(s, "c") for s in cubic])["eps_electronic"]
         for t in eps:
             iso = torch.eye(3) * torch.trace(t) / 3

@@ -149,3 +149,24 @@ def test_outputs_positive_definite_for_random_weights_and_structures(tiny_entrie
         assert float(eps_eigenvalues.min()) >= 1.0 and float(eps_eigenvalues.max()) > 1.5
         mandel = torch.as_tensor(np.stack([to_mandel(c) for c in out["elastic_tensor"].numpy()]))
         assert float(torch.linalg.eigvalsh(mandel).min()) > 0
+
+
+def test_environment_harmonics_give_cubic_crystals_their_elastic_anisotropy(float64):
+    """At a cubic site every l=1,2 feature vanishes, so without the neighbour-shell harmonics the predicted stiffness
+    of rock salt is exactly isotropic; with them (l=4) it has the cubic anisotropy every real cubic crystal has."""
+    from pymatgen.core import Lattice
+
+    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    batch = Batch.from_data_list([record_to_graph(from_pymatgen(rock_salt.get_primitive_structure(), "NaCl"), {}, 4.5)])
+    anisotropy = {}
+    for channels in (0, 4):
+        torch.manual_seed(0)
+        encoder = EquivariantEncoder(cutoff=4.5, max_ell=2, multiplicities=[8, 6, 4], num_layers=2)
+        encoder.set_avg_num_neighbors(20.0)
+        model = MultiTaskModel(encoder, SPD_TASKS, environment_channels=channels).double().eval()
+        for p in model.parameters():
+            p.data += 0.3 * torch.randn_like(p)
+        with torch.no_grad():
+            c = model.predict_physical(batch)["elastic_tensor"][0]
+        anisotropy[channels] = float(anisotropic_part(c, "ijkl=jikl=klij").abs().max() / c.abs().max())
+    assert anisotropy[0] < 1e-9 and anisotropy[4] > 1e-3

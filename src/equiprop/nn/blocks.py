@@ -243,3 +243,35 @@ class CGConvBlock(nn.Module):
         messages = torch.sigmoid(gate) * nn.functional.softplus(core)
         aggregated = scatter(messages, center, dim=0, dim_size=x.shape[0], reduce="sum")
         return nn.functional.softplus(x + self.norm_nodes(aggregated))
+
+
+class EnvironmentHarmonicsBlock(nn.Module):
+    """Edges -> per-atom geometric features ``channels x l`` for each requested l (natural parity (-1)^l):
+    the neighbour directions' spherical harmonics Y^l(r_ij), weighted by learned radial functions, averaged over each
+    atom's neighbours.
+
+    Tensor readouts use them for irreps the encoder's features do not carry well: an atom at a cubic site has no
+    l=2 feature at all, so products of l<=2 features cannot give the 4e (cubic) part of its elastic tensor, while the
+    l=4 harmonics of its neighbour shell can.
+    """
+
+    def __init__(self, ells: list[int], cutoff: float, channels: int = 8, num_basis: int = 8):
+        super().__init__()
+        from equiprop.nn.radial import RadialEmbeddingBlock
+
+        self.ells, self.channels = sorted(set(ells)), channels
+        self.irreps_sh = o3.Irreps([(1, (l, (-1) ** l)) for l in self.ells])
+        self.irreps_out = o3.Irreps([(channels, ir) for _, ir in self.irreps_sh])
+        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+        self.radial = RadialEmbeddingBlock(cutoff, num_basis)
+        self.weights = nn.Linear(num_basis, channels * len(self.ells))
+
+    def forward(self, vectors: torch.Tensor, center: torch.Tensor, num_nodes: int) -> torch.Tensor:
+        # vectors: (num_edges, 3); center: (num_edges,) -> (num_nodes, irreps_out.dim)
+        sh = self.sh(vectors)  # (num_edges, irreps_sh.dim)
+        weights = self.weights(self.radial(vectors.norm(dim=-1))).reshape(len(vectors), len(self.ells), -1)
+        parts = []
+        for k, sl in enumerate(self.irreps_sh.slices()):
+            per_edge = weights[:, k, :, None] * sh[:, None, sl]  # (num_edges, channels, 2l+1)
+            parts.append(scatter(per_edge, center, dim=0, dim_size=num_nodes, reduce="mean").flatten(1))
+        return torch.cat(parts, dim=1)

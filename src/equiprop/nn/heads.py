@@ -16,7 +16,10 @@ from e3nn.nn import BatchNorm
 from torch import nn
 from torch_geometric.utils import scatter
 
+from equiprop.data import keys
+from equiprop.data.graph import edge_vectors
 from equiprop.data.tasks import TaskSpec
+from equiprop.nn.blocks import EnvironmentHarmonicsBlock
 
 
 def _scalars(irreps: o3.Irreps) -> o3.Irreps:
@@ -41,9 +44,10 @@ class ScalarReadoutBlock(nn.Module):
         self.select = nn.Linear(len(scalars), hidden)
         self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
-    def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, data) -> torch.Tensor:
+        # x: (num_nodes, irreps_in.dim); data: the PyG batch the features belong to
         per_atom = self.mlp(self.select(x[:, self.scalar_index])).squeeze(-1)  # (num_nodes,)
-        return scatter(per_atom, batch, dim=0, dim_size=num_graphs, reduce=self.pooling)  # (num_graphs,)
+        return scatter(per_atom, data[keys.BATCH], dim=0, dim_size=data.num_graphs, reduce=self.pooling)
 
 
 class TensorReadoutBlock(nn.Module):
@@ -61,9 +65,13 @@ class TensorReadoutBlock(nn.Module):
     """
 
     def __init__(self, irreps_in: o3.Irreps, task: TaskSpec, pooling: str = "mean", hidden: int = 64,
-                 num_gates: int = 4, quadratic_mul: int = 8):
+                 num_gates: int = 4, quadratic_mul: int = 8, environment_channels: int = 0, cutoff: float = 5.0):
         super().__init__()
-        self.irreps_in = o3.Irreps(irreps_in)
+        self.environment = None
+        if environment_channels:  # geometric l-features of the neighbour shell for every l>0 output of the task
+            ells = [ir.l for _, ir in o3.Irreps(task.cartesian_tensor) if ir.l > 0 and ir.p == (-1) ** ir.l]
+            self.environment = EnvironmentHarmonicsBlock(ells, cutoff, environment_channels) if ells else None
+        self.irreps_in = o3.Irreps(irreps_in) + (self.environment.irreps_out if self.environment else o3.Irreps(""))
         self.irreps_out = o3.Irreps(task.cartesian_tensor)  # e.g. 1x0e+1x2e
         self.pooling, self.num_gates = pooling, num_gates
         # feature scales differ by irrep (frozen SevenNet-0: rms norm 0.03 for 1e and 0.02 for 2o, 3.2 for 2e), and a
@@ -103,8 +111,10 @@ class TensorReadoutBlock(nn.Module):
             warnings.warn(f"{task.name}: irreps {missing} cannot be produced from node irreps {self.irreps_in}; "
                           "they are predicted as zero (raise max_ell)")
 
-    def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
-        # x: (num_nodes, irreps_in.dim) -> (num_graphs, irreps_out.dim)
+    def forward(self, x: torch.Tensor, data) -> torch.Tensor:
+        # x: (num_nodes, encoder irreps dim); data: the PyG batch -> (num_graphs, irreps_out.dim)
+        if self.environment is not None:
+            x = torch.cat([x, self.environment(edge_vectors(data).to(x.dtype), data[keys.EDGE_INDEX][0], len(x))], 1)
         x = self.input_norm(x)
         h = self.invariant(x[:, self.scalar_index])  # (num_nodes, hidden)
         if self.quadratic is not None:
@@ -124,7 +134,7 @@ class TensorReadoutBlock(nn.Module):
             else:
                 parts.append(quadratic[self.unreached.index(k)])  # (num_nodes, mul * ir.dim)
         per_atom = torch.cat(parts, dim=1)  # (num_nodes, irreps_out.dim)
-        return scatter(per_atom, batch, dim=0, dim_size=num_graphs, reduce=self.pooling)
+        return scatter(per_atom, data[keys.BATCH], dim=0, dim_size=data.num_graphs, reduce=self.pooling)
 
 
 def _channel_index(irreps: o3.Irreps, ir: o3.Irrep) -> torch.Tensor:
@@ -134,8 +144,9 @@ def _channel_index(irreps: o3.Irreps, ir: o3.Irrep) -> torch.Tensor:
     return torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), ir.dim)
 
 
-def build_head(task: TaskSpec, irreps_in: o3.Irreps) -> nn.Module:
+def build_head(task: TaskSpec, irreps_in: o3.Irreps, environment_channels: int = 0, cutoff: float = 5.0) -> nn.Module:
     """The readout a task needs: a tensor readout for tensors, a scalar readout otherwise (binary: a logit)."""
     if task.kind == "tensor":
-        return TensorReadoutBlock(irreps_in, task, task.pooling)
+        return TensorReadoutBlock(irreps_in, task, task.pooling, environment_channels=environment_channels,
+                                  cutoff=cutoff)
     return ScalarReadoutBlock(irreps_in, task.pooling)

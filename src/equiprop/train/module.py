@@ -43,6 +43,9 @@ class MultiTaskModel(L.LightningModule):
         isotropic_weight: weight of a tensor task's isotropic-part (0e) loss.
         anisotropic_weight: weight of a tensor task's anisotropic-part (l>0) loss.
         warmup_epochs: linear learning-rate warmup from lr/10 over this many epochs (fractions allowed; 0: none).
+        environment_channels: tensor readouts also read the spherical harmonics of each atom's neighbour directions
+            (radially weighted, this many channels per l) for the l>0 irreps of their tensor, e.g. l=4 of the
+            elastic tensor, which l<=2 features cannot give at cubic sites (0: off).
     """
 
     def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: str = "uncertainty",
@@ -50,7 +53,7 @@ class MultiTaskModel(L.LightningModule):
                  weight_decay: float = 0.0, scheduler: str = "cosine", plateau_patience: int = 5,
                  init_from: str | None = None, finetune: str = "all", trainable_layers: int = 1,
                  encoder_lr_factor: float = 1.0, isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0,
-                 warmup_epochs: float = 0.0):
+                 warmup_epochs: float = 0.0, environment_channels: int = 0):
         super().__init__()
         if loss not in REGRESSION_LOSSES:
             raise ValueError(f"loss must be one of {list(REGRESSION_LOSSES)}, got {loss!r}")
@@ -59,7 +62,8 @@ class MultiTaskModel(L.LightningModule):
         self.save_hyperparameters(ignore=["encoder"])
         self.encoder = encoder
         self.tasks: dict[str, TaskSpec] = resolve_tasks(tasks)
-        self.heads = nn.ModuleDict({name: build_head(t, encoder.irreps_out) for name, t in self.tasks.items()})
+        self.heads = nn.ModuleDict({name: build_head(t, encoder.irreps_out, environment_channels, encoder.cutoff)
+                                    for name, t in self.tasks.items()})
         self.normalizer = TaskNormalizer(self.tasks)
         names = list(self.tasks)
         self.weighting = UncertaintyWeighting(names) if weighting == "uncertainty" else FixedWeighting(
@@ -114,7 +118,7 @@ class MultiTaskModel(L.LightningModule):
     def forward(self, batch, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Normalised model-space predictions {task: (num_graphs, *shape)} (logits for binary tasks)."""
         features = self.encoder(batch)
-        return {name: self.heads[name](features, batch[keys.BATCH], batch.num_graphs)
+        return {name: self.heads[name](features, batch)
                 for name in (tasks if tasks is not None else self.tasks)}
 
     def predict_physical(self, batch) -> dict[str, torch.Tensor]:

@@ -24,17 +24,20 @@ def split_config(n_train: int | None, seed: int, split_seed: int = 0) -> dict:
                           "n_train": n_train, "seed": seed}}
 
 
-def fit_and_test(recipe: dict, task: str, n_train: int | None, seed: int, workdir: Path,
+def fit_and_test(recipe: dict, task: str | dict, n_train: int | None, seed: int, workdir: Path,
                  overrides: list[str] = ()) -> dict:
-    """One fit of ``recipe`` on ``n_train`` labels of ``task`` (None: all): test MAE, its units, the N used."""
+    """One fit of ``recipe`` on ``n_train`` labels of ``task`` (None: all): test MAE, its units, the N used.
+
+    ``task``: a task name, or a task definition such as {"name": "eps_electronic", "parametrization": "spd_log"}."""
     run = dict(recipe, seed_everything=seed, run_name=str(workdir.relative_to("checkpoints")))
     run = set_dotted(set_dotted(run, "data.tasks", [task]), "data.split", split_config(n_train, seed))
     trainer, model, datamodule = build_run(run, list(overrides) + ["--trainer.enable_progress_bar=false",
                                                                    "--trainer.enable_model_summary=false"], workdir)
     trainer.fit(model, datamodule=datamodule)
     metrics = trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
-    metric = "component_mae" if model.tasks[task].kind == "tensor" else "mae"  # tensors: per Cartesian component
-    return {"mae": float(metrics[f"test/{task}/{metric}"]), "metric": metric, "units": model.tasks[task].units,
+    name = task["name"] if isinstance(task, dict) else task
+    metric = "component_mae" if model.tasks[name].kind == "tensor" else "mae"  # tensors: per Cartesian component
+    return {"mae": float(metrics[f"test/{name}/{metric}"]), "metric": metric, "units": model.tasks[name].units,
             "n_train": len(datamodule.subsets["train"]), "epochs": trainer.current_epoch}
 
 
@@ -54,11 +57,12 @@ def append_row(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def run_study(models: dict[str, dict], task: str, sizes: list[str], seeds: list[int], out: Path,
+def run_study(models: dict[str, dict], task: str | dict, sizes: list[str], seeds: list[int], out: Path,
               overrides: list[str] = ()) -> None:
     """Every (model, size, seed) not yet in ``out``.csv; then the CSV summary and the PNG plot."""
     table = out.with_suffix(".csv")
     done = done_runs(table)
+    task_name = task["name"] if isinstance(task, dict) else task
     for name, recipe in models.items():
         for size in sizes:
             for seed in seeds:
@@ -67,10 +71,10 @@ def run_study(models: dict[str, dict], task: str, sizes: list[str], seeds: list[
                 n = None if size == "all" else int(size)
                 workdir = Path("checkpoints") / out.stem / f"{name}_n{size}_s{seed}"
                 result = fit_and_test(recipe, task, n, seed, workdir, overrides)
-                append_row(table, {"model": name, "requested": size, "seed": seed, "task": task, **result})
+                append_row(table, {"model": name, "requested": size, "seed": seed, "task": task_name, **result})
                 print(f"{name} N={result['n_train']} seed={seed}: test MAE {result['mae']:.4g} {result['units']}")
     print(summary_table(table))
-    plot(table, out.with_suffix(".png"), f"{task}: test MAE vs training labels")
+    plot(table, out.with_suffix(".png"), f"{task_name}: test MAE vs training labels")
     print(f"wrote {table} and {out.with_suffix('.png')}")
 
 
