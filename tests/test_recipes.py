@@ -9,7 +9,8 @@ from equiprop.cli import main
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 FIT_RECIPES = ["quickstart", "multitask_equivariant", "baseline_invariant", "pretrain_ef_eg", "finetune_kg",
-               "finetune_dielectric", "foundation_multitask", "foundation_finetune_kg", "tensors_foundation"]
+               "finetune_dielectric", "foundation_multitask", "foundation_finetune_kg", "tensors_foundation",
+               "learning_curve_body_order"]
 
 
 @pytest.mark.parametrize("name", FIT_RECIPES)

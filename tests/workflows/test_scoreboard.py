@@ -14,8 +14,9 @@ from equiprop.workflows.scoreboard import (INVARIANT, K_VOIGT, MEDIAN, MODEL, OR
 D = np.diag
 
 
-def errors(rows, predictor):
-    return {r.metric: r.values.get(predictor) for r in rows}
+def errors(rows, predictor, medians=False):
+    """The MAE rows of a predictor (with ``medians``, the median-over-structures rows instead)."""
+    return {r.metric: r.values.get(predictor) for r in rows if r.metric.endswith("_median_ae") == medians}
 
 
 def isotropic_stiffness(lam: float, mu: float) -> np.ndarray:
@@ -37,7 +38,7 @@ def test_dielectric_median_oracle_and_traceless_errors():
     np.testing.assert_allclose(predictions[MEDIAN], np.stack([D([3.0, 4, 5])] * 2))
     np.testing.assert_allclose(predictions[ORACLE], np.stack([2 * np.eye(3), 3 * np.eye(3)]), atol=1e-12)
     rows = task_rows(result)
-    assert [(r.n_train, r.n_test, r.units) for r in rows] == [(3, 2, "dimensionless")] * 3
+    assert [(r.n_train, r.n_test, r.units) for r in rows] == [(3, 2, "dimensionless")] * 5
     # median: |M-T1| = diag(1,2,3), |M-T2| = diag(2,2,1) -> 11/18; isotropic 2I and I -> 9/18;
     # traceless diag(-1,0,1) - 0 and diag(-1,0,1) - diag(-2,-1,3) = diag(1,1,-2) -> 6/18
     assert errors(rows, MEDIAN) == pytest.approx({"component_mae": 11 / 18, "isotropic_mae": 0.5,
@@ -47,6 +48,11 @@ def test_dielectric_median_oracle_and_traceless_errors():
                                                    "anisotropic_mae": 1 / 3}, abs=1e-12)
     assert errors(rows, MODEL) == pytest.approx({"component_mae": 0.6 / 18, "isotropic_mae": 0,
                                                   "anisotropic_mae": 0.6 / 18}, abs=1e-12)
+    # medians over the two structures of each one's component MAE: model traceless 0 (T1) and 0.6/9 (T2)
+    assert errors(rows, MODEL, medians=True) == pytest.approx({"isotropic_median_ae": 0,
+                                                               "anisotropic_median_ae": 0.3 / 9}, abs=1e-12)
+    assert errors(rows, MEDIAN, medians=True) == pytest.approx({"isotropic_median_ae": (6 / 9 + 3 / 9) / 2,
+                                                                "anisotropic_median_ae": (2 / 9 + 4 / 9) / 2})
 
 
 def test_piezo_oracle_is_the_zero_tensor():
