@@ -3,6 +3,7 @@ invariant baseline trained on the same data and split; per-task tables, the issu
 
     python benchmarks/accuracy.py [--recipe R] [--baseline B] [--quick] [--seed S] [--checkpoint CKPT]
                                   [--baseline-checkpoint CKPT] [--out PREFIX] [--trainer.KEY=VALUE ...]
+    python benchmarks/accuracy.py --aggregate PREFIX_s0.csv PREFIX_s1.csv PREFIX_s2.csv --out PREFIX   # mean ± s.e.
 
 Without --checkpoint the recipe is trained here (``equiprop fit``, run name ``scoreboard_<recipe stem>_s<seed>``,
 a previous run of that name removed first); likewise the baseline, with the baseline recipe's model and trainer on the
@@ -68,7 +69,17 @@ def main() -> int:
     parser.add_argument("--checkpoint", help="score this checkpoint of the recipe instead of training it")
     parser.add_argument("--baseline-checkpoint", help="score this baseline checkpoint instead of training it")
     parser.add_argument("--out", help=f"output prefix (default {DEFAULT_OUT}; with --quick {QUICK_OUT})")
+    parser.add_argument("--aggregate", nargs="+", metavar="CSV",
+                        help="summarise scoreboard CSVs of several seeds (mean ± s.e.) into OUT.md; trains nothing")
     args, overrides = parser.parse_known_args()
+    if args.aggregate:
+        from equiprop.workflows.scoreboard import seed_summary
+
+        out = Path(args.out or DEFAULT_OUT).with_suffix(".md")
+        command = shlex.join(["python", "benchmarks/accuracy.py", *sys.argv[1:]])
+        out.write_text(f"# Accuracy scoreboard over seeds\n\n- command: `{command}`\n\n" + seed_summary(args.aggregate))
+        print(out.read_text())
+        return 0
     command = shlex.join(["python", "benchmarks/accuracy.py", *sys.argv[1:]])
 
     model_ckpt = args.checkpoint or train(args.recipe, args.seed, args.quick, overrides)

@@ -8,8 +8,8 @@ import pytest
 
 from equiprop.data.tasks import voigt_to_cartesian
 from equiprop.workflows.scoreboard import (INVARIANT, K_VOIGT, MEDIAN, MODEL, ORACLE, Row, TaskResults, all_predictions,
-                                           goal_checks, lookup, scoreboard_rows, task_rows, write_csv,
-                                           write_markdown)
+                                           goal_checks, lookup, read_rows, scoreboard_rows, seed_summary,
+                                           task_rows, write_csv, write_markdown)
 
 D = np.diag
 
@@ -175,3 +175,20 @@ def test_split_checks_accept_the_same_split_and_refuse_another(tmp_path):
         **same.state_dict()["normalization"]["eps_electronic"], "shift": [0.0, 0.0, 0.0, 0.0]}}}}
     assert "label counts only for ['eps_electronic']" in check_training_split(old, same)
     assert check_training_split({}, same).startswith("not verified")
+
+
+def test_seed_summary_mean_and_standard_error(tmp_path):
+    paths = []
+    for seed, model_error in enumerate([1.0, 2.0, 3.0]):  # mean 2, s.e. 1/sqrt(3)
+        rows = [Row("eps_electronic", "anisotropic_mae", "dimensionless", 10, 4,
+                    {MODEL: model_error, ORACLE: 4.0, MEDIAN: 5.0}),
+                Row("eps_electronic", "isotropic_mae", "dimensionless", 10, 4, {MODEL: 1.0, MEDIAN: 2.0})]
+        paths.append(tmp_path / f"s{seed}.csv")
+        write_csv(rows, {"seed": str(seed)}, paths[-1])
+    assert [r.values for r in read_rows(paths[0])] == [{MODEL: 1.0, MEDIAN: 5.0, ORACLE: 4.0},
+                                                       {MODEL: 1.0, MEDIAN: 2.0}]
+    text = seed_summary(paths)
+    assert f"| eps_electronic | anisotropic_mae | dimensionless | 2 ± {1 / np.sqrt(3):.2g} |  | 5 | 4 |" in text
+    # traceless goal: model <= 0.5 x oracle (2.0) passes for seeds 0 and 1; isotropic goal (<= 0.7 x 2) for all
+    assert "eps_electronic traceless MAE <= 0.5x zero anisotropy: 2 of 3" in text
+    assert "eps_electronic isotropic MAE >= 30% below training median: 3 of 3" in text

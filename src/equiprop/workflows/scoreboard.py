@@ -238,3 +238,39 @@ def write_markdown(rows: list[Row], checks: list[GoalCheck], meta: dict[str, str
               "passes).", *[f"- {note}" for note in notes]]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+# -- several seeds --------------------------------------------------------------------------------------------------
+def read_rows(path: Path) -> list[Row]:
+    """The rows of a scoreboard CSV written by ``write_csv``."""
+    with Path(path).open(newline="") as f:
+        return [Row(r["task"], r["metric"], r["units"], int(r["n_train"]), int(r["n_test"]),
+                    {p: float(r[p]) for p in PREDICTORS if r.get(p) not in (None, "")}) for r in csv.DictReader(f)]
+
+
+def seed_summary(paths: list[Path]) -> str:
+    """Markdown: each row's trained predictors as mean ± standard error over the runs (one per seed), the fixed
+    baselines beside them, and how many runs pass each goal check."""
+    runs = [read_rows(p) for p in paths]
+    n = len(runs)
+    lines = [f"Mean ± standard error over {n} runs: " + ", ".join(f"`{p}`" for p in paths), "",
+             "| task | metric | units | model | invariant_baseline | training_median | isotropic_oracle |",
+             "|---|---|---|---|---|---|---|"]
+    for row in runs[0]:
+        cells = []
+        for predictor in PREDICTORS:
+            values = [lookup(rows, row.task, row.metric, predictor) for rows in runs]
+            values = np.array([v for v in values if v is not None], dtype=np.float64)
+            if not len(values):
+                cells.append("")
+            elif predictor in (MODEL, INVARIANT) and len(values) > 1:
+                cells.append(f"{values.mean():.4g} ± {values.std(ddof=1) / np.sqrt(len(values)):.2g}")
+            else:
+                cells.append(_fmt(float(values.mean())))
+        lines.append(f"| {row.task} | {row.metric} | {row.units} | " + " | ".join(cells) + " |")
+    passed: dict[str, int] = {}
+    for rows in runs:
+        for check in goal_checks(rows):
+            passed[check.name] = passed.get(check.name, 0) + int(check.passed)
+    lines += ["", "Goal checks (runs passing):", ""] + [f"- {name}: {k} of {n}" for name, k in passed.items()]
+    return "\n".join(lines) + "\n"
