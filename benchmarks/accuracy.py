@@ -82,12 +82,15 @@ def main() -> int:
         return 0
     command = shlex.join(["python", "benchmarks/accuracy.py", *sys.argv[1:]])
 
+    from equiprop.workflows.scoreboard_inputs import git_state
+
+    code_state = git_state(REPO)  # the code that trains and scores: read before a commit made meanwhile can change it
     model_ckpt = args.checkpoint or train(args.recipe, args.seed, args.quick, overrides)
     baseline_ckpt = args.baseline_checkpoint or train(baseline_on_recipe_data(args.baseline, args.recipe), args.seed,
                                                       args.quick, overrides)
 
     from equiprop.workflows.scoreboard import format_table, goal_checks, scoreboard_rows, write_csv, write_markdown
-    from equiprop.workflows.scoreboard_inputs import check_same_split, git_state, load_run, task_results
+    from equiprop.workflows.scoreboard_inputs import check_same_split, load_run, task_results
     from equiprop.workflows.scoreboard_plots import parity_plots
 
     model_run, baseline_run = load_run(model_ckpt, args.recipe), load_run(baseline_ckpt, args.baseline)
@@ -96,7 +99,7 @@ def main() -> int:
     rows = scoreboard_rows(results)
     checks = goal_checks(rows)
 
-    meta = {**git_state(REPO), "command": command, "quick": str(args.quick),
+    meta = {**code_state, "command": command, "quick": str(args.quick),
             "seed": str(model_run.seed) if model_run.seed == baseline_run.seed
             else f"model {model_run.seed}, baseline {baseline_run.seed}",
             "recipe": args.recipe, "baseline_recipe": args.baseline,
