@@ -1,11 +1,16 @@
 """Optuna search end to end: real Lightning fits per trial, SQLite storage, resume, outputs."""
 
+import re
+import time
+
 import optuna
 import pandas as pd
+import pytest
 import yaml
 
 from equiprop.cli import main
 from equiprop.workflows.recipe import load_recipe
+from equiprop.workflows.tune import make_storage, make_study, tune_command
 
 RECIPE = {
     "run_name": "tiny_tune",
@@ -89,3 +94,75 @@ def test_search_over_pretrained_potentials(tmp_path, monkeypatch):
     for t in study.trials:
         used = load_recipe(tmp_path / "checkpoints" / "tiny_foundation" / f"trial_{t.number:03d}" / "recipe.yaml")
         assert used["model"]["encoder"]["init_args"]["model"] == t.params["model.encoder.init_args.model"]
+
+
+FEW_BATCHES = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+
+
+def test_each_resumed_run_draws_new_parameters(tmp_path, monkeypatch, capsys):
+    """Three runs of one study (1, 2, then 3 trials): a resumed run must not replay the first run's draws."""
+    monkeypatch.chdir(tmp_path)
+    recipe = dict(RECIPE, run_name="tiny_resume", tune={**RECIPE["tune"], "search_space": {
+        "model.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "data.batch_size": {"type": "int", "low": 4, "high": 16}}})
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    for n_trials in (1, 2, 3):
+        assert tune_command(["-c", str(path), "--n-trials", str(n_trials), *FEW_BATCHES]) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="tiny_resume",
+                              storage=f"sqlite:///{tmp_path / 'checkpoints' / 'tiny_resume' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == 3, params
+    seeds = re.findall(r"sampler seed (\d+) \(tune.seed 1, (\d) trials already in the study", out)
+    assert [n for _, n in seeds] == ["0", "1", "2"] and len({s for s, _ in seeds}) == 3
+
+
+def test_heartbeat_options_reach_the_storage_and_fail_a_silent_trial(tmp_path, capsys):
+    tune = {**RECIPE["tune"], "heartbeat_interval": 1, "grace_period": 2}
+    storage = make_storage(tune, f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert (storage.heartbeat_interval, storage.grace_period) == (1, 2)
+    assert (make_storage(RECIPE["tune"], f"sqlite:///{tmp_path / 'defaults.db'}").grace_period) == 180
+    study = make_study(tune, storage, "heartbeat")
+    # a worker that beat once and was killed: after the grace period its trial is failed and queued for a retry
+    trial = study.ask()
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("heartbeat"),
+                                                               trial.number)
+    storage.record_heartbeat(trial_id)
+    time.sleep(3.5)  # past the 2 s grace period even though SQLite's clock for 'now' has whole seconds
+    optuna.storages.fail_stale_trials(study)
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grace_period": 60}, "tune.grace_period: must exceed tune.heartbeat_interval (60 s), got 60 s"),
+    ({"heartbeat_interval": 0}, "tune.heartbeat_interval: a positive whole number of seconds, got 0"),
+    ({"grace_period": "3m"}, "tune.grace_period: a positive whole number of seconds, got '3m'"),
+    ({"pruner": {"class": "MeanPruner"}}, "tune.pruner.class: one of HyperbandPruner, MedianPruner, NopPruner"),
+    ({"pruner": {"class": "MedianPruner", "n_startup": 2}}, "tune.pruner: MedianPruner({'n_startup': 2}) rejected"),
+    ({"search_space": {"model.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
+     "tune.search_space.model.lr.type: one of categorical, int, float, int_list, got 'loguniform'"),
+    ({"search_space": {"model.lr": {"type": "float", "low": 1e-3}}},
+     "tune.search_space.model.lr: type float needs low, high; missing high"),
+    ({"metric": "loss"}, "tune.metric: a validation metric: val/loss, val/weighted_loss or val/<task>/<metric>"),
+    ({"directions": ["minimise"]}, "tune.directions: a list of one direction, minimize or maximize"),
+    ({"seed": -1}, "tune.seed: a non-negative integer, got -1"),
+])
+def test_bad_tune_options_are_one_line_errors_before_any_trial(tmp_path, monkeypatch, capsys, change, message):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(dict(RECIPE, tune={**RECIPE["tune"], **change})))
+    assert main(["tune", "-c", str(path), "--n-trials", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "checkpoints" / "tiny_tune" / "optuna.db").exists()  # nothing ran
+
+
+def test_a_metric_that_is_never_logged_stops_the_search_naming_the_logged_ones(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(dict(RECIPE, tune={**RECIPE["tune"], "metric": "val/Eg/mae"})))
+    assert main(["tune", "-c", str(path), "--n-trials", "3", *FEW_BATCHES]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tune.metric: 'val/Eg/mae' was never logged; logged: " in err and "val/Ef/mae" in err

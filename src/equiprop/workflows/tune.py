@@ -3,26 +3,48 @@
     equiprop tune -c recipes/tune_max_ell_irreps.yaml --n-trials 20 [--storage URL --study-name NAME]
                   [--trainer.max_epochs=3 --data.batch_size=16 ...]    (applied to every trial)
 
-The recipe is a fit recipe plus a ``tune:`` section (metric, directions, pruner, search_space). Storage defaults to
-SQLite next to the run (``checkpoints/<run_name>/optuna.db``); any Optuna RDB URL lets several workers share one
-study. Re-running the same command resumes the study (up to ``--n-trials`` finished trials); trials of a killed worker
-are marked failed by the heartbeat and retried. Outputs in ``checkpoints/<run_name>/``: trials.csv, best_recipe.yaml,
-optimisation history and parameter-importance (or Pareto-front) PNGs.
+The recipe is a fit recipe plus a ``tune:`` section (metric, directions, pruner, seed, heartbeat_interval,
+grace_period, search_space); a bad entry is a one-line error naming the option and what it accepts, before any
+trial trains. Storage defaults to SQLite next to the run (``checkpoints/<run_name>/optuna.db``); any Optuna RDB URL
+lets several workers share one study. Re-running the same command resumes the study (up to ``--n-trials`` finished
+trials).
+
+Sampler seed: each run seeds its sampler from ``tune.seed``, the number of trials already in the study when the run
+starts, and the worker's process id (``numpy.random.SeedSequence``), and prints it. So a resumed study does not replay
+the parameters of its first trials and workers sharing a study draw different ones; a search is reproducible from
+the printed seeds, not from ``tune.seed`` alone.
+
+Killed workers: every running trial records a heartbeat each ``tune.heartbeat_interval`` seconds (default 60); a trial
+silent for ``tune.grace_period`` seconds (default 180, must exceed the interval) is marked failed by the next worker
+to start a trial, and retried (up to twice). A shorter grace period frees a killed worker's trial sooner; it must
+stay well above the interval, or a busy but live worker's trial is failed too.
+
+Outputs in ``checkpoints/<run_name>/``: trials.csv, best_recipe.yaml, optimisation history and parameter-importance
+(or Pareto-front) PNGs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import yaml
 
 from equiprop.data.errors import ConfigError
 from equiprop.workflows.recipe import build_run, load_recipe, set_dotted
 
 SECONDS_PER_EPOCH = "seconds_per_epoch"
+DEFAULT_METRIC = "val/loss"
+DEFAULT_PRUNER = {"class": "MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 1}
+DIRECTIONS = ("minimize", "maximize")
+HEARTBEAT_INTERVAL, GRACE_PERIOD = 60, 180  # seconds
+# search-space type -> the keys its entry needs
+SPACE_KEYS = {"categorical": ("choices",), "int": ("low", "high"), "float": ("low", "high"),
+              "int_list": ("low", "high", "length")}
 
 
 class EpochTimer(L.Callback):
@@ -54,31 +76,128 @@ def suggest(trial, name: str, spec: dict):
     if kind == "int_list":  # e.g. multiplicities per l of the hidden irreps
         return [trial.suggest_int(f"{name}[{i}]", spec["low"], spec["high"], log=spec.get("log", False))
                 for i in range(spec["length"])]
-    raise ConfigError(f"search space {name}: type must be categorical, int, float or int_list, got {kind!r}")
+    raise ConfigError(f"tune.search_space.{name}.type: one of {', '.join(SPACE_KEYS)}, got {kind!r}")
 
 
-def make_study(tune: dict, storage: str, study_name: str):
+def check_search_space(space) -> None:
+    """Every entry a mapping with a known type and the keys that type needs (checked before any trial trains)."""
+    if not isinstance(space, dict) or not space:
+        raise ConfigError("tune.search_space: a mapping of dotted recipe keys to {type: ..., ...} entries")
+    for name, spec in space.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in SPACE_KEYS:
+            raise ConfigError(f"tune.search_space.{name}.type: one of {', '.join(SPACE_KEYS)}, got {kind!r}")
+        missing = [key for key in SPACE_KEYS[kind] if key not in spec]
+        if missing:
+            raise ConfigError(f"tune.search_space.{name}: type {kind} needs {', '.join(SPACE_KEYS[kind])}; "
+                              f"missing {', '.join(missing)}")
+
+
+def check_metric(metric) -> None:
+    """The metric must be a validation metric: the pruner and the objective read it after each validation."""
+    if not isinstance(metric, str) or not metric.startswith("val/"):
+        raise ConfigError(f"tune.metric: a validation metric: val/loss, val/weighted_loss or val/<task>/<metric> "
+                          f"(e.g. val/Ef/mae), got {metric!r}")
+
+
+def study_directions(tune: dict) -> list[str]:
+    directions = tune.get("directions", ["minimize"])
+    if not isinstance(directions, list) or len(directions) != 1 or directions[0] not in DIRECTIONS:
+        raise ConfigError(f"tune.directions: a list of one direction, {' or '.join(DIRECTIONS)} "
+                          f"(multi_objective: true adds seconds per epoch), got {directions!r}")
+    if tune.get("multi_objective"):
+        return [directions[0], "minimize"]  # (validation error, seconds per epoch)
+    return directions
+
+
+def make_pruner(tune: dict):
     import optuna
+
+    spec = dict(tune.get("pruner", DEFAULT_PRUNER))
+    name = spec.pop("class", None)
+    classes = {n: getattr(optuna.pruners, n) for n in dir(optuna.pruners) if n != "BasePruner"}
+    allowed = sorted(n for n, c in classes.items() if isinstance(c, type) and issubclass(c, optuna.pruners.BasePruner))
+    if name not in allowed:
+        raise ConfigError(f"tune.pruner.class: one of {', '.join(allowed)}, got {name!r}")
+    try:
+        return getattr(optuna.pruners, name)(**spec)
+    except (TypeError, ValueError) as err:  # unknown or bad keyword arguments
+        raise ConfigError(f"tune.pruner: {name}({spec}) rejected: {err}") from None
+
+
+def heartbeat_settings(tune: dict) -> tuple[int, int]:
+    """(heartbeat_interval, grace_period) in seconds, checked: grace_period > heartbeat_interval > 0."""
+    interval = tune.get("heartbeat_interval", HEARTBEAT_INTERVAL)
+    grace = tune.get("grace_period", GRACE_PERIOD)
+    for name, value in (("heartbeat_interval", interval), ("grace_period", grace)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:  # Optuna takes whole seconds
+            raise ConfigError(f"tune.{name}: a positive whole number of seconds, got {value!r}")
+    if grace <= interval:  # a live worker's trial would be failed between two of its heartbeats
+        raise ConfigError(f"tune.grace_period: must exceed tune.heartbeat_interval ({interval} s), got {grace} s")
+    return interval, grace
+
+
+def base_seed(tune: dict) -> int:
+    seed = tune.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"tune.seed: a non-negative integer, got {seed!r}")
+    return seed
+
+
+def check_tune(tune: dict) -> None:
+    """Reject a bad tune: section before any trial trains (each check names the option and what it accepts)."""
+    check_metric(tune.get("metric", DEFAULT_METRIC))
+    check_search_space(tune.get("search_space"))
+    study_directions(tune)
+    make_pruner(tune)
+    heartbeat_settings(tune)
+    base_seed(tune)
+
+
+def sampler_seed(seed: int, n_existing: int) -> int:
+    """This run's sampler seed: a resumed study or a second worker must not replay the parameters already drawn."""
+    return int(np.random.SeedSequence([seed, n_existing, os.getpid()]).generate_state(1)[0])
+
+
+def make_storage(tune: dict, url: str):
+    """The RDB storage with the recipe's heartbeat: a killed worker's trial is failed and retried (twice)."""
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
-    directions = tune.get("directions", ["minimize"])
-    if tune.get("multi_objective"):
-        directions = [directions[0], "minimize"]  # (validation error, seconds per epoch)
-    pruner_spec = dict(tune.get("pruner", {"class": "MedianPruner", "n_startup_trials": 2, "n_warmup_steps": 1}))
-    pruner = getattr(optuna.pruners, pruner_spec.pop("class"))(**pruner_spec)
-    sampler_seed = tune.get("seed", 0)
-    sampler = optuna.samplers.NSGAIISampler(seed=sampler_seed) if len(directions) > 1 else \
-        optuna.samplers.TPESampler(seed=sampler_seed)
-    rdb = RDBStorage(storage, heartbeat_interval=60, grace_period=180,
-                     failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
-    return optuna.create_study(storage=rdb, study_name=study_name, load_if_exists=True, directions=directions,
-                               sampler=sampler, pruner=pruner)
+    interval, grace = heartbeat_settings(tune)
+    return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
+                      failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+
+
+def make_study(tune: dict, storage, study_name: str):
+    """The study (created or resumed), its sampler seeded for this run from tune.seed, its size now, and the pid."""
+    import optuna
+
+    directions, pruner = study_directions(tune), make_pruner(tune)
+    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True, directions=directions,
+                                pruner=pruner)
+    n_existing = len(study.get_trials(deepcopy=False))
+    seed = sampler_seed(base_seed(tune), n_existing)
+    sampler = optuna.samplers.NSGAIISampler(seed=seed) if len(directions) > 1 else optuna.samplers.TPESampler(seed=seed)
+    print(f"sampler seed {seed} (tune.seed {base_seed(tune)}, {n_existing} trials already in the study, "
+          f"process {os.getpid()})")
+    return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def trial_score(trainer, metric: str) -> float:
+    """The trial's value: the best epoch's when the checkpoint monitors the metric, else the last epoch's."""
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.monitor == metric and checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    if metric not in trainer.callback_metrics:
+        logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
+        raise ConfigError(f"tune.metric: {metric!r} was never logged; logged: {', '.join(logged) or 'none'}")
+    return float(trainer.callback_metrics[metric])
 
 
 def objective_for(recipe: dict, tune: dict, overrides: list[str], run_dir: Path):
     from optuna_integration import PyTorchLightningPruningCallback
 
-    metric, multi = tune.get("metric", "val/loss"), bool(tune.get("multi_objective"))
+    metric, multi = tune.get("metric", DEFAULT_METRIC), bool(tune.get("multi_objective"))
 
     def objective(trial):
         trial_recipe = dict(recipe)
@@ -91,14 +210,10 @@ def objective_for(recipe: dict, tune: dict, overrides: list[str], run_dir: Path)
         if not multi:  # Optuna prunes single-objective studies only
             trainer.callbacks.append(PyTorchLightningPruningCallback(trial, monitor=metric))
         trainer.fit(model, datamodule=datamodule)  # the pruning callback raises TrialPruned through here
-        checkpoint = trainer.checkpoint_callback
-        score = checkpoint.best_model_score if checkpoint is not None and checkpoint.best_model_score is not None \
-            else trainer.callback_metrics.get(metric)
-        if score is None:
-            raise RuntimeError(f"trial {trial.number}: metric {metric!r} was never logged")
+        score = trial_score(trainer, metric)
         trial.set_user_attr(SECONDS_PER_EPOCH, timer.mean)
-        trial.set_user_attr("best_checkpoint", getattr(checkpoint, "best_model_path", ""))
-        return (float(score), timer.mean) if multi else float(score)
+        trial.set_user_attr("best_checkpoint", getattr(trainer.checkpoint_callback, "best_model_path", ""))
+        return (score, timer.mean) if multi else score
 
     return objective
 
@@ -125,15 +240,16 @@ def write_outputs(study, recipe: dict, tune: dict, run_dir: Path) -> dict:
                  else best.params[name])
         best_recipe = set_dotted(best_recipe, name, value)
     best_recipe["run_name"] = f"{recipe.get('run_name', 'tune')}_best"
-    header = (f"# Best configuration of study {study.study_name!r} (trial {best.number}, {tune.get('metric', 'val/loss')}"
+    metric = tune.get("metric", DEFAULT_METRIC)
+    header = (f"# Best configuration of study {study.study_name!r} (trial {best.number}, {metric}"
               f" = {best.values[0]:.6g}); run with: equiprop fit -c THIS_FILE\n")
     (run_dir / "best_recipe.yaml").write_text(header + yaml.safe_dump(best_recipe, sort_keys=False))
     outputs["best_recipe"] = str(run_dir / "best_recipe.yaml")
     plots = {"history": lambda: optuna.visualization.matplotlib.plot_optimization_history(
-        study, target=(lambda t: t.values[0]) if multi else None, target_name=tune.get("metric", "val/loss"))}
+        study, target=(lambda t: t.values[0]) if multi else None, target_name=tune.get("metric", DEFAULT_METRIC))}
     if multi:
         plots["pareto_front"] = lambda: optuna.visualization.matplotlib.plot_pareto_front(
-            study, target_names=[tune.get("metric", "val/loss"), SECONDS_PER_EPOCH])
+            study, target_names=[tune.get("metric", DEFAULT_METRIC), SECONDS_PER_EPOCH])
     elif len(done) >= 2 and len(done[0].params) >= 2:
         plots["importances"] = lambda: optuna.visualization.matplotlib.plot_param_importances(study)
     for name, plot in plots.items():
@@ -162,13 +278,14 @@ def tune_command(argv: list[str]) -> int:
         parser.error(f"unknown arguments {bad} (overrides must be --trainer.*, --model.* or --data.*)")
     recipe = load_recipe(args.config)
     tune = recipe.pop("tune", None)
-    if not tune or not tune.get("search_space"):
+    if not isinstance(tune, dict) or not tune.get("search_space"):
         raise ConfigError(f"{args.config}: no tune.search_space section")
+    check_tune(tune)
     run_name = recipe.get("run_name", Path(args.config).stem)
     run_dir = Path("checkpoints") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
-    study = make_study(tune, storage, args.study_name or run_name)
+    study = make_study(tune, make_storage(tune, storage), args.study_name or run_name)
     from optuna.trial import TrialState
 
     finished = len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
