@@ -1,4 +1,7 @@
-"""The MatBench runner on the real, complete matbench_phonons task (a few batches per fold)."""
+"""The MatBench runner on the real, complete matbench_phonons task (a few batches per fold).
+
+The shared data folder reaches the runner only through ``--shared`` or $EQUIPROP_SHARED_DATA, as for a user.
+"""
 
 import json
 
@@ -42,7 +45,9 @@ def test_one_fold_then_a_rerun_that_skips_it_and_writes_the_official_record(reci
     assert not (run / "results.json.gz").exists()  # matbench validates complete tasks only
     mtime = fold0.stat().st_mtime_ns
 
-    assert main(args) == 0  # all five folds: fold 0 is kept, the others train
+    # all five folds, the task's file now found through $EQUIPROP_SHARED_DATA: fold 0 is kept, the others train
+    monkeypatch.setenv("EQUIPROP_SHARED_DATA", str(shared_data))
+    assert main([a for a in args if a not in ("--data-path", data)]) == 0
     out = capsys.readouterr().out
     assert "fold 0: finished earlier, kept" in out
     assert fold0.stat().st_mtime_ns == mtime
@@ -52,8 +57,9 @@ def test_one_fold_then_a_rerun_that_skips_it_and_writes_the_official_record(reci
     assert task.results["fold_0"]["scores"]["mae"] == pytest.approx(first["mae"], rel=1e-6)
 
 
-def test_subset_protocol_reports_references(recipe, tmp_path, monkeypatch, capsys):
+def test_subset_protocol_reports_references(recipe, tmp_path, monkeypatch, shared_data, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EQUIPROP_SHARED_DATA", str(shared_data))
     assert main(["matbench", "--task", "matbench_log_gvrh", "-c", str(recipe), "--subset", "--folds", "1",
                  *FAST]) == 0
     out = capsys.readouterr().out
@@ -63,3 +69,21 @@ def test_subset_protocol_reports_references(recipe, tmp_path, monkeypatch, capsy
     fold = result["folds"]["1"]
     assert fold["units"] == "log10(GPa)" and fold["n_test"] > 100
     assert all(k.startswith("mb-log-gvrh-") for k in fold["predictions"])
+
+
+@pytest.mark.parametrize("shared, message", [
+    (None, "--subset needs the shared data folder (with matbench/, matminer-0.4.0/, perov5/): "
+           "pass --shared DIR or set $EQUIPROP_SHARED_DATA"),
+    ("empty", "--shared (or $EQUIPROP_SHARED_DATA): {tmp}/empty has no matbench/ folder"),
+])
+def test_subset_without_the_shared_folder_is_a_one_line_error(recipe, tmp_path, monkeypatch, capsys, shared, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("EQUIPROP_SHARED_DATA", raising=False)
+    extra = []
+    if shared:
+        (tmp_path / shared).mkdir()
+        extra = ["--shared", str(tmp_path / shared)]
+    assert main(["matbench", "--task", "matbench_log_gvrh", "-c", str(recipe), "--subset", *extra, *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message.format(tmp=tmp_path) in err and "\n" not in err
+    assert not (tmp_path / "checkpoints").exists()  # nothing trained

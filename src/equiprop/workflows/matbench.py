@@ -9,6 +9,10 @@ Finished folds (``fold_<k>/predictions.json``) are kept and skipped on re-run. F
 folds are finished, ``results.json.gz`` is written with matbench's own ``MatbenchBenchmark`` (which validates only
 complete tasks) and scored with ``MatbenchBenchmark.from_file``; subset runs write ``subset_results.json`` instead
 (not a leaderboard result).
+
+Data: ``--data-path`` names the task's file; else ``<shared>/matbench/<task>.json.gz`` when present; else matminer's
+copy or download ($MATMINER_DATA). ``--shared`` (default: $EQUIPROP_SHARED_DATA) is the folder that holds
+``matbench/`` (subset maps, leaderboard CSV), ``matminer-0.4.0/`` and ``perov5/``; the subset protocol needs it.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import MATBENCH_TASKS
 from equiprop.workflows.recipe import build_run, load_recipe, set_dotted
 
-SHARED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "matbench"
+SHARED_ENV = "EQUIPROP_SHARED_DATA"  # default of --shared: the folder holding matbench/, matminer-0.4.0/, perov5/
 # task -> (matminer CSV, a task that CSV provides) holding the local structures of the subset protocol
 SUBSET_STRUCTURES = {
     "matbench_dielectric": ("dielectric_constant", "Eg"), "matbench_mp_gap": ("dielectric_constant", "Eg"),
@@ -35,7 +39,27 @@ SUBSET_STRUCTURES = {
 }
 
 
-def source_config(task: str, subset: bool, data_path: str | None, shared: Path) -> dict:
+def shared_folder(value: str | None, needed_for: str) -> Path:
+    """The shared data folder given by --shared or $EQUIPROP_SHARED_DATA, checked before any fold trains."""
+    if not value:
+        raise ConfigError(f"{needed_for} needs the shared data folder (with matbench/, matminer-0.4.0/, perov5/): "
+                          f"pass --shared DIR or set ${SHARED_ENV}")
+    path = Path(value)
+    if not (path / "matbench").is_dir():
+        raise ConfigError(f"--shared (or ${SHARED_ENV}): {path} has no matbench/ folder; expected the folder "
+                          f"with matbench/, matminer-0.4.0/ and perov5/")
+    return path
+
+
+def task_data_path(task: str, data_path: str | None, shared: str | None) -> str | None:
+    """--data-path, else the shared folder's copy of the task if there is one, else None (matminer's copy)."""
+    if data_path or not shared:
+        return data_path
+    placed = shared_folder(shared, "--shared") / "matbench" / f"{task}.json.gz"
+    return str(placed) if placed.exists() else None
+
+
+def source_config(task: str, subset: bool, data_path: str | None, shared: Path | None) -> dict:
     if not subset:
         return {"class_path": "equiprop.data.sources.MatbenchTask", "init_args": {"task": task, "path": data_path}}
     if task not in SUBSET_STRUCTURES:
@@ -43,12 +67,12 @@ def source_config(task: str, subset: bool, data_path: str | None, shared: Path) 
     csv, structure_task = SUBSET_STRUCTURES[task]
     if csv == "perov5":
         structures = {"class_path": "equiprop.data.sources.Perov5CSV", "init_args": {
-            "paths": [str(shared.parent / "perov5" / f"{part}.csv.gz") for part in ("test", "val")]}}
+            "paths": [str(shared / "perov5" / f"{part}.csv.gz") for part in ("test", "val")]}}
     else:
         structures = {"class_path": "equiprop.data.sources.MatminerCSV",
-                      "init_args": {"path": str(shared.parent / "matminer-0.4.0" / f"{csv}.csv.gz")}}
+                      "init_args": {"path": str(shared / "matminer-0.4.0" / f"{csv}.csv.gz")}}
     return {"class_path": "equiprop.data.sources.matbench_subset.MatbenchSubset",
-            "init_args": {"task": task, "map_path": str(shared / "subset_maps" / f"{task}.csv"),
+            "init_args": {"task": task, "map_path": str(shared / "matbench" / "subset_maps" / f"{task}.csv"),
                           "structures": structures, "structure_task": structure_task}}
 
 
@@ -116,8 +140,10 @@ def matbench_command(argv: list[str]) -> int:
     parser.add_argument("-c", "--config", required=True, help="a fit recipe (model, trainer, batch size, cutoff)")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--subset", action="store_true", help="MatBench-subset protocol on local structures")
-    parser.add_argument("--data-path", help="the task's orient='split' JSON(.gz) (default: $MATMINER_DATA/download)")
-    parser.add_argument("--shared", default=str(SHARED), help="folder with subset_maps/ and the leaderboard CSV")
+    parser.add_argument("--data-path", help="the task's orient='split' JSON(.gz) (default: <shared>/matbench/"
+                        "<task>.json.gz if present, else $MATMINER_DATA or matminer's download)")
+    parser.add_argument("--shared", default=os.environ.get(SHARED_ENV),
+                        help=f"folder with matbench/, matminer-0.4.0/ and perov5/ (default: ${SHARED_ENV})")
     args, overrides = parser.parse_known_args(argv)
     recipe = load_recipe(args.config)
     # --run_name=X names the study's folder (each fold's own run name is set below, so it is not passed on)
@@ -125,7 +151,9 @@ def matbench_command(argv: list[str]) -> int:
     overrides = [o for o in overrides if not o.startswith("--run_name=")]
     run_name = names[-1] if names else recipe.get("run_name", "matbench")
     run_dir = Path("checkpoints") / run_name / (args.task + ("_subset" if args.subset else ""))
-    source = source_config(args.task, args.subset, args.data_path, Path(args.shared))
+    shared = shared_folder(args.shared, "--subset") if args.subset else None
+    data_path = task_data_path(args.task, args.data_path, args.shared)
+    source = source_config(args.task, args.subset, data_path, shared)
     finished = {}
     for fold in args.folds:
         path = run_dir / f"fold_{fold}" / "predictions.json"
@@ -140,13 +168,13 @@ def matbench_command(argv: list[str]) -> int:
     on_disk = {int(p.parent.name.removeprefix("fold_")): json.loads(p.read_text())
                for p in run_dir.glob("fold_*/predictions.json")}
     if not args.subset and sorted(on_disk) == [0, 1, 2, 3, 4]:  # matbench validates complete tasks only
-        scores = official_record(args.task, on_disk, args.data_path, run_dir / "results.json.gz")
+        scores = official_record(args.task, on_disk, data_path, run_dir / "results.json.gz")
         print(f"official record scored by MatbenchBenchmark.from_file: MAE per fold {scores}")
-    print(report(args.task, finished, args.subset, Path(args.shared), run_dir, sorted(on_disk)))
+    print(report(args.task, finished, args.subset, shared, run_dir, sorted(on_disk)))
     return 0
 
 
-def report(task: str, folds: dict, subset: bool, shared: Path, run_dir: Path, on_disk: list[int]) -> str:
+def report(task: str, folds: dict, subset: bool, shared: Path | None, run_dir: Path, on_disk: list[int]) -> str:
     units = next(iter(folds.values()))["units"]
     lines = [f"{task}{' (MatBench-subset protocol: NOT a leaderboard result)' if subset else ''}",
              f"{'fold':>4} {'train':>6} {'val':>5} {'test':>5} {'MAE':>10}  units"]
@@ -157,7 +185,7 @@ def report(task: str, folds: dict, subset: bool, shared: Path, run_dir: Path, on
     if subset:
         import pandas as pd
 
-        board = pd.read_csv(shared / "leaderboard_full_and_subset_mae.csv")
+        board = pd.read_csv(shared / "matbench" / "leaderboard_full_and_subset_mae.csv")
         short = task.removeprefix("matbench_")
         rows = board[board.task == short].sort_values("mae_shared_subset").head(5)
         lines += [f"  reference {r.algo}: {r.mae_shared_subset:.4g} on the same subset ({r.n_shared_subset} entries; "
