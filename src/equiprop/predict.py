@@ -3,7 +3,34 @@
     from equiprop import Predictor
     Predictor.from_checkpoint("checkpoints/quickstart/best.ckpt").predict([structure, atoms])
 
-Checkpoints are loaded with ``torch.load(weights_only=True)``: tensors and plain types only, nothing unpickled.
+    equiprop predict --checkpoint CKPT --input FILES_OR_FOLDERS --output out.{csv,json}
+                     [--allow-unseen-elements] [--allow-failures] [--batch-size N]
+
+What is refused, and how it is reported:
+
+- **Checkpoints** are loaded with ``torch.load(weights_only=True)``: tensors and plain types only, nothing
+  unpickled. A missing, empty, truncated or non-checkpoint file is a one-line error naming it; so is a checkpoint
+  whose weights hold non-finite values, or whose every output is non-finite on a probe crystal (simple cubic cell
+  of an element it was trained on).
+- **Graphs** are built as in training: cutoff, ``max_neighbors`` and ``min_neighbors`` from the checkpoint's
+  ``graph`` section (older checkpoints: ``max_neighbors`` and the encoder's cutoff).
+- **Tasks** whose ``train_label_counts`` entry is 0 (a head trained on nothing) are left out of the predictions,
+  with one warning naming them.
+- **Structures** are refused (a failed row naming the file and the problem) when they are not periodic in all three
+  directions (a molecule in .xyz: equiprop predicts crystals), hold elements the model never saw in training
+  (the checkpoint's ``species_seen``; ``--allow-unseen-elements`` / ``allow_unseen_elements=True`` predicts them
+  anyway; a checkpoint that records no elements, from before ``species_seen`` was filled, cannot tell and says so
+  once), are broken (overlapping or isolated atoms, ...), or when any of their predictions is non-finite (never
+  written as a number).
+- **Input folders** are read one level deep; files of unknown type and sub-folders in them are failed rows too
+  (counted and named); hidden files (dotfiles) are skipped silently.
+- **Output**: CSV columns ``id, file, formula, <task> [units] ..., status, error``; every input gets a row, in input
+  order: ``status`` "ok", or "failed" with empty property cells and the reason in ``error``. JSON:
+  ``{"checkpoint", "units", "predictions": [rows with status "ok"], "errors": [{"id", "file", "formula", "status":
+  "failed", "reason", "error"}]}``. A binary task's output is the predicted probability of class 1, units
+  "probability". The output's folder must exist and be writable: checked before anything is computed.
+- **Exit status**: 0 when every input was predicted; 1 when any input failed (``--allow-failures``: 0 as long as
+  something was predicted); 1 whenever nothing was predicted; 2 for a bad checkpoint, output path or argument.
 """
 
 from __future__ import annotations
@@ -12,47 +39,113 @@ import argparse
 import csv
 import inspect
 import json
+import os
+import pickle
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch_geometric.data import Batch
 
-from equiprop.data.errors import ConfigError, DataError
+from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord, from_ase, from_pymatgen, read_structure_file, structure_format
 from equiprop.nn.base import build_encoder
 from equiprop.train.metrics import voigt_bulk_modulus, voigt_shear_modulus
 
+# what torch.load(weights_only=True) raises on files that are not (whole) checkpoints: empty (EOFError), truncated
+# or not a zip (RuntimeError, BadZipFile), plain text (KeyError, UnicodeDecodeError), ...
+CHECKPOINT_LOAD_ERRORS = (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError, TypeError, IndexError,
+                          AttributeError, UnicodeDecodeError, OSError, MemoryError)
+BINARY_UNITS = "probability"
+PROBE_SPACING = 3.0  # Å, nearest-neighbour distance of the probe crystal (shortened for smaller cutoffs)
+
 
 class Predictor:
-    """A trained model ready to predict every task in physical units (tensors as Cartesian / Voigt arrays)."""
+    """A trained model ready to predict every trained task in physical units (tensors as Cartesian / Voigt arrays).
 
-    def __init__(self, model, max_neighbors: int | None = None, batch_size: int = 32):
+    Args:
+        model: a ``MultiTaskModel``.
+        max_neighbors, cutoff, min_neighbors: graph parameters as in training (cutoff: the encoder's by default;
+            min_neighbors is passed on only where ``record_to_graph`` takes it).
+        batch_size: structures per forward pass.
+        allow_unseen_elements: predict structures holding elements the model never saw in training (refused by
+            default: the model's embedding of those elements was never trained).
+        omit_tasks: tasks left out of the predictions (from_checkpoint: those with no training labels).
+
+    ``notices`` holds what a user should know about the checkpoint (omitted tasks, unknown training elements).
+    """
+
+    def __init__(self, model, max_neighbors: int | None = None, batch_size: int = 32, *, cutoff: float | None = None,
+                 min_neighbors: int | None = None, allow_unseen_elements: bool = False, omit_tasks=()):
         self.model = model.eval()
         self.tasks = model.tasks
-        self.cutoff, self.max_neighbors, self.batch_size = model.encoder.cutoff, max_neighbors, batch_size
+        self.cutoff = float(cutoff) if cutoff is not None else model.encoder.cutoff
+        self.max_neighbors, self.min_neighbors, self.batch_size = max_neighbors, min_neighbors, batch_size
+        self.allow_unseen_elements = allow_unseen_elements
+        self.notices: list[str] = []
+        self.omitted_tasks = [name for name in self.tasks if name in set(omit_tasks)]
+        self.output_tasks = [name for name in self.tasks if name not in self.omitted_tasks]
+        if self.omitted_tasks:
+            self.notices.append(f"tasks with no training labels are left out of the predictions: "
+                                f"{', '.join(self.omitted_tasks)}")
+        self.species_seen = self._species_seen()
+        self.graph_options = self._graph_options()
 
+    # -- loading --------------------------------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path, batch_size: int = 32) -> "Predictor":
-        from equiprop.train.module import MultiTaskModel
-
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if "equiprop" not in checkpoint:
-            raise DataError(str(path), "not an equiprop checkpoint (no 'equiprop' section)", "bad checkpoint")
+    def from_checkpoint(cls, path: str | Path, batch_size: int = 32, allow_unseen_elements: bool = False,
+                        warn: bool = True) -> "Predictor":
+        """Load a checkpoint written by ``equiprop fit``; DataError naming the file if it is unusable.
+        ``warn``: issue each of ``notices`` as a Python warning (the CLI prints them itself)."""
+        checkpoint = load_checkpoint(path)
         meta = checkpoint["equiprop"]
-        try:  # only registered encoder classes: never import an arbitrary class named in a file
-            encoder = build_encoder(meta["encoder"])
-        except ConfigError as err:
-            raise DataError(str(path), str(err), "bad checkpoint") from None
-        # init_from is not replayed: the checkpoint already holds the fine-tuned weights
-        accepted = set(inspect.signature(MultiTaskModel.__init__).parameters) - {"self", "encoder", "tasks", "init_from"}
-        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
-        model = MultiTaskModel(encoder, tasks=list(meta["tasks"].values()), **hparams)
-        model.load_state_dict(checkpoint["state_dict"])
-        return cls(model, meta.get("max_neighbors"), batch_size)
+        graph = meta.get("graph") or {}
+        predictor = cls(build_model(path, checkpoint), graph.get("max_neighbors", meta.get("max_neighbors")),
+                        batch_size, cutoff=graph.get("cutoff"), min_neighbors=graph.get("min_neighbors"),
+                        allow_unseen_elements=allow_unseen_elements, omit_tasks=untrained_tasks(meta))
+        if not predictor.output_tasks:
+            raise DataError(str(path), "none of the checkpoint's tasks had training labels: nothing to predict",
+                            "bad checkpoint")
+        predictor.check_probe(str(path))
+        for notice in predictor.notices if warn else ():
+            warnings.warn(notice, stacklevel=2)
+        return predictor
 
+    def _species_seen(self) -> np.ndarray | None:
+        """Bool vector by atomic number, or None when the model records no elements (older checkpoints)."""
+        seen = getattr(self.model, "species_seen", None)
+        if seen is None or not bool(seen.any()):
+            self.notices.append("the checkpoint does not record which elements it was trained on (all of "
+                                "species_seen is False: an older checkpoint); structures with elements unseen in "
+                                "training cannot be detected and are predicted")
+            return None
+        return seen.cpu().numpy().astype(bool)
+
+    def _graph_options(self) -> dict:
+        """Extra record_to_graph arguments from the checkpoint that this version's record_to_graph takes."""
+        if self.min_neighbors is None:
+            return {}
+        if "min_neighbors" in inspect.signature(record_to_graph).parameters:
+            return {"min_neighbors": self.min_neighbors}
+        self.notices.append(f"the checkpoint was trained on graphs with min_neighbors={self.min_neighbors}, which "
+                            "this version's graph builder does not support: graphs are built without it")
+        return {}
+
+    def check_probe(self, where: str) -> None:
+        """Refuse a model whose every output is non-finite on a simple crystal (corrupted weights)."""
+        z = int(np.flatnonzero(self.species_seen)[0]) if self.species_seen is not None else 14
+        spacing = min(PROBE_SPACING, 0.75 * self.cutoff)
+        probe = CrystalRecord("probe", np.eye(3) * spacing, np.zeros((1, 3)), [z])
+        prediction = self.predict_graphs([self.graph(probe)])[0]
+        if not any(np.isfinite(value).all() for value in prediction.values()):
+            raise DataError(where, f"every prediction is non-finite on a probe crystal (simple cubic, Z={z}, "
+                                   f"a={spacing:.3g} Å): corrupted weights", "bad checkpoint")
+
+    # -- structures -> graphs -------------------------------------------------------------------------------------
     def _record(self, item, index: int) -> CrystalRecord:
         if isinstance(item, CrystalRecord):
             return item
@@ -62,29 +155,79 @@ class Predictor:
             return from_ase(item, f"structure_{index}")
         raise TypeError(f"structure {index}: expected a pymatgen Structure, ASE Atoms or CrystalRecord")
 
-    def graphs(self, structures) -> tuple[list, list[int], dict[int, str]]:
-        """Graphs of the usable structures, their indices, and {index: error} for the others."""
-        graphs, kept, errors = [], [], {}
-        for i, item in enumerate(structures):
-            try:
-                record = self._record(item, i).validate()
-                graphs.append(record_to_graph(record, {}, self.cutoff, self.max_neighbors))
-                kept.append(i)
-            except DataError as err:
-                errors[i] = str(err)
-        return graphs, kept, errors
+    def graph(self, record: CrystalRecord):
+        return record_to_graph(record, {}, self.cutoff, self.max_neighbors, **self.graph_options)
 
+    def unseen_elements(self, record: CrystalRecord) -> list[str]:
+        """Symbols of the record's elements the model never saw in training ([] when the checkpoint cannot tell)."""
+        from ase.data import chemical_symbols
+
+        if self.species_seen is None:
+            return []
+        return [chemical_symbols[z] for z in sorted(set(int(z) for z in record.numbers))
+                if z >= len(self.species_seen) or not self.species_seen[z]]
+
+    def check_record(self, record: CrystalRecord) -> None:
+        """DataError (naming the file or structure) for what the model must not be asked about."""
+        where = describe_record(record)
+        if not record.pbc.all():
+            raise DataError(where, f"not periodic (pbc={[bool(p) for p in record.pbc]}): equiprop predicts "
+                                   "crystals; give a cell periodic in all three directions (CIF, POSCAR, or extxyz "
+                                   "with Lattice=\"...\" pbc=\"T T T\")", "not periodic")
+        unseen = self.unseen_elements(record)
+        if unseen and not self.allow_unseen_elements:
+            raise DataError(where, f"holds elements the model never saw in training: {', '.join(unseen)} (allow "
+                                   "with --allow-unseen-elements / allow_unseen_elements=True)",
+                            "elements unseen in training")
+
+    def _checked_graphs(self, structures, checked: bool
+                        ) -> tuple[list, dict[int, CrystalRecord], dict[int, DataError]]:
+        """Graphs of the usable structures, {index: record} of those, {index: error} of the others."""
+        graphs, kept, failures = [], {}, {}
+        for i, item in enumerate(structures):
+            record = None
+            try:
+                record = self._record(item, i)
+                if checked:
+                    self.check_record(record)
+                graphs.append(self.graph(record.validate()))
+                kept[i] = record
+            except DataError as err:
+                failures[i] = renamed(err, record)
+        return graphs, kept, failures
+
+    def graphs(self, structures) -> tuple[list, list[int], dict[int, str]]:
+        """Graphs of the usable structures, their indices, and {index: error} for the others. Validity only
+        (no periodicity or training-element check): for embeddings; ``predict_records`` checks everything."""
+        graphs, kept, failures = self._checked_graphs(structures, checked=False)
+        return graphs, list(kept), {i: str(err) for i, err in failures.items()}
+
+    # -- prediction -----------------------------------------------------------------------------------------------
     def predict(self, structures, progress: bool = False) -> list[dict]:
         """One dict per structure: {task: float | ndarray} in physical units, plus K_Voigt/G_Voigt (GPa) derived
-        from a predicted elastic tensor. Elastic/piezo tensors are returned in Voigt form (6x6, 3x6). A structure
-        that cannot be used (overlapping atoms, isolated atom, ...) raises DataError naming it."""
-        graphs, _, errors = self.graphs(structures)
-        if errors:
-            raise DataError("predict", "; ".join(errors.values()), "unusable structure")
-        return self.predict_graphs(graphs, progress)
+        from a predicted elastic tensor. Elastic/piezo tensors are returned in Voigt form (6x6, 3x6); a binary task
+        gives the probability of class 1. Raises DataError naming every structure that cannot be predicted
+        (overlapping atoms, not periodic, elements unseen in training, a non-finite prediction, ...)."""
+        outcomes = self.predict_records(structures, progress)
+        failures = [err for err in outcomes if isinstance(err, DataError)]
+        if failures:
+            raise DataError("predict", "; ".join(map(str, failures)), "unusable structure")
+        return outcomes
+
+    def predict_records(self, structures, progress: bool = False) -> list[dict | DataError]:
+        """Per structure, in order: its prediction dict, or the DataError saying why it has none."""
+        graphs, kept, failures = self._checked_graphs(structures, checked=True)
+        outcomes: list = [failures.get(i) for i in range(len(structures))]
+        for (i, record), prediction in zip(kept.items(), self.predict_graphs(graphs, progress)):
+            bad = non_finite_outputs(prediction)
+            outcomes[i] = prediction if not bad else DataError(
+                describe_record(record), f"non-finite prediction for {', '.join(bad)} (not reported as a number)",
+                "non-finite prediction")
+        return outcomes
 
     @torch.no_grad()
     def predict_graphs(self, graphs: list, progress: bool = False) -> list[dict]:
+        """Raw predictions of prepared graphs (no checks; values may be non-finite: see ``non_finite_outputs``)."""
         results = []
         chunks = range(0, len(graphs), self.batch_size)
         if progress:
@@ -93,7 +236,8 @@ class Predictor:
             chunks = tqdm(chunks, desc="predict", unit="batch")
         for start in chunks:
             batch = Batch.from_data_list(graphs[start:start + self.batch_size])
-            physical = self.model.predict_physical(batch)
+            physical = {name: self.model.normalizer.to_physical(name, y)
+                        for name, y in self.model(batch, self.output_tasks).items()}
             if "elastic_tensor" in physical:
                 physical["K_Voigt"] = voigt_bulk_modulus(physical["elastic_tensor"])
                 physical["G_Voigt"] = voigt_shear_modulus(physical["elastic_tensor"])
@@ -108,53 +252,214 @@ class Predictor:
         return float(array)
 
     def units(self) -> dict[str, str]:
-        units = {name: task.units for name, task in self.tasks.items()}
-        units.update({"probability" if t.kind == "binary" else n: units[n] for n, t in self.tasks.items()
-                      if t.kind == "binary"})
+        """Units of each output, one key per output: the task's units; "probability" for a binary task (its
+        output is the predicted probability of class 1, in [0, 1]); K_Voigt/G_Voigt in GPa."""
+        units = {name: BINARY_UNITS if self.tasks[name].kind == "binary" else self.tasks[name].units
+                 for name in self.output_tasks}
         if "elastic_tensor" in units:
             units.update({"K_Voigt": "GPa", "G_Voigt": "GPa"})
         return units
 
 
+# -- checkpoint reading -------------------------------------------------------------------------------------------
+def load_checkpoint(path: str | Path) -> dict:
+    """The checkpoint as plain types; ConfigError/DataError naming the file if it is missing or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before failing; the error says it all
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(str(path), "not an equiprop checkpoint: it holds objects other than tensors and plain "
+                                   "types, which equiprop never unpickles", "bad checkpoint") from None
+    except CHECKPOINT_LOAD_ERRORS as err:
+        raise DataError(str(path), f"not a readable checkpoint (empty, truncated or not a torch file; "
+                                   f"{type(err).__name__})", "bad checkpoint") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("equiprop"), dict):
+        raise DataError(str(path), "not an equiprop checkpoint (no 'equiprop' section)", "bad checkpoint")
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise DataError(str(path), "not an equiprop checkpoint (no 'state_dict')", "bad checkpoint")
+    return checkpoint
+
+
+def build_model(path, checkpoint: dict):
+    """The MultiTaskModel a checkpoint describes, with its weights; DataError naming the file otherwise."""
+    from equiprop.train.module import MultiTaskModel
+
+    meta, state = checkpoint["equiprop"], checkpoint["state_dict"]
+    corrupted = non_finite_weights(state)
+    if corrupted:
+        raise DataError(str(path), f"corrupted weights: non-finite values in {len(corrupted)} tensors (e.g. "
+                                   f"{', '.join(corrupted[:3])})", "bad checkpoint")
+    try:  # only registered encoder classes: never import an arbitrary class named in a file
+        encoder = build_encoder(meta["encoder"])
+        # init_from is not replayed: the checkpoint already holds the fine-tuned weights
+        accepted = set(inspect.signature(MultiTaskModel.__init__).parameters) - {"self", "encoder", "tasks",
+                                                                                "init_from"}
+        hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
+        model = MultiTaskModel(encoder, tasks=list(meta["tasks"].values()), **hparams)
+    except (ConfigError, KeyError, TypeError, ValueError) as err:
+        raise DataError(str(path), f"cannot rebuild the model it describes ({type(err).__name__}: {err})",
+                        "bad checkpoint") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing / unexpected keys, shape mismatches
+        first_line = str(err).strip().splitlines()[0][:300]
+        raise DataError(str(path), f"weights do not fit the model it describes ({first_line})",
+                        "bad checkpoint") from None
+    return model
+
+
+def non_finite_weights(state_dict: dict) -> list[str]:
+    return [name for name, value in state_dict.items() if torch.is_tensor(value) and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())]
+
+
+def untrained_tasks(meta: dict) -> list[str]:
+    """Tasks whose recorded number of training labels is 0 (older checkpoints record none: [])."""
+    counts = meta.get("train_label_counts") or {}
+    return [name for name, count in counts.items() if count == 0]
+
+
+def non_finite_outputs(prediction: dict) -> list[str]:
+    return [name for name, value in prediction.items() if not np.isfinite(value).all()]
+
+
+def describe_record(record: CrystalRecord) -> str:
+    """The file a record came from (and its id where the file holds several), else its id."""
+    if not record.source:
+        return record.id
+    return record.source if Path(record.source).stem == record.id else f"{record.source} ({record.id})"
+
+
+def renamed(err: DataError, record: CrystalRecord | None) -> DataError:
+    """The error located at the record's file rather than its bare id (what a user can find)."""
+    if record is None or err.where != record.id:
+        return err
+    return DataError(describe_record(record), err.problem, err.kind)
+
+
+# -- the command --------------------------------------------------------------------------------------------------
 def collect_files(inputs: list[str]) -> list[Path]:
+    """Files given, and every entry of the folders given (one level; dotfiles skipped). Entries that are not
+    structure files are kept, so that reading them reports them rather than dropping them silently."""
     files = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(p for p in path.iterdir() if p.is_file() and structure_format(p))
+            files += sorted(p for p in path.iterdir() if not p.name.startswith("."))
         else:
             files.append(path)
     return files
 
 
-def predict_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="equiprop predict", description="Predict properties of structures.")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `equiprop fit`")
-    parser.add_argument("--input", nargs="+", required=True, help="CIF/POSCAR/extxyz files or folders of them")
-    parser.add_argument("--output", required=True, help="out.csv or out.json")
-    parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args(argv)
-    output = Path(args.output)
-    if output.suffix not in (".csv", ".json"):
-        parser.error("--output must end in .csv or .json")
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.batch_size)
-    records, errors = [], []
-    for path in collect_files(args.input):
+def failure(err: DataError, file: str, record: CrystalRecord | None = None) -> dict:
+    return {"id": record.id if record is not None else Path(file).stem, "file": file,
+            "formula": record.formula if record is not None else "", "status": "failed", "reason": err.kind,
+            "error": str(err)}
+
+
+def read_inputs(inputs: list[str]) -> list[CrystalRecord | dict]:
+    """Records and failure rows, in input order."""
+    items = []
+    for path in collect_files(inputs):
         try:
+            if path.is_dir():
+                raise DataError(str(path), "a folder inside an input folder: not searched (give it to --input)",
+                                "folder not searched")
+            if not path.exists():
+                raise DataError(str(path), "no such file", "missing file")
+            if structure_format(path) is None:
+                raise DataError(str(path), "unknown file type (expected .cif, POSCAR/CONTCAR/.vasp or "
+                                           ".xyz/.extxyz)", "unknown file type")
             for record in read_structure_file(path):
                 record.source = str(path)
-                records.append(record)
+                items.append(record)
         except DataError as err:
-            errors.append({"file": str(path), "error": str(err)})
-    graphs, kept, unusable = predictor.graphs(records)  # bad structures are reported, not fatal
-    errors += [{"file": records[i].source, "error": message} for i, message in unusable.items()]
-    records = [records[i] for i in kept]
-    predictions = predictor.predict_graphs(graphs, progress=True)
-    rows = [{"id": r.id, "file": r.source, "formula": r.formula, **p} for r, p in zip(records, predictions)]
-    write_predictions(output, rows, predictor.units(), errors, args.checkpoint)
-    for e in errors:
-        print(f"equiprop predict: skipped {e['error']}", file=sys.stderr)
-    print(f"wrote {len(rows)} predictions to {output} ({len(errors)} files skipped)")
+            items.append(failure(err, str(path)))
+    return items
+
+
+def check_output(path: Path) -> None:
+    """ConfigError unless ``path`` can be written: its folder exists and is writable (before any computing)."""
+    folder = path.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"--output {path}: folder {folder} {problem}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {path}: folder {folder} is not writable")
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a folder; give a file name ending in .csv or .json")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"--output {path}: file is not writable")
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="equiprop predict", description="Predict properties of crystals.")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `equiprop fit`")
+    parser.add_argument("--input", nargs="+", required=True, help="CIF/POSCAR/extxyz files or folders of them")
+    parser.add_argument("--output", required=True, help="out.csv or out.json (its folder must exist)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--allow-unseen-elements", action="store_true",
+                        help="predict structures with elements the model never saw in training (refused by default)")
+    parser.add_argument("--allow-failures", action="store_true",
+                        help="exit 0 when some inputs fail (they are still rows with status 'failed')")
+    args = parser.parse_args(argv)
+    if Path(args.output).suffix not in (".csv", ".json"):
+        parser.error("--output must end in .csv or .json")
+    return args
+
+
+def predict_command(argv: list[str]) -> int:
+    args = parse_arguments(argv)
+    output = Path(args.output)
+    check_output(output)
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.batch_size, args.allow_unseen_elements, warn=False)
+    for notice in predictor.notices:
+        print(f"equiprop predict: warning: {notice}", file=sys.stderr)
+    items = read_inputs(args.input)
+    records = [item for item in items if isinstance(item, CrystalRecord)]
+    outcomes = iter(predictor.predict_records(records, progress=True))
+    rows = [item if isinstance(item, dict) else row(item, next(outcomes)) for item in items]
+    write_predictions(output, rows, predictor.units(), args.checkpoint)
+    report(rows, output, predictor, records)
+    return exit_status(rows, args.allow_failures)
+
+
+def row(record: CrystalRecord, outcome: dict | DataError) -> dict:
+    if isinstance(outcome, DataError):
+        return failure(outcome, record.source, record)
+    return {"id": record.id, "file": record.source, "formula": record.formula, "status": "ok", **outcome}
+
+
+def report(rows: list[dict], output: Path, predictor: Predictor, records: list[CrystalRecord]) -> None:
+    failed = SkipLog(max_examples=5)
+    for r in rows:
+        if r["status"] == "failed":
+            print(f"equiprop predict: failed {r['error']}", file=sys.stderr)
+            failed.add(r["reason"], Path(r["file"]).name)
+    ok = sum(r["status"] == "ok" for r in rows)
+    summary = f"wrote {ok} predictions to {output}; {failed.total} inputs failed"
+    print(summary + (": " + "; ".join(failed.lines()) if failed.total else ""))
+    extrapolated = [f"{Path(r.source).name} ({', '.join(predictor.unseen_elements(r))})" for r in records
+                    if predictor.allow_unseen_elements and predictor.unseen_elements(r)]
+    if extrapolated:
+        print(f"equiprop predict: warning: {len(extrapolated)} structures hold elements unseen in training, "
+              f"predicted anyway (--allow-unseen-elements): {', '.join(extrapolated[:5])}", file=sys.stderr)
+
+
+def exit_status(rows: list[dict], allow_failures: bool) -> int:
+    ok = sum(r["status"] == "ok" for r in rows)
+    if ok == 0:
+        print("equiprop predict: error: nothing was predicted" + ("" if rows else " (no input files found)"),
+              file=sys.stderr)
+        return 1
+    if ok < len(rows) and not allow_failures:
+        print(f"equiprop predict: error: {len(rows) - ok} of {len(rows)} inputs failed (rows with status 'failed'); "
+              "--allow-failures exits 0 when some inputs fail", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -162,16 +467,22 @@ def _plain(value):
     return value.tolist() if isinstance(value, np.ndarray) else value
 
 
-def write_predictions(path: Path, rows: list[dict], units: dict, errors: list, checkpoint: str) -> None:
+def write_predictions(path: Path, rows: list[dict], units: dict, checkpoint: str) -> None:
+    """CSV: one row per input (failed ones with empty property cells); JSON: predictions and errors apart."""
     if path.suffix == ".json":
+        predictions = [{k: _plain(v) for k, v in r.items()} for r in rows if r["status"] == "ok"]
+        errors = [r for r in rows if r["status"] == "failed"]
         path.write_text(json.dumps({"checkpoint": str(checkpoint), "units": units, "errors": errors,
-                                    "predictions": [{k: _plain(v) for k, v in row.items()} for row in rows]},
-                                   indent=1))
+                                    "predictions": predictions}, indent=1))
         return
-    names = [k for k in (rows[0] if rows else {}) if k not in ("id", "file", "formula")]
+    names = list(units)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "file", "formula"] + [f"{n} [{units.get(n, '')}]" for n in names])
-        for row in rows:
-            writer.writerow([row["id"], row["file"], row["formula"]] +
-                            [json.dumps(_plain(row[n])) if isinstance(row[n], np.ndarray) else row[n] for n in names])
+        writer.writerow(["id", "file", "formula"] + [f"{n} [{units[n]}]" for n in names] + ["status", "error"])
+        for r in rows:
+            values = [_csv_value(r[n]) if r["status"] == "ok" else "" for n in names]
+            writer.writerow([r["id"], r["file"], r["formula"]] + values + [r["status"], r.get("error", "")])
+
+
+def _csv_value(value):
+    return json.dumps(_plain(value)) if isinstance(value, np.ndarray) else value
