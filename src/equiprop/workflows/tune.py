@@ -169,17 +169,16 @@ def make_storage(tune: dict, url: str):
 
 
 def make_study(tune: dict, storage, study_name: str):
-    """The study (created or resumed), its sampler seeded for this run from tune.seed, its size now, and the pid."""
+    """The study (created or resumed), its sampler seeded for this run from tune.seed, its size now and the pid."""
     import optuna
 
     directions, pruner = study_directions(tune), make_pruner(tune)
     study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True, directions=directions,
                                 pruner=pruner)
-    n_existing = len(study.get_trials(deepcopy=False))
-    seed = sampler_seed(base_seed(tune), n_existing)
+    base, n_existing = base_seed(tune), len(study.get_trials(deepcopy=False))
+    seed = sampler_seed(base, n_existing)
     sampler = optuna.samplers.NSGAIISampler(seed=seed) if len(directions) > 1 else optuna.samplers.TPESampler(seed=seed)
-    print(f"sampler seed {seed} (tune.seed {base_seed(tune)}, {n_existing} trials already in the study, "
-          f"process {os.getpid()})")
+    print(f"sampler seed {seed} (tune.seed {base}, {n_existing} trials already in the study, process {os.getpid()})")
     return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
 
 
