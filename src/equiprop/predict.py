@@ -40,7 +40,6 @@ import csv
 import inspect
 import json
 import os
-import pickle
 import sys
 import warnings
 import zipfile
@@ -271,10 +270,12 @@ def load_checkpoint(path: str | Path) -> dict:
         with warnings.catch_warnings():  # torch warns about pickle protocols before failing; the error says it all
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise DataError(str(path), "not an equiprop checkpoint: it holds objects other than tensors and plain "
-                                   "types, which equiprop never unpickles", "bad checkpoint") from None
-    except CHECKPOINT_LOAD_ERRORS as err:
+    except Exception as err:  # noqa: BLE001 - whatever the file is, the user gets one line naming it
+        if type(err).__name__ == "UnpicklingError":  # weights_only refused an object: never unpickled
+            raise DataError(str(path), "not an equiprop checkpoint: it holds objects other than tensors and plain "
+                                       "types, which equiprop never unpickles", "bad checkpoint") from None
+        if not isinstance(err, CHECKPOINT_LOAD_ERRORS):
+            raise
         raise DataError(str(path), f"not a readable checkpoint (empty, truncated or not a torch file; "
                                    f"{type(err).__name__})", "bad checkpoint") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("equiprop"), dict):

@@ -1,6 +1,6 @@
 """Bad input, case by case: each is either a clear error naming the file or entry and the problem, or a counted skip.
 
-Every input is built in ``tmp_path`` from the real structures of ``../shared/data/tiny_multitask.json`` (Materials
+Every input is built in ``tmp_path`` from the real structures of ``tests/fixtures/tiny_multitask.json`` (Materials
 Project data via matminer 0.4.0), then broken in one precise way. For counted skips the test also checks that every
 other entry was still read.
 """
@@ -32,16 +32,11 @@ from equiprop.data.sources.matminer_csv import MatminerCSV
 from equiprop.data.sources.records_json import RecordsJSON
 from equiprop.data.tasks import resolve_tasks
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-pytestmark = pytest.mark.skipif(not (SHARED / "tiny_multitask.json").exists(),
-                                reason=f"real data not found at {SHARED}")
-
 
 # -- real inputs ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny() -> list[dict]:
-    return json.loads((SHARED / "tiny_multitask.json").read_text())["entries"]
+def tiny(tiny_multitask_path) -> list[dict]:
+    return json.loads(tiny_multitask_path.read_text())["entries"]
 
 
 def _with(tiny: list[dict], *fields: str) -> list[dict]:
@@ -277,7 +272,7 @@ def test_isolated_atom_is_reported_by_the_datamodule(tmp_path, tiny):
     assert report["sources"][0]["records"] == 7  # the structure itself is valid
     assert report["graph_skipped"] == {"atom with no neighbour within the cutoff": {
         "count": 1, "examples": [f"mp-stray: atom {len(records[-1]['numbers']) - 1} has no neighbour within the "
-                                 "5.0 Å cutoff"]}}
+                                 "5.0 Å cutoff, nor within 10 Å (the most it is extended, 2x)"]}}
     assert report["num_graphs"] == len(dataset) == 6
 
 
@@ -455,8 +450,8 @@ def test_nan_inf_na_none_labels_are_masked_and_counted(tmp_path, tiny):
             assert bool(g[keys.label_key(name)].isfinite().all()), (g[keys.STRUCTURE_ID], name)
 
 
-def test_null_labels_of_the_real_tiny_file_are_masked_and_counted(tiny):
-    result = RecordsJSON(str(SHARED / "tiny_multitask.json")).load(resolve_tasks(["Ef", "Eg", "K_VRH"]))
+def test_null_labels_of_the_real_tiny_file_are_masked_and_counted(tiny, tiny_multitask_path):
+    result = RecordsJSON(str(tiny_multitask_path)).load(resolve_tasks(["Ef", "Eg", "K_VRH"]))
     assert result.entries_read == len(tiny) == len(result.records)
     for name in ("Ef", "Eg", "K_VRH"):
         present = len(_with(tiny, name))

@@ -11,7 +11,10 @@ from equiprop.data.splits import RandomSplit
 from equiprop.nn import EquivariantEncoder
 from equiprop.train.module import MultiTaskModel
 
+pytestmark = pytest.mark.integration  # each test trains a model to fine-tune from (~10-20 s)
+
 ENCODER = dict(cutoff=4.5, max_ell=2, multiplicities=[8, 4, 4], num_layers=2)
+PRETRAIN_TASKS = ["Ef", "Eg", "G_VRH", "eps_total"]  # together these cover every tiny structure
 
 
 def _data(tmp_path, tasks):
@@ -30,9 +33,8 @@ def _fit(model, data, tmp_path, name):
 @pytest.fixture
 def pretrained(tmp_path):
     L.seed_everything(0)
-    tasks = ["Ef", "Eg", "G_VRH", "eps_total"]  # together these cover every tiny structure (the species set)
-    model = MultiTaskModel(EquivariantEncoder(**ENCODER), tasks)
-    return _fit(model, _data(tmp_path, tasks), tmp_path, "pretrain"), model
+    model = MultiTaskModel(EquivariantEncoder(**ENCODER), PRETRAIN_TASKS)
+    return _fit(model, _data(tmp_path, PRETRAIN_TASKS), tmp_path, "pretrain"), model
 
 
 def test_frozen_encoder_stays_bit_identical_and_new_heads_train(pretrained, tmp_path):
@@ -45,7 +47,8 @@ def test_frozen_encoder_stays_bit_identical_and_new_heads_train(pretrained, tmp_
         assert torch.equal(before[f"encoder.{k}"], v)
     for k, v in source.heads["Ef"].state_dict().items():
         assert torch.equal(before[f"heads.Ef.{k}"], v)
-    tuned_checkpoint = _fit(tuned, _data(tmp_path, ["Ef", "K_VRH"]), tmp_path, "tuned")
+    # the pretraining structures (and split) plus K_VRH labels: a frozen encoder needs the elements it was trained on
+    tuned_checkpoint = _fit(tuned, _data(tmp_path, PRETRAIN_TASKS + ["K_VRH"]), tmp_path, "tuned")
     after = tuned.state_dict()
     encoder_keys = [k for k in after if k.startswith("encoder.")]
     assert all(torch.equal(after[k], before[k]) for k in encoder_keys)
@@ -80,7 +83,12 @@ def test_mismatches_are_clear_errors(pretrained, tmp_path):
         MultiTaskModel(EquivariantEncoder(**{**ENCODER, "multiplicities": [16, 4, 4]}), ["Ef"], init_from=str(path))
     with pytest.raises(ConfigError, match="not found"):
         MultiTaskModel(EquivariantEncoder(**ENCODER), ["Ef"], init_from=str(tmp_path / "nope.ckpt"))
-    tuned = MultiTaskModel(EquivariantEncoder(**ENCODER), ["Ef"], init_from=str(path))
+    tuned = MultiTaskModel(EquivariantEncoder(**ENCODER), ["Ef"], init_from=str(path), finetune="frozen_encoder")
     tuned.species_seen[8] = False  # pretend the pretraining data had no oxygen
-    with pytest.raises(ValueError, match=r"never saw: \['O'\]"):
-        _fit(tuned, _data(tmp_path, ["Ef"]), tmp_path, "tuned")
+    with pytest.raises(ConfigError, match=r"never saw: \['O'\].*finetune='frozen_encoder'"):
+        _fit(tuned, _data(tmp_path, PRETRAIN_TASKS), tmp_path, "tuned")
+    # finetune: all trains the new element's embedding, and the model then counts it as seen
+    tuned = MultiTaskModel(EquivariantEncoder(**ENCODER), ["Ef"], init_from=str(path))
+    tuned.species_seen[8] = False
+    _fit(tuned, _data(tmp_path, PRETRAIN_TASKS), tmp_path, "tuned_all")
+    assert bool(tuned.species_seen[8])

@@ -34,6 +34,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         tasks: built-in task names, or dicts defining new tasks (name, key, units, kind, ...).
         cutoff: neighbour-list radius, Å.
         max_neighbors: keep only each atom's nearest neighbours (None: all within the cutoff).
+        min_neighbors: every atom gets at least this many neighbours: where the cutoff gives fewer (elemental Rb's
+            nearest neighbour is 5.05 Å), that structure's radius is extended and its edge lengths rescaled for the
+            radial basis (``equiprop.data.graph.extended_radius``; 0: no extension, such structures are skipped).
         split: how structures are divided (default: seeded split grouped by chemical system).
         batch_size: training batch size (structures).
         eval_batch_size: validation/test/predict batch size (default: batch_size).
@@ -45,13 +48,14 @@ class MultiTaskDataModule(L.LightningDataModule):
     def __init__(self, sources: list[Source] | None = None, tasks: list[str | dict] | None = None,
                  cutoff: float = 5.0, max_neighbors: int | None = None, split: Split | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
-                 cache_dir: str | None = None, merge_cell_tol: float = CELL_TOL):
+                 cache_dir: str | None = None, merge_cell_tol: float = CELL_TOL, min_neighbors: int = 1):
         super().__init__()
         self.sources = list(sources) if sources is not None else [BundledDataset("default")]
         self.tasks = resolve_tasks(tasks if tasks is not None else DEFAULT_TASKS)
-        if cutoff <= 0:
-            raise ConfigError(f"cutoff must be > 0 Å, got {cutoff}")
-        self.cutoff, self.max_neighbors = float(cutoff), max_neighbors
+        _check_options(cutoff=cutoff, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                       num_workers=num_workers, max_neighbors=max_neighbors, min_neighbors=min_neighbors,
+                       merge_cell_tol=merge_cell_tol)
+        self.cutoff, self.max_neighbors, self.min_neighbors = float(cutoff), max_neighbors, int(min_neighbors)
         self.split = split if split is not None else GroupedSplit()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -60,11 +64,13 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.dataset: GraphDataset | None = None
         self.subsets: dict[str, GraphDataset] = {}
         self.normalization: dict[str, TaskStats] = {}
+        self.train_statistics: dict = {}
         self.report: dict = {}
 
     @property
     def graph_params(self) -> dict:
-        return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "merge_cell_tol": self.merge_cell_tol}
+        return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "min_neighbors": self.min_neighbors,
+                "merge_cell_tol": self.merge_cell_tol}
 
     @property
     def units(self) -> dict[str, str]:
@@ -81,7 +87,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         results = [source.load(self.tasks) for source in self.sources]
         source_summaries = [source_summary(r) for r in results]  # before merging, which adds labels to records
         records, merge_report = merge_sources(results, self.merge_cell_tol)
-        graphs, graph_skips = build_graphs(records, self.tasks, self.cutoff, self.max_neighbors)
+        graphs, graph_skips = build_graphs(records, self.tasks, self.cutoff, self.max_neighbors,
+                                           self.min_neighbors)
         if not graphs:
             raise ConfigError("no structure could be read from the configured sources; skipped: "
                               f"{[(s['name'], s['skipped']) for s in source_summaries]}")
@@ -107,6 +114,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         if len(self.subsets["train"]) == 0:
             raise ConfigError("the training split is empty")
         self.normalization = stats_from_dataset(self.subsets["train"], self.tasks)
+        self.train_statistics = self.dataset.statistics(split["train"])
         report["splits"] = {name: len(s) for name, s in self.subsets.items()}
         report["kinds"] = {name: task.kind for name, task in self.tasks.items()}
         report["label_counts"] = {"all": self._label_counts(range(len(self.dataset)))}
@@ -154,3 +162,22 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self.normalization = {n: TaskStats(**s) for n, s in state["normalization"].items()}
+
+
+def _check_options(**options) -> None:
+    """One-line ConfigErrors naming the data option, instead of a traceback deep in a DataLoader or neighbour list."""
+    rules = {"cutoff": (lambda v: v > 0, "must be > 0 Å"),
+             "batch_size": (lambda v: isinstance(v, int) and v >= 1, "must be an integer >= 1"),
+             "eval_batch_size": (lambda v: v is None or (isinstance(v, int) and v >= 1), "must be null or >= 1"),
+             "num_workers": (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"),
+             "max_neighbors": (lambda v: v is None or (isinstance(v, int) and v >= 1), "must be null or >= 1"),
+             "min_neighbors": (lambda v: isinstance(v, int) and v >= 0, "must be an integer >= 0"),
+             "merge_cell_tol": (lambda v: v >= 0, "must be >= 0 Å")}
+    for name, value in options.items():
+        valid, rule = rules[name]
+        try:
+            ok = valid(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"data.{name} {rule}, got {value!r}")

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 
+from equiprop.data import keys
 from equiprop.data.errors import DataError, SkipLog
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord
 from equiprop.data.tasks import TaskSpec
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: graphs carry keys.EDGE_LENGTH_SCALE
 DEFAULT_CACHE_DIR = "~/.cache/equiprop/graphs"
 
 
@@ -37,6 +38,16 @@ class GraphDataset(InMemoryDataset):
         torch.save((self._data.to_dict(), self.slices), tmp)
         os.replace(tmp, path)  # atomic: a killed run never leaves half a cache behind
 
+    def statistics(self, indices) -> dict:
+        """What a model derives from its training structures: mean neighbours per atom and the elements present."""
+        rows = torch.as_tensor(list(indices), dtype=torch.long)
+        edge_counts = self.slices[keys.EDGE_INDEX].diff()  # (num_graphs,) edges per graph
+        node_counts = self.slices[keys.ATOMIC_NUMBERS].diff()  # (num_graphs,) atoms per graph
+        graph_of_atom = torch.repeat_interleave(torch.arange(len(node_counts)), node_counts)
+        species = self._data[keys.ATOMIC_NUMBERS][torch.isin(graph_of_atom, rows)]
+        return {"avg_num_neighbors": float(edge_counts[rows].sum()) / max(int(node_counts[rows].sum()), 1),
+                "species": sorted(int(z) for z in torch.unique(species))}
+
     @classmethod
     def load_from(cls, path: Path) -> "GraphDataset":
         data, slices = torch.load(path, weights_only=True)  # tensors, lists and str only: nothing is unpickled
@@ -46,12 +57,12 @@ class GraphDataset(InMemoryDataset):
 
 
 def build_graphs(records: list[CrystalRecord], tasks: dict[str, TaskSpec], cutoff: float,
-                 max_neighbors: int | None = None) -> tuple[list[Data], SkipLog]:
+                 max_neighbors: int | None = None, min_neighbors: int = 1) -> tuple[list[Data], SkipLog]:
     """One graph per record; records that cannot form a graph (isolated atom) are counted, not silently dropped."""
     graphs, skips = [], SkipLog()
     for record in records:
         try:
-            graphs.append(record_to_graph(record, tasks, cutoff, max_neighbors))
+            graphs.append(record_to_graph(record, tasks, cutoff, max_neighbors, min_neighbors))
         except DataError as err:
             skips.add(err.kind, f"{record.id}: {err.problem}")
     return graphs, skips

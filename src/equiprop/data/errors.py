@@ -17,6 +17,16 @@ class ConfigError(ValueError):
     """A configuration that cannot be run (missing file, unknown task, ...)."""
 
 
+def check_choice(option: str, value, choices) -> None:
+    """ConfigError naming ``option`` and the allowed values unless ``value`` is one of ``choices`` (a sequence or a
+    ``typing.Literal``). LightningCLI checks Literal-typed arguments itself; this covers construction from Python."""
+    from typing import get_args
+
+    allowed = get_args(choices) or tuple(choices)
+    if value not in allowed:
+        raise ConfigError(f"{option} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
 @dataclass
 class SkipLog:
     """Counts what a reader or builder skipped, by reason, keeping a few example entries per reason."""

@@ -16,16 +16,30 @@ from equiprop.data.record import CrystalRecord
 from equiprop.data.tasks import TaskSpec
 
 
+# an extended radius puts the most isolated atom's min_neighbors-th neighbour at 1/1.25 = 80% of it, inside the
+# envelope, rather than at its edge where the envelope is zero
+EXTENDED_RADIUS_FACTOR = 1.25
+MAX_RADIUS_FACTOR = 2.0  # never extend beyond 2x the cutoff: an atom that far from all others is not a crystal
+
+
+def _pairs(record: CrystalRecord, radius: float):
+    from vesin import NeighborList
+
+    return NeighborList(cutoff=radius, full_list=True).compute(record.positions, record.cell, record.pbc,
+                                                               quantities="ijSd")
+
+
 def neighbour_list(record: CrystalRecord, cutoff: float, max_neighbors: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(2, num_edges) [i, j] and (num_edges, 3) integer shifts for all pairs closer than ``cutoff`` Å.
 
     With ``max_neighbors``, each center keeps only its nearest ones. Raises DataError if an atom has no neighbour.
     """
-    from vesin import NeighborList
+    return _edges(record, _pairs(record, cutoff), cutoff, max_neighbors)
 
-    i, j, shifts, d = NeighborList(cutoff=cutoff, full_list=True).compute(
-        record.positions, record.cell, record.pbc, quantities="ijSd")
+
+def _edges(record: CrystalRecord, pairs, radius: float, max_neighbors: int | None, note: str = ""):
+    i, j, shifts, d = pairs
     if max_neighbors is not None:
         order = np.lexsort((d, i))  # by center, then distance
         i, j, shifts, d = i[order], j[order], shifts[order], d[order]
@@ -34,15 +48,52 @@ def neighbour_list(record: CrystalRecord, cutoff: float, max_neighbors: int | No
         i, j, shifts = i[keep], j[keep], shifts[keep]
     isolated = np.setdiff1d(np.arange(record.num_atoms), i)
     if len(isolated):
-        raise DataError(record.id, f"atom {int(isolated[0])} has no neighbour within the {cutoff} Å cutoff",
+        raise DataError(record.id, f"atom {int(isolated[0])} has no neighbour within the {radius} Å cutoff{note}",
                         "atom with no neighbour within the cutoff")
     return np.stack([i, j]).astype(np.int64), shifts.astype(np.float64)
 
 
+def extended_radius(record: CrystalRecord, cutoff: float, min_neighbors: int, pairs=None) -> float:
+    """The neighbour radius of this structure, Å: ``cutoff`` when every atom has ``min_neighbors`` neighbours
+    within it, else 1.25x the smallest radius that gives every atom that many (at most 2x the cutoff).
+
+    CGCNN and ALIGNN extend the radius the same way, so that crystals of large atoms (elemental Rb: nearest
+    neighbour 5.05 Å) still form a graph. The graph records cutoff / radius (``keys.EDGE_LENGTH_SCALE``): encoders
+    scale its edge lengths by it, so the extended neighbour shell lies inside the radial envelope as usual.
+    """
+    i, _, _, d = pairs if pairs is not None else _pairs(record, cutoff)
+    if min_neighbors <= 0 or np.bincount(i, minlength=record.num_atoms).min() >= min_neighbors:
+        return cutoff
+    i, _, _, d = _pairs(record, MAX_RADIUS_FACTOR * cutoff)
+    if np.bincount(i, minlength=record.num_atoms).min() < min_neighbors:
+        return MAX_RADIUS_FACTOR * cutoff  # too sparse even there: the caller reports the isolated atom
+    order = np.lexsort((d, i))
+    i, d = i[order], d[order]
+    first = np.searchsorted(i, np.arange(record.num_atoms))  # each center's nearest neighbour
+    needed = float(d[first + min_neighbors - 1].max())  # the min_neighbors-th neighbour of the most isolated atom
+    return float(min(max(EXTENDED_RADIUS_FACTOR * needed, cutoff), MAX_RADIUS_FACTOR * cutoff))
+
+
+def graph_edges(record: CrystalRecord, cutoff: float, max_neighbors: int | None = None, min_neighbors: int = 1
+                ) -> tuple[np.ndarray, np.ndarray, float]:
+    """``neighbour_list`` with the radius extended where an atom has fewer than ``min_neighbors`` neighbours:
+    (2, num_edges) [i, j], (num_edges, 3) shifts and the radius used (Å)."""
+    pairs = _pairs(record, cutoff)
+    radius = extended_radius(record, cutoff, min_neighbors, pairs)
+    if radius != cutoff:
+        pairs = _pairs(record, radius)
+    note = f", nor within {radius:.3g} Å (the most it is extended, {MAX_RADIUS_FACTOR:g}x)" if radius != cutoff else ""
+    return (*_edges(record, pairs, cutoff, max_neighbors, note), radius)
+
+
 def record_to_graph(record: CrystalRecord, tasks: dict[str, TaskSpec], cutoff: float,
-                    max_neighbors: int | None = None) -> Data:
-    """A PyG ``Data`` holding structure, edges, and per-task model-space labels with masks."""
-    edge_index, shifts = neighbour_list(record, cutoff, max_neighbors)
+                    max_neighbors: int | None = None, min_neighbors: int = 1) -> Data:
+    """A PyG ``Data`` holding structure, edges, and per-task model-space labels with masks.
+
+    Every atom gets at least ``min_neighbors`` neighbours: where the cutoff gives fewer, this structure's radius is
+    extended (``extended_radius``) and its edge-length scale records by how much.
+    """
+    edge_index, shifts, radius = graph_edges(record, cutoff, max_neighbors, min_neighbors)
     data = {
         keys.POSITIONS: torch.as_tensor(record.positions, dtype=torch.get_default_dtype()),
         keys.ATOMIC_NUMBERS: torch.as_tensor(record.numbers, dtype=torch.long),
@@ -50,6 +101,7 @@ def record_to_graph(record: CrystalRecord, tasks: dict[str, TaskSpec], cutoff: f
         keys.PBC: torch.as_tensor(record.pbc).unsqueeze(0),
         keys.EDGE_INDEX: torch.as_tensor(edge_index),
         keys.EDGE_CELL_SHIFT: torch.as_tensor(shifts, dtype=torch.get_default_dtype()),
+        keys.EDGE_LENGTH_SCALE: torch.tensor([cutoff / radius], dtype=torch.get_default_dtype()),
         keys.STRUCTURE_ID: record.id,
         keys.CHEMICAL_SYSTEM: record.chemical_system,
     }
@@ -69,3 +121,15 @@ def edge_vectors(data) -> torch.Tensor:
     edge_cell = cell[batch[i]] if batch is not None else cell[0].expand(len(i), 3, 3)
     shift = torch.einsum("ek,ekl->el", data[keys.EDGE_CELL_SHIFT].to(cell.dtype), edge_cell)
     return data[keys.POSITIONS][j] + shift - data[keys.POSITIONS][i]
+
+
+def radial_lengths(data, vectors: torch.Tensor) -> torch.Tensor:
+    """(num_edges,) edge lengths in the units of the model's cutoff: |vectors| times the graph's edge-length scale
+    (1 unless its radius was extended; graphs built before the scale existed count as 1)."""
+    lengths = vectors.norm(dim=-1)
+    scale = data[keys.EDGE_LENGTH_SCALE] if keys.EDGE_LENGTH_SCALE in data else None
+    if scale is None:
+        return lengths
+    batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else None
+    edge_scale = scale[batch[data[keys.EDGE_INDEX][0]]] if batch is not None else scale[0]
+    return lengths * edge_scale.to(lengths.dtype)

@@ -19,6 +19,9 @@ EDGE_INDEX: Final[str] = "edge_index"  # (2, num_edges) int64 [center i, neighbo
 EDGE_CELL_SHIFT: Final[str] = "edge_cell_shift"  # (num_edges, 3) float integer-valued image shift of neighbour j
 EDGE_VECTORS: Final[str] = "edge_vectors"  # (num_edges, 3) pos[j] + shift @ cell - pos[i], Å
 EDGE_LENGTHS: Final[str] = "edge_lengths"  # (num_edges,) |edge_vectors|, Å
+# (num_graphs,) cutoff / this graph's neighbour radius: 1, or < 1 where the radius was extended so that every atom
+# has a neighbour; encoders multiply edge lengths by it before the radial basis (``graph.radial_lengths``)
+EDGE_LENGTH_SCALE: Final[str] = "edge_length_scale"
 
 # -- identity -----------------------------------------------------------------------------------------------------
 STRUCTURE_ID: Final[str] = "structure_id"  # str, e.g. "mp-149"; a list of str after batching

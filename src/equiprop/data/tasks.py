@@ -8,7 +8,7 @@ target stored on graphs: log10 for log-scalars, the full Cartesian tensor (rank 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -42,6 +42,12 @@ class TaskSpec:
         predicts that symmetric log tensor and outputs ``I + expm(L)`` / ``expm(L)``, positive definite (eigenvalues
         > 1 for eps) by construction, and the loss is taken in log space. Labels that are not positive definite
         are skipped and counted (reason "tensor not positive definite").
+    valid_range: [low, high] a label must lie in, in ``units`` (tensors: every Cartesian component), either end
+        null for no bound; None: any finite value. A label outside it is absurd (a unit mix-up, a failed
+        calculation: 1e30, a negative band gap) and is skipped and counted ("label outside the physical range"), so
+        it cannot set the normalisation scale. Built-in tasks carry documented ranges (``BUILTIN_TASKS``); override
+        per task in the config: ``{name: Eg, valid_range: [0, 50]}``, or ``valid_range: null`` to turn it off. A
+        data-validation setting, not part of the model: checkpoints compare task definitions without it.
     """
 
     name: str
@@ -55,6 +61,7 @@ class TaskSpec:
     symmetry_tol: float = 0.01
     description: str = ""
     parametrization: str = "linear"
+    valid_range: tuple[float | None, float | None] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -75,6 +82,9 @@ class TaskSpec:
             raise ConfigError(f"task {self.name!r}: a tensor cannot be max-pooled (not equivariant); use mean or sum")
         if self.voigt_shape is not None:
             object.__setattr__(self, "voigt_shape", tuple(self.voigt_shape))
+        if self.valid_range is not None:
+            low, high = _range_pair(self.name, self.valid_range)
+            object.__setattr__(self, "valid_range", (low, high))
 
     # -- shapes ---------------------------------------------------------------------------------------------------
     @property
@@ -127,6 +137,7 @@ class TaskSpec:
                                 "invalid label value")
             if self.kind == "binary" and x not in (0.0, 1.0):
                 raise DataError(where, f"{self.name}: binary label must be 0 or 1, got {x}", "invalid label value")
+            self.check_range(np.asarray([x]), where)
             return x
         try:
             arr = np.asarray(value, dtype=np.float64)
@@ -136,6 +147,7 @@ class TaskSpec:
         if not np.isfinite(arr).all():
             return None  # a tensor with NaN entries is a missing label, counted as such by the caller
         arr = self.symmetrize(self.to_cartesian(arr, where), where)
+        self.check_range(arr, where)
         if self.parametrization == "spd_log":
             from equiprop.data.tensor_ops import smallest_eigenvalue
 
@@ -147,6 +159,20 @@ class TaskSpec:
                                        f"{'eps - I' if self.rank == 2 else 'stiffness'})",
                                 "tensor not positive definite")
         return arr
+
+    def check_range(self, values: np.ndarray, where: str) -> None:
+        """Raise DataError if any value (a scalar, or a tensor's components) lies outside ``valid_range``."""
+        if self.valid_range is None:
+            return
+        low, high = self.valid_range
+        smallest, largest = float(values.min()), float(values.max())
+        bad = smallest if low is not None and smallest < low else largest if high is not None and largest > high \
+            else None
+        if bad is not None:
+            part = " component" if self.kind == "tensor" else ""
+            raise DataError(where, f"{self.name}: label{part} {bad:.6g} {self.units} outside the physical range "
+                                   f"[{low}, {high}] (the task's valid_range; override it in the task definition)",
+                            "label outside the physical range")
 
     def to_cartesian(self, arr: np.ndarray, where: str = "") -> np.ndarray:
         """Accept the Cartesian (3,)*rank form or the Voigt form; return Cartesian."""
@@ -200,6 +226,17 @@ class TaskSpec:
 
     def to_config(self) -> dict:
         return asdict(self)
+
+
+def _range_pair(name: str, valid_range) -> tuple[float | None, float | None]:
+    try:
+        low, high = (None if v is None else float(v) for v in valid_range)
+    except (TypeError, ValueError):
+        raise ConfigError(f"task {name!r}: valid_range must be [low, high] (numbers or null), "
+                          f"got {valid_range!r}") from None
+    if low is not None and high is not None and not low < high:
+        raise ConfigError(f"task {name!r}: valid_range needs low < high, got [{low}, {high}]")
+    return low, high
 
 
 # -- tensor helpers -----------------------------------------------------------------------------------------------
@@ -277,38 +314,55 @@ def _canonical_index(formula: str) -> np.ndarray:
     return np.min([indices.transpose(perm).reshape(-1) for perm in group], axis=0)
 
 
-# -- built-in tasks -----------------------------------------------------------------------------------------------
+# -- built-in tasks -----
+# valid_range: physical bounds in the task's units, wide enough for every real material we know of (diamond: K 443,
+# G 535, C11 1079 GPa; ferroelectric eps_0 ~1e3-1e4; phonons below ~4000 cm^-1 even with H); data maxima seen: Ef
+# -4.5..2.3 eV/atom, Eg <= 7.7 eV, K <= 436 GPa, G <= 523 GPa, |C_ij| <= 1242 GPa, |eps| <= 427, |e_ij| <= 49 C/m^2
+#------------------------------------------------------------------------------------------
 BUILTIN_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
-    TaskSpec("Ef", "formation_energy_per_atom", "eV/atom", description="formation energy per atom (DFT)"),
-    TaskSpec("Eg", "band_gap", "eV", description="band gap (PBE)"),
-    TaskSpec("Eg_mbj", "mbj_bandgap", "eV", description="band gap (TBmBJ meta-GGA, JARVIS)"),
-    TaskSpec("K_VRH", "K_VRH", "GPa", kind="log_scalar", description="Voigt-Reuss-Hill bulk modulus"),
-    TaskSpec("G_VRH", "G_VRH", "GPa", kind="log_scalar", description="Voigt-Reuss-Hill shear modulus"),
-    TaskSpec("K_Voigt", "bulk_modulus_kv", "GPa", kind="log_scalar", description="Voigt bulk modulus (JARVIS)"),
-    TaskSpec("G_Voigt", "shear_modulus_gv", "GPa", kind="log_scalar", description="Voigt shear modulus (JARVIS)"),
-    TaskSpec("e_above_hull", "e_above_hull", "eV/atom", description="energy above the convex hull"),
+    TaskSpec("Ef", "formation_energy_per_atom", "eV/atom", valid_range=(-10, 10),
+             description="formation energy per atom (DFT)"),
+    TaskSpec("Eg", "band_gap", "eV", valid_range=(0, 20), description="band gap (PBE)"),
+    TaskSpec("Eg_mbj", "mbj_bandgap", "eV", valid_range=(0, 20), description="band gap (TBmBJ meta-GGA, JARVIS)"),
+    TaskSpec("K_VRH", "K_VRH", "GPa", kind="log_scalar", valid_range=(0, 1000),
+             description="Voigt-Reuss-Hill bulk modulus"),
+    TaskSpec("G_VRH", "G_VRH", "GPa", kind="log_scalar", valid_range=(0, 1000),
+             description="Voigt-Reuss-Hill shear modulus"),
+    TaskSpec("K_Voigt", "bulk_modulus_kv", "GPa", kind="log_scalar", valid_range=(0, 1000),
+             description="Voigt bulk modulus (JARVIS)"),
+    TaskSpec("G_Voigt", "shear_modulus_gv", "GPa", kind="log_scalar", valid_range=(0, 1000),
+             description="Voigt shear modulus (JARVIS)"),
+    TaskSpec("e_above_hull", "e_above_hull", "eV/atom", valid_range=(0, 10),
+             description="energy above the convex hull"),
     TaskSpec("is_metal", "is_metal", "dimensionless", kind="binary", description="1 if band gap is zero"),
     TaskSpec("eps_electronic", "eps_electronic", "dimensionless", kind="tensor", formula="ij=ji",
+             valid_range=(-1e4, 1e4),
              description="high-frequency (electronic) dielectric tensor eps_inf"),
-    TaskSpec("eps_total", "eps_total", "dimensionless", kind="tensor", formula="ij=ji",
+    TaskSpec("eps_total", "eps_total", "dimensionless", kind="tensor", formula="ij=ji", valid_range=(-1e4, 1e4),
              description="static dielectric tensor eps_0 (electronic + ionic)"),
     TaskSpec("elastic_tensor", "elastic_tensor", "GPa", kind="tensor", formula="ijkl=jikl=klij",
-             voigt_shape=(6, 6), description="stiffness tensor C_ijkl (Voigt 6x6 in and out)"),
+             voigt_shape=(6, 6), valid_range=(-2000, 2000),
+             description="stiffness tensor C_ijkl (Voigt 6x6 in and out)"),
     TaskSpec("piezo_tensor", "piezoelectric_tensor", "C/m^2", kind="tensor", formula="ijk=ikj",
-             voigt_shape=(3, 6), description="piezoelectric stress tensor e_ijk (Voigt 3x6 in and out)"),
-    TaskSpec("eij_max", "eij_max", "C/m^2", description="largest piezoelectric modulus |e_ij|"),
-    TaskSpec("refractive_index", "n", "dimensionless", description="refractive index n = sqrt(poly eps_inf)"),
+             voigt_shape=(3, 6), valid_range=(-100, 100),
+             description="piezoelectric stress tensor e_ijk (Voigt 3x6 in and out)"),
+    TaskSpec("eij_max", "eij_max", "C/m^2", valid_range=(0, 100), description="largest piezoelectric modulus |e_ij|"),
+    TaskSpec("refractive_index", "n", "dimensionless", valid_range=(1, 20),
+             description="refractive index n = sqrt(poly eps_inf)"),
     # the highest phonon peak is set by the stiffest, lightest local environment: max over atoms, not their mean
     # (frozen SevenNet features, fold 0: 29.1 vs 43.1 cm^-1)
-    TaskSpec("phdos_peak", "last phdos peak", "cm^-1", pooling="max",
+    TaskSpec("phdos_peak", "last phdos peak", "cm^-1", pooling="max", valid_range=(0, 5000),
              description="frequency of the last phonon DOS peak"),
-    TaskSpec("e_form_perovskite", "e_form", "eV/cell", pooling="sum",
+    TaskSpec("e_form_perovskite", "e_form", "eV/cell", pooling="sum", valid_range=(-50, 50),
              description="perovskite formation energy per 5-atom cell (MatBench perovskites)"),
-    TaskSpec("gap_gllbsc_direct", "dir_gap", "eV", description="direct band gap, GLLB-SC (Castelli perovskites)"),
-    TaskSpec("gap_gllbsc_indirect", "ind_gap", "eV", description="indirect band gap, GLLB-SC (Castelli perovskites)"),
-    TaskSpec("log_kvrh", "log10(K_VRH)", "log10(GPa)", description="MatBench log10 bulk modulus"),
-    TaskSpec("log_gvrh", "log10(G_VRH)", "log10(GPa)", description="MatBench log10 shear modulus"),
-    TaskSpec("exfoliation_energy", "exfoliation_en", "meV/atom", description="MatBench jdft2d exfoliation energy"),
+    TaskSpec("gap_gllbsc_direct", "dir_gap", "eV", valid_range=(0, 20),
+             description="direct band gap, GLLB-SC (Castelli perovskites)"),
+    TaskSpec("gap_gllbsc_indirect", "ind_gap", "eV", valid_range=(0, 20),
+             description="indirect band gap, GLLB-SC (Castelli perovskites)"),
+    TaskSpec("log_kvrh", "log10(K_VRH)", "log10(GPa)", valid_range=(-3, 4), description="MatBench log10 bulk modulus"),
+    TaskSpec("log_gvrh", "log10(G_VRH)", "log10(GPa)", valid_range=(-3, 4), description="MatBench log10 shear modulus"),
+    TaskSpec("exfoliation_energy", "exfoliation_en", "meV/atom", valid_range=(0, 10000),
+             description="MatBench jdft2d exfoliation energy"),
 ]}
 
 # MatBench task -> (equiprop task, MatBench target column)

@@ -266,10 +266,12 @@ class EnvironmentHarmonicsBlock(nn.Module):
         self.radial = RadialEmbeddingBlock(cutoff, num_basis)
         self.weights = nn.Linear(num_basis, channels * len(self.ells))
 
-    def forward(self, vectors: torch.Tensor, center: torch.Tensor, num_nodes: int) -> torch.Tensor:
-        # vectors: (num_edges, 3); center: (num_edges,) -> (num_nodes, irreps_out.dim)
+    def forward(self, vectors: torch.Tensor, lengths: torch.Tensor, center: torch.Tensor, num_nodes: int
+                ) -> torch.Tensor:
+        # vectors: (num_edges, 3); lengths: (num_edges,) in cutoff units (graph.radial_lengths); center: (num_edges,)
+        # -> (num_nodes, irreps_out.dim)
         sh = self.sh(vectors)  # (num_edges, irreps_sh.dim)
-        weights = self.weights(self.radial(vectors.norm(dim=-1))).reshape(len(vectors), len(self.ells), -1)
+        weights = self.weights(self.radial(lengths)).reshape(len(vectors), len(self.ells), -1)
         parts = []
         for k, sl in enumerate(self.irreps_sh.slices()):
             per_edge = weights[:, k, :, None] * sh[:, None, sl]  # (num_edges, channels, 2l+1)

@@ -7,7 +7,8 @@ from e3nn import o3
 from torch import nn
 
 from equiprop.data import keys
-from equiprop.data.graph import edge_vectors
+from equiprop.data.errors import ConfigError
+from equiprop.data.graph import edge_vectors, radial_lengths
 from equiprop.nn.base import Encoder
 from equiprop.nn.blocks import CGConvBlock, EdgeShBlock, InteractionBlock, SpeciesEmbeddingBlock
 from equiprop.nn.radial import RadialEmbeddingBlock
@@ -16,8 +17,19 @@ from equiprop.nn.radial import RadialEmbeddingBlock
 def hidden_irreps_from(max_ell: int, multiplicities: list[int], parity: bool) -> o3.Irreps:
     """``mul_l x l`` for l = 0..max_ell, natural parity (0e, 1o, 2e, 3o) or all even without parity."""
     if len(multiplicities) <= max_ell:
-        raise ValueError(f"need a multiplicity for every l up to max_ell={max_ell}, got {multiplicities}")
+        raise ConfigError(f"model.encoder.multiplicities: need a multiplicity for every l up to max_ell={max_ell}, "
+                          f"got {multiplicities}")
     return o3.Irreps([(multiplicities[l], (l, (-1) ** l if parity else 1)) for l in range(max_ell + 1)])
+
+
+def check_ranges(**options) -> None:
+    """One-line ConfigError naming the encoder option whose value lies outside [low, high] (None: unbounded)."""
+    for name, (value, low, high) in options.items():
+        if (low is not None and value < low) or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else (f"> 0" if name == "cutoff" else f">= {low}")
+            where = "data.cutoff (linked to model.encoder.init_args.cutoff)" if name == "cutoff" else \
+                f"model.encoder.init_args.{name}"
+            raise ConfigError(f"{where} must be {bound}, got {value}")
 
 
 class EquivariantEncoder(Encoder):
@@ -44,14 +56,18 @@ class EquivariantEncoder(Encoder):
                  radial_hidden: int = 64, parity: bool = True, avg_num_neighbors: float | None = None,
                  radial_layers: int = 2, correlation: int = 1, product_channels: int = 16):
         super().__init__()
-        if not 0 <= max_ell <= 3:
-            raise ValueError(f"max_ell must be 0..3, got {max_ell}")
-        if not 1 <= correlation <= 3:
-            raise ValueError(f"correlation must be 1..3, got {correlation}")
-        if radial_layers < 1 or radial_hidden < 1:
-            raise ValueError(f"radial_layers and radial_hidden must be >= 1, got {radial_layers}, {radial_hidden}")
-        if product_channels < 1:
-            raise ValueError(f"product_channels must be >= 1, got {product_channels}")
+        check_ranges(cutoff=(cutoff, 1e-9, None), max_ell=(max_ell, 0, 3), correlation=(correlation, 1, 3),
+                     num_layers=(num_layers, 1, None), num_basis=(num_basis, 1, None),
+                     radial_layers=(radial_layers, 1, None), radial_hidden=(radial_hidden, 1, None),
+                     product_channels=(product_channels, 1, None))
+        if hidden_irreps:
+            try:
+                o3.Irreps(hidden_irreps)
+            except (ValueError, AssertionError) as err:
+                raise ConfigError(f"model.encoder.hidden_irreps: not an irreps string such as '64x0e+32x1o' "
+                                  f"({hidden_irreps!r}: {err})") from None
+        elif any(m < 1 for m in list(multiplicities)[:max_ell + 1]):
+            raise ConfigError(f"model.encoder.multiplicities must be >= 1 for l = 0..{max_ell}, got {multiplicities}")
         self.cutoff, self.max_ell, self.parity = float(cutoff), max_ell, parity
         hidden = o3.Irreps(hidden_irreps) if hidden_irreps else hidden_irreps_from(max_ell, list(multiplicities),
                                                                                    parity)
@@ -73,7 +89,7 @@ class EquivariantEncoder(Encoder):
     def forward(self, data) -> torch.Tensor:  # -> (num_nodes, irreps_out.dim)
         vectors = edge_vectors(data)  # (num_edges, 3)
         edge_sh = self.edge_sh(vectors)
-        edge_radial = self.radial(vectors.norm(dim=-1))
+        edge_radial = self.radial(radial_lengths(data, vectors))
         norm = self.avg_num_neighbors.clamp(min=1.0).sqrt()
         species = data[keys.ATOMIC_NUMBERS]
         x = self.species(species)
@@ -94,6 +110,8 @@ class InvariantEncoder(Encoder):
 
     def __init__(self, cutoff: float = 5.0, num_features: int = 64, num_layers: int = 3, num_basis: int = 8):
         super().__init__()
+        check_ranges(cutoff=(cutoff, 1e-9, None), num_features=(num_features, 1, None),
+                     num_layers=(num_layers, 1, None), num_basis=(num_basis, 1, None))
         self.cutoff = float(cutoff)
         self.species = SpeciesEmbeddingBlock(num_features)
         self.radial = RadialEmbeddingBlock(cutoff, num_basis)
@@ -101,7 +119,7 @@ class InvariantEncoder(Encoder):
         self.irreps_out = o3.Irreps(f"{num_features}x0e")
 
     def forward(self, data) -> torch.Tensor:  # -> (num_nodes, num_features)
-        edge_features = self.radial(edge_vectors(data).norm(dim=-1))
+        edge_features = self.radial(radial_lengths(data, edge_vectors(data)))
         x = self.species(data[keys.ATOMIC_NUMBERS])
         for layer in self.layers:
             x = layer(x, edge_features, data[keys.EDGE_INDEX])

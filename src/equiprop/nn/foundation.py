@@ -196,7 +196,11 @@ class FoundationEncoder(Encoder):
     def _graph_dict(self, data, vectors: torch.Tensor) -> dict:
         import sevenn._keys as KEY
 
-        d = {KEY.EDGE_VEC: vectors, KEY.EDGE_IDX: data[keys.EDGE_INDEX], KEY.ATOMIC_NUMBERS: data[keys.ATOMIC_NUMBERS]}
+        # a graph whose radius was extended (graph.extended_radius) has edges beyond the potential's cutoff, where
+        # sevenn's envelope is not zero: the potential sees only the neighbours it was trained with
+        within = vectors.detach().norm(dim=-1) < self.cutoff
+        d = {KEY.EDGE_VEC: vectors[within], KEY.EDGE_IDX: data[keys.EDGE_INDEX][:, within],
+             KEY.ATOMIC_NUMBERS: data[keys.ATOMIC_NUMBERS]}
         d[KEY.BATCH] = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else torch.zeros(
             data.num_nodes, dtype=torch.long, device=vectors.device)
         return self.potential._modules["edge_embedding"](d)

@@ -17,7 +17,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from equiprop.data import keys
-from equiprop.data.graph import edge_vectors
+from equiprop.data.graph import edge_vectors, radial_lengths
 from equiprop.data.tasks import TaskSpec
 from equiprop.nn.blocks import EnvironmentHarmonicsBlock
 
@@ -114,7 +114,9 @@ class TensorReadoutBlock(nn.Module):
     def forward(self, x: torch.Tensor, data) -> torch.Tensor:
         # x: (num_nodes, encoder irreps dim); data: the PyG batch -> (num_graphs, irreps_out.dim)
         if self.environment is not None:
-            x = torch.cat([x, self.environment(edge_vectors(data).to(x.dtype), data[keys.EDGE_INDEX][0], len(x))], 1)
+            vectors = edge_vectors(data).to(x.dtype)
+            x = torch.cat([x, self.environment(vectors, radial_lengths(data, vectors), data[keys.EDGE_INDEX][0],
+                                               len(x))], 1)
         x = self.input_norm(x)
         h = self.invariant(x[:, self.scalar_index])  # (num_nodes, hidden)
         if self.quadratic is not None:

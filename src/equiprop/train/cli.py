@@ -2,6 +2,9 @@
 
 One value, one place: ``data.cutoff`` feeds the encoder's cutoff and ``data.tasks`` the model's tasks (linked).
 Runs write to ``checkpoints/<run_name>/``: best.ckpt and last.ckpt, TensorBoard logs and the resolved config.
+A fit refuses a folder that holds an earlier run unless it resumes it (``--ckpt_path``) or replaces it
+(``--overwrite=true``), and two fits never share one (``equiprop.train.run_dir``). Checkpoints are written
+atomically in the run folder (``equiprop.train.checkpoint_io``).
 """
 
 from __future__ import annotations
@@ -12,20 +15,31 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from equiprop.data.datamodule import MultiTaskDataModule
+from equiprop.data.errors import ConfigError
 from equiprop.train.callbacks import MetricsTable
+from equiprop.train.checkpoint_io import use_atomic_checkpoints
+from equiprop.train.run_dir import claim_run_dir, is_rank_zero
 from equiprop.train.module import MultiTaskModel
 
 CHECKPOINT_ROOT = "checkpoints"
 
 
 class EquipropCLI(LightningCLI):
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("exit_on_error", False)  # run_lightning_cli turns a bad option into one line
+        return super().init_parser(**kwargs)
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--run_name", type=str, default="run", help="folder under checkpoints/ for this run")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: delete the checkpoints an earlier run left in the run folder (default: refuse)")
         parser.link_arguments("data.cutoff", "model.encoder.init_args.cutoff")
         parser.link_arguments("data.tasks", "model.tasks", compute_fn=_task_list)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.filename": "best",
-                             "checkpoint.save_last": True, "checkpoint.mode": "min"})
+                             "checkpoint.save_last": True, "checkpoint.mode": "min",
+                             # best.ckpt / last.ckpt are always this run's own, never best-v1.ckpt beside a stale one
+                             "checkpoint.enable_version_counter": False})
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -37,6 +51,25 @@ class EquipropCLI(LightningCLI):
         if config.trainer.logger is None or config.trainer.logger is True:
             config.trainer.logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                      "init_args": {"save_dir": str(run_dir), "name": "tensorboard"}}
+
+    def instantiate_classes(self) -> None:
+        try:  # bad options fail here first, before any folder is touched
+            super().instantiate_classes()
+        except ConfigError:
+            raise
+        except ValueError as err:  # jsonargparse wraps an init's error in a report on the union's branches
+            if "Union subtypes" not in str(err):
+                raise
+            raise ConfigError(one_line(str(err))) from None
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit" and is_rank_zero():
+            claim_run_dir(Path(config.checkpoint.dirpath), resume=config.get("ckpt_path") is not None,
+                          overwrite=bool(config.overwrite))
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
 
 
 def _task_list(tasks):
@@ -53,7 +86,32 @@ def cli_kwargs() -> dict:
 
 
 def run_lightning_cli(args: list[str]) -> None:
-    quietly(lambda: EquipropCLI(args=args, **cli_kwargs()))
+    from jsonargparse import ArgumentError
+
+    if any(a in ("-h", "--help") or a.startswith("--print_config") for a in args):
+        quietly(lambda: EquipropCLI(args=args, **cli_kwargs()))  # help and config printing exit by themselves
+        return
+    try:
+        quietly(lambda: EquipropCLI(args=args, **cli_kwargs()))
+    except ArgumentError as err:
+        raise ConfigError(one_line(str(err))) from None
+
+
+def one_line(message: str) -> str:
+    """jsonargparse's nested report ('Parser key "data.sources": ... - <reason>') as 'data.sources: <reason>'.
+
+    The reason is the innermost message that is not a type mismatch of another branch of a union (such as
+    "Expected a <class 'NoneType'>"), e.g. the ConfigError an init raised.
+    """
+    import re
+
+    keys = re.findall(r'(?:Parser key|Key) "([^"]+)"', message)
+    reasons = [line.strip()[2:] for line in message.splitlines() if line.strip().startswith("- ")]
+    reasons = [r for r in reasons if not r.startswith(("Expected a <class 'NoneType'>", "Not a valid subclass"))]
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reason = reasons[0] if reasons else (lines[-1] if len(lines) > 1 else message.strip())
+    key = keys[-1] if keys else None
+    return f"{key}: {reason}" if key and not reason.startswith(key) else reason
 
 
 def quietly(build):

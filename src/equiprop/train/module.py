@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanAbsoluteError
 
 from equiprop.data import keys
-from equiprop.data.tasks import TaskSpec, resolve_tasks
+from equiprop.data.errors import ConfigError, check_choice
+from equiprop.data.tasks import TaskSpec, resolve_task, resolve_tasks
 from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z
 from equiprop.nn.heads import build_head
@@ -21,6 +24,17 @@ from equiprop.train.transfer import frozen_parameters, load_pretrained
 # derived metric -> (tensor task it is computed from, scalar task it is compared with, function)
 DERIVED = {"K_Voigt": ("elastic_tensor", "K_VRH", voigt_bulk_modulus),
            "G_Voigt": ("elastic_tensor", "G_VRH", voigt_shear_modulus)}
+
+# the string choices: Literal types, so LightningCLI rejects a misspelling and lists the allowed values
+Weighting = Literal["uncertainty", "fixed"]
+Loss = Literal["mse", "mae", "huber"]
+Scheduler = Literal["cosine", "plateau", "none"]
+Finetune = Literal["all", "frozen_encoder", "last_layers"]
+assert set(Loss.__args__) == set(REGRESSION_LOSSES)
+
+
+def resolve_task_name(task) -> str:
+    return resolve_task(task).name
 
 
 class MultiTaskModel(L.LightningModule):
@@ -48,17 +62,25 @@ class MultiTaskModel(L.LightningModule):
             elastic tensor, which l<=2 features cannot give at cubic sites (0: off).
     """
 
-    def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: str = "uncertainty",
-                 task_weights: dict[str, float] | None = None, loss: str = "mse", lr: float = 2e-3,
-                 weight_decay: float = 0.0, scheduler: str = "cosine", plateau_patience: int = 5,
-                 init_from: str | None = None, finetune: str = "all", trainable_layers: int = 1,
+    def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: Weighting = "uncertainty",
+                 task_weights: dict[str, float] | None = None, loss: Loss = "mse", lr: float = 2e-3,
+                 weight_decay: float = 0.0, scheduler: Scheduler = "cosine", plateau_patience: int = 5,
+                 init_from: str | None = None, finetune: Finetune = "all", trainable_layers: int = 1,
                  encoder_lr_factor: float = 1.0, isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0,
                  warmup_epochs: float = 0.0, environment_channels: int = 0):
         super().__init__()
-        if loss not in REGRESSION_LOSSES:
-            raise ValueError(f"loss must be one of {list(REGRESSION_LOSSES)}, got {loss!r}")
-        if scheduler not in ("cosine", "plateau", "none"):
-            raise ValueError(f"scheduler must be 'cosine', 'plateau' or 'none', got {scheduler!r}")
+        for option, value, choices in (("model.weighting", weighting, Weighting), ("model.loss", loss, Loss),
+                                       ("model.scheduler", scheduler, Scheduler),
+                                       ("model.finetune", finetune, Finetune)):
+            check_choice(option, value, choices)
+        for option, value in (("model.lr", lr), ("model.weight_decay", weight_decay),
+                              ("model.encoder_lr_factor", encoder_lr_factor), ("model.warmup_epochs", warmup_epochs),
+                              ("model.environment_channels", environment_channels)):
+            if value < 0 or (option == "model.lr" and value == 0):
+                raise ConfigError(f"{option} must be {'> 0' if option == 'model.lr' else '>= 0'}, got {value}")
+        unknown = set(task_weights or {}) - {resolve_task_name(t) for t in tasks}
+        if unknown:
+            raise ConfigError(f"model.task_weights names tasks the model does not have: {sorted(unknown)}")
         self.save_hyperparameters(ignore=["encoder"])
         self.encoder = encoder
         self.tasks: dict[str, TaskSpec] = resolve_tasks(tasks)
@@ -90,29 +112,45 @@ class MultiTaskModel(L.LightningModule):
             return
         datamodule.setup(stage)
         if abs(datamodule.cutoff - self.encoder.cutoff) > 1e-9:
-            raise ValueError(f"the encoder's cutoff ({self.encoder.cutoff} Å) differs from the data's neighbour-list "
+            raise ConfigError(f"the encoder's cutoff ({self.encoder.cutoff} Å) differs from the data's neighbour-list "
                              f"cutoff ({datamodule.cutoff} Å); set one value (the CLI links data.cutoff to it)")
         if getattr(self.encoder, "full_neighbor_list", False) and datamodule.max_neighbors is not None:
-            raise ValueError(f"{type(self.encoder).__name__} needs every neighbour within its cutoff, as in its "
+            raise ConfigError(f"{type(self.encoder).__name__} needs every neighbour within its cutoff, as in its "
                              f"pretraining; set data.max_neighbors: null (got {datamodule.max_neighbors})")
         missing = set(self.tasks) - set(datamodule.tasks)
         if missing:
-            raise ValueError(f"the model predicts tasks the data does not define: {sorted(missing)}")
-        train = datamodule.subsets["train"]
-        species = torch.unique(datamodule.dataset._data[keys.ATOMIC_NUMBERS])  # the model's species set: all splits
+            raise ConfigError(f"the model predicts tasks the data does not define: {sorted(missing)}")
+        statistics = datamodule.train_statistics  # of the training split only, like the normalisation
+        counts = datamodule.report["label_counts"]["train"]
+        self.train_label_counts = {name: int(counts.get(name, 0)) for name in self.tasks}
+        untrained = [n for n in self.tasks if self.train_label_counts[n] == 0 and n not in self.reused_tasks]
+        if untrained:
+            per_split = {n: {split: c[n] for split, c in datamodule.report["label_counts"].items()} for n in untrained}
+            raise ConfigError(f"tasks with no label in the training split: {untrained} (labels per split: "
+                              f"{per_split}); a head trained on nothing would predict a constant: remove them from "
+                              "data.tasks or add a source that has them")
+        species = torch.as_tensor(statistics["species"], dtype=torch.long)
         if self.hparams.init_from:  # keep the pretrained encoder's state; new tasks get this data's statistics
             unseen = [int(z) for z in species if not self.species_seen[z]]
-            if unseen:
+            if unseen and self.hparams.finetune != "all":  # a frozen embedding of a new element stays random
                 from ase.data import chemical_symbols
 
-                raise ValueError(f"init_from {self.hparams.init_from}: the data holds elements the pretrained model "
-                                 f"never saw: {[chemical_symbols[z] for z in unseen]}")
+                raise ConfigError(f"init_from {self.hparams.init_from}: the training data holds elements the "
+                                  f"pretrained model never saw: {[chemical_symbols[z] for z in unseen]}, whose "
+                                  f"embeddings finetune={self.hparams.finetune!r} would keep untrained; use "
+                                  "finetune: all or leave those structures out")
+            self.species_seen[species] = True  # finetune all: the new elements' embeddings train here
             self.normalizer.set_stats({n: s for n, s in datamodule.normalization.items()
                                        if n not in self.reused_tasks})
             return
         self.normalizer.set_stats(datamodule.normalization)
         self.species_seen[species] = True
-        self.encoder.set_avg_num_neighbors(train._data[keys.EDGE_INDEX].shape[1] / max(train._data.num_nodes, 1))
+        self.encoder.set_avg_num_neighbors(statistics["avg_num_neighbors"])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        counts = checkpoint.get("equiprop", {}).get("train_label_counts")
+        if counts is not None:  # a resumed fit keeps recording what the heads were trained on
+            self.train_label_counts = dict(counts)
 
     # -- forward --------------------------------------------------------------------------------------------------
     def forward(self, batch, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
@@ -245,9 +283,12 @@ class MultiTaskModel(L.LightningModule):
 
     # -- checkpoint content that prediction needs, in plain types --------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        graph = dict(datamodule.graph_params) if datamodule is not None else {}
         checkpoint["equiprop"] = {
             "encoder": describe(self.encoder),
             "tasks": {n: t.to_config() for n, t in self.tasks.items()},
-            "max_neighbors": getattr(getattr(self._trainer, "datamodule", None), "max_neighbors", None)
-            if self._trainer is not None else None,
+            "max_neighbors": graph.get("max_neighbors"),
+            "graph": graph,  # cutoff, max_neighbors, min_neighbors: prediction builds graphs the same way
+            "train_label_counts": getattr(self, "train_label_counts", None),
         }

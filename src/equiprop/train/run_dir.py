@@ -1,0 +1,94 @@
+"""One fit per run directory: a re-run never shadows an earlier run's checkpoints, two fits never share a folder.
+
+``equiprop fit`` writes ``best.ckpt`` and ``last.ckpt`` into ``checkpoints/<run_name>/``. A folder that already holds
+checkpoints is refused unless the fit resumes it (``--ckpt_path``) or replaces it (``--overwrite=true``, which deletes
+the old checkpoints first), so ``best.ckpt`` is always the current run's own. While a fit runs it holds
+``.<run_name>.fit.lock`` beside the run folder (created with O_EXCL, so of two fits started at once exactly one gets it); a second fit on
+the same folder is refused. A lock left by a killed process on this host is detected (its process is gone) and taken
+over. Under DDP only global rank zero takes the lock.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from equiprop.data.errors import ConfigError
+
+
+
+def is_rank_zero() -> bool:
+    """True in the launching process: DDP's other ranks are started with these variables set."""
+    return all(int(os.environ.get(var, 0)) == 0 for var in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def acquire_lock(run_dir: Path) -> Path:
+    """Create the run folder's lock for this process, or raise ConfigError naming the fit that holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_path(run_dir)
+    mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+    for _ in range(2):  # a second try after removing a dead process's lock
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(lock)
+            same_host = holder.get("host") == socket.gethostname()
+            if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                lock.unlink(missing_ok=True)  # its fit was killed: the folder is free
+                continue
+            raise ConfigError(f"{run_dir} is in use by another fit (process {holder.get('pid')} on "
+                              f"{holder.get('host')}, lock {lock}); choose another --run_name, or delete the lock "
+                              "file if that fit is no longer running") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(mine)
+        atexit.register(release_lock, lock)
+        return lock
+    raise ConfigError(f"{run_dir}: could not take the lock {lock}")
+
+
+def lock_path(run_dir: Path) -> Path:
+    """Beside the folder, not in it: Lightning warns about a non-empty checkpoint folder."""
+    return run_dir.parent / f".{run_dir.name}.fit.lock"
+
+
+def _read_lock(lock: Path) -> dict:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}  # being written right now by the process that created it
+
+
+def release_lock(lock: Path) -> None:
+    if _read_lock(lock).get("pid") == os.getpid():
+        lock.unlink(missing_ok=True)
+
+
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
+    """Lock ``run_dir`` for this fit and make sure no earlier run's checkpoint can be mistaken for this one's."""
+    lock = acquire_lock(run_dir)
+    earlier = sorted(run_dir.glob("*.ckpt"))
+    if earlier and not resume:
+        if not overwrite:
+            release_lock(lock)
+            names = ", ".join(p.name for p in earlier[:4]) + (" ..." if len(earlier) > 4 else "")
+            last = run_dir / "last.ckpt"
+            raise ConfigError(f"{run_dir} already holds a run ({names}); resume it with --ckpt_path "
+                              f"{last if last.exists() else earlier[0]}, replace it with --overwrite=true, or choose "
+                              "another --run_name")
+        for path in earlier:
+            path.unlink()
+    return lock
