@@ -11,15 +11,15 @@ def _module(path, cache, **kwargs):
     return MultiTaskDataModule(sources=[RecordsJSON(str(path))], cache_dir=str(cache), **kwargs)
 
 
-def _write_tiny(shared_data, path, drop=0):
-    content = json.loads((shared_data / "tiny_multitask.json").read_text())
+def _write_tiny(tiny_multitask_path, path, drop=0):
+    content = json.loads(tiny_multitask_path.read_text())
     content["entries"] = content["entries"][drop:]
     path.write_text(json.dumps(content))
 
 
-def test_cache_hit_serves_identical_graphs(shared_data, tmp_path):
+def test_cache_hit_serves_identical_graphs(tiny_multitask_path, tmp_path):
     data = tmp_path / "tiny.json"
-    _write_tiny(shared_data, data)
+    _write_tiny(tiny_multitask_path, data)
     built, report = _module(data, tmp_path / "c", tasks=["Ef", "eps_total"]).load_graphs()
     cached, cached_report = _module(data, tmp_path / "c", tasks=["Ef", "eps_total"]).load_graphs()
     assert not report["from_cache"] and cached_report["from_cache"]
@@ -32,9 +32,9 @@ def test_cache_hit_serves_identical_graphs(shared_data, tmp_path):
     assert torch.load(report["cache_path"], weights_only=True)
 
 
-def test_any_change_of_input_or_parameter_misses_the_cache(shared_data, tmp_path):
+def test_any_change_of_input_or_parameter_misses_the_cache(tiny_multitask_path, tmp_path):
     data = tmp_path / "tiny.json"
-    _write_tiny(shared_data, data)
+    _write_tiny(tiny_multitask_path, data)
     cache = tmp_path / "c"
     _, first = _module(data, cache, tasks=["Ef"]).load_graphs()
     variants = {
@@ -49,17 +49,17 @@ def test_any_change_of_input_or_parameter_misses_the_cache(shared_data, tmp_path
         _, report = module.load_graphs()
         assert not report["from_cache"], what
         paths.add(report["cache_path"])
-    _write_tiny(shared_data, data, drop=1)  # same file name, different content
+    _write_tiny(tiny_multitask_path, data, drop=1)  # same file name, different content
     graphs, report = _module(data, cache, tasks=["Ef"]).load_graphs()
     assert not report["from_cache"] and len(graphs) == first["num_graphs"] - 1 == 40
     paths.add(report["cache_path"])
     assert len(paths) == 6
 
 
-def test_a_cache_of_other_labels_is_never_served(shared_data, tmp_path):
+def test_a_cache_of_other_labels_is_never_served(tiny_multitask_path, tmp_path):
     """Two task sets over the same structures: each run gets its own labels."""
     data = tmp_path / "tiny.json"
-    _write_tiny(shared_data, data)
+    _write_tiny(tiny_multitask_path, data)
     ef, _ = _module(data, tmp_path / "c", tasks=["Ef"]).load_graphs()
     eg, _ = _module(data, tmp_path / "c", tasks=["Eg"]).load_graphs()
     assert keys.label_key("Ef") in ef[0] and keys.label_key("Ef") not in eg[0]

@@ -1,7 +1,6 @@
 """StructureFolder (CGCNN layout) and ExtXYZ on files written from real tiny_multitask structures."""
 
 import json
-from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -13,14 +12,10 @@ from equiprop.data.errors import ConfigError
 from equiprop.data.sources import ExtXYZ, StructureFolder
 from equiprop.data.tasks import resolve_tasks
 
-SHARED = Path(__file__).parents[2].parent / "shared" / "data"
-
-pytestmark = pytest.mark.skipif(not SHARED.exists(), reason=f"shared data not found at {SHARED}")
-
 
 @pytest.fixture(scope="module")
-def tiny() -> list[dict]:
-    return json.loads((SHARED / "tiny_multitask.json").read_text())["entries"]
+def tiny(tiny_multitask_path) -> list[dict]:
+    return json.loads(tiny_multitask_path.read_text())["entries"]
 
 
 def _structure(entry: dict) -> Structure:

@@ -13,11 +13,7 @@ from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.sources import JarvisDFT3D, jarvis_leaderboard_split
 from equiprop.data.tasks import resolve_tasks
 
-SHARED = Path(__file__).parents[2].parent / "shared" / "data"
 FIXTURE = Path(__file__).parent / "fixtures" / "jarvis_dft_3d_format_fixture.json"
-LEADERBOARD = SHARED / "jarvis_leaderboard"
-
-needs_shared = pytest.mark.skipif(not SHARED.exists(), reason=f"shared data not found at {SHARED}")
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +22,8 @@ def fixture_entries() -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_by_id() -> dict:
-    entries = json.loads((SHARED / "tiny_multitask.json").read_text())["entries"]
-    return {e["material_id"]: e for e in entries}
+def tiny_by_id(tiny_entries) -> dict:
+    return {e["material_id"]: e for e in tiny_entries}
 
 
 def test_fixture_is_the_figshare_layout(fixture_entries):
@@ -39,7 +34,6 @@ def test_fixture_is_the_figshare_layout(fixture_entries):
         assert entry["optb88vdw_bandgap"] == "na" or isinstance(entry["optb88vdw_bandgap"], float)
 
 
-@needs_shared
 def test_reads_structures_and_labels_masking_na(fixture_entries, tiny_by_id):
     result = JarvisDFT3D(path=str(FIXTURE)).load(resolve_tasks(["Ef", "Eg"]))
     assert result.name == "jarvis:dft_3d" and str(FIXTURE) in result.provenance
@@ -105,13 +99,17 @@ def test_configuration_errors(tmp_path):
         JarvisDFT3D(path=str(not_a_list)).load(resolve_tasks(["Ef"]))
 
 
-@needs_shared
+@pytest.fixture(scope="module")
+def leaderboard(shared_data) -> Path:
+    return shared_data / "jarvis_leaderboard"
+
+
 @pytest.mark.parametrize("name, sizes", [
     ("dft_3d_exfoliation_energy.json.zip", (650, 81, 81)),
     ("megnet_e_form.json.zip", (60000, 5000, 4239)),
 ])
-def test_leaderboard_split(name, sizes):
-    path = LEADERBOARD / name
+def test_leaderboard_split(name, sizes, leaderboard):
+    path = leaderboard / name
     with zipfile.ZipFile(path) as archive:
         raw = json.loads(archive.read(archive.namelist()[0]))
     split = jarvis_leaderboard_split(str(path))
@@ -121,10 +119,9 @@ def test_leaderboard_split(name, sizes):
     assert split == {part: list(raw[part]) for part in ("train", "val", "test")}
 
 
-@needs_shared
-def test_leaderboard_split_with_official_overlaps_keeps_test_intact():
+def test_leaderboard_split_with_official_overlaps_keeps_test_intact(leaderboard):
     # the official formation-energy split lists JVASP-113961 and JVASP-116461 in both train and test
-    path = LEADERBOARD / "dft_3d_formation_energy_peratom.json.zip"
+    path = leaderboard / "dft_3d_formation_energy_peratom.json.zip"
     with zipfile.ZipFile(path) as archive:
         raw = json.loads(archive.read(archive.namelist()[0]))
     with pytest.warns(UserWarning, match="2 ids listed in two parts"):

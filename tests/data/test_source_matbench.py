@@ -13,30 +13,32 @@ from equiprop.data.errors import ConfigError
 from equiprop.data.sources import MatbenchTask, matbench_folds
 from equiprop.data.tasks import resolve_tasks
 
-SHARED = Path(__file__).parents[2].parent / "shared" / "data"
-PHONONS = SHARED / "matbench" / "matbench_phonons.json.gz"
 N_PHONONS = 1265
 
-pytestmark = pytest.mark.skipif(not PHONONS.exists(), reason=f"shared data not found at {SHARED}")
 # metadata and official splits ship inside the matbench package (pip install --no-deps matbench==0.6)
 needs_matbench = pytest.mark.skipif(importlib.util.find_spec("matbench") is None, reason="matbench not installed")
 
 
 @pytest.fixture(scope="module")
-def phonons_raw() -> dict:
-    with gzip.open(PHONONS, "rt") as f:
+def phonons_path(shared_data) -> Path:
+    return shared_data / "matbench" / "matbench_phonons.json.gz"
+
+
+@pytest.fixture(scope="module")
+def phonons_raw(phonons_path) -> dict:
+    with gzip.open(phonons_path, "rt") as f:
         return json.load(f)
 
 
 @pytest.fixture(scope="module")
-def phonons_result():
-    return MatbenchTask("matbench_phonons", path=str(PHONONS)).load(resolve_tasks(["phdos_peak"]))
+def phonons_result(phonons_path):
+    return MatbenchTask("matbench_phonons", path=str(phonons_path)).load(resolve_tasks(["phdos_peak"]))
 
 
-def test_reads_every_entry_with_matbench_ids_and_targets(phonons_result, phonons_raw):
+def test_reads_every_entry_with_matbench_ids_and_targets(phonons_result, phonons_raw, phonons_path):
     result = phonons_result
     assert result.name == "matbench:matbench_phonons"
-    assert str(PHONONS) in result.provenance
+    assert str(phonons_path) in result.provenance
     assert result.entries_read == N_PHONONS and result.skips.total == 0 and result.label_skips.total == 0
     assert [r.id for r in result.records] == [f"mb-phonons-{i:04d}" for i in range(1, N_PHONONS + 1)]
     assert phonons_raw["columns"] == ["structure", "last phdos peak"]
@@ -56,9 +58,9 @@ def test_structures_match_the_file(phonons_result, phonons_raw, index):
 
 
 @needs_matbench
-def test_pre_placed_file_in_data_home_is_used(tmp_path, monkeypatch):
+def test_pre_placed_file_in_data_home_is_used(tmp_path, monkeypatch, phonons_path):
     monkeypatch.delenv("MATMINER_DATA", raising=False)
-    (tmp_path / "matbench_phonons.json.gz").symlink_to(PHONONS)
+    (tmp_path / "matbench_phonons.json.gz").symlink_to(phonons_path)
     result = MatbenchTask("matbench_phonons", data_home=str(tmp_path)).load(resolve_tasks(["phdos_peak"]))
     assert str(tmp_path / "matbench_phonons.json.gz") in result.provenance
     assert len(result.records) == N_PHONONS
@@ -109,17 +111,17 @@ def test_row_numbers_of_matminer_copies_become_matbench_ids(tmp_path, phonons_ra
     assert [r.labels["phdos_peak"] for r in result.records] == [row[1] for row in phonons_raw["data"][:12]]
 
 
-def test_configuration_errors(tmp_path):
+def test_configuration_errors(tmp_path, phonons_path):
     with pytest.raises(ConfigError, match="unsupported MatBench task"):
         MatbenchTask("matbench_steels")  # composition-only task
     with pytest.raises(ConfigError, match="phdos_peak"):
-        MatbenchTask("matbench_phonons", path=str(PHONONS)).load(resolve_tasks(["Ef"]))
+        MatbenchTask("matbench_phonons", path=str(phonons_path)).load(resolve_tasks(["Ef"]))
     with pytest.raises(ConfigError, match="file not found"):
         MatbenchTask("matbench_phonons", path=str(tmp_path / "nope.json.gz")).load(resolve_tasks(["phdos_peak"]))
 
 
 @needs_matbench
-def test_official_folds(phonons_raw):
+def test_official_folds(phonons_raw, shared_data):
     folds = matbench_folds("matbench_phonons")
     assert sorted(folds) == [0, 1, 2, 3, 4]
     all_ids = set(phonons_raw["index"])
@@ -129,7 +131,7 @@ def test_official_folds(phonons_raw):
         assert set(train) | set(test) == all_ids and not set(train) & set(test)
     assert sum(len(t) for t in tests) == N_PHONONS and set().union(*tests) == all_ids  # disjoint cover
 
-    with gzip.open(SHARED / "matbench" / "matbench_v0.1_validation.json.gz", "rt") as f:
+    with gzip.open(shared_data / "matbench" / "matbench_v0.1_validation.json.gz", "rt") as f:
         shared = json.load(f)["splits"]["matbench_phonons"]
     assert {int(k.removeprefix("fold_")): (v["train"], v["test"]) for k, v in shared.items()} == folds
 

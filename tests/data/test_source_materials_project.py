@@ -13,15 +13,11 @@ from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.sources import MaterialsProjectAPI, MaterialsProjectJSON
 from equiprop.data.tasks import resolve_tasks
 
-SHARED = Path(__file__).parents[2].parent / "shared" / "data"
 TASKS = ["Ef", "Eg", "is_metal", "K_VRH", "G_VRH", "eps_electronic"]
 
-pytestmark = pytest.mark.skipif(not SHARED.exists(), reason=f"shared data not found at {SHARED}")
-
-
 @pytest.fixture(scope="module")
-def tiny() -> list[dict]:
-    return json.loads((SHARED / "tiny_multitask.json").read_text())["entries"]
+def tiny(tiny_multitask_path) -> list[dict]:
+    return json.loads(tiny_multitask_path.read_text())["entries"]
 
 
 def _moduli(value):

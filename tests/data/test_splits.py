@@ -59,7 +59,7 @@ def test_id_lists_from_files_and_their_errors(tmp_path):
         IdListSplit(train=str(tmp_path / "missing.txt"))(ids, ids)
 
 
-def test_matbench_fold_split_is_the_official_fold(shared_data):
+def test_matbench_fold_split_is_the_official_fold():  # the folds ship in the matbench package
     folds = matbench_folds("matbench_phonons")
     ids = sorted(set(folds[0][0]) | set(folds[0][1]))
     split = MatbenchFoldSplit("matbench_phonons", fold=2, val_fraction=0.1)(ids, ids)
