@@ -1,6 +1,9 @@
+import pytest
+
 from equiprop.cli import main
 
 
+@pytest.mark.integration  # builds the graphs of all 5,909 bundled crystals (~20-40 s)
 def test_data_summary_of_the_bundled_default(capsys):
     assert main(["data", "summary"]) == 0
     out = capsys.readouterr().out

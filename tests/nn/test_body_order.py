@@ -135,6 +135,7 @@ def test_weights_depend_on_the_centre_species():
     assert not torch.allclose(out[0], out[1])
 
 
+@pytest.mark.integration  # optimiser steps on a correlation-3 encoder (~8 s)
 def test_the_product_adds_to_the_two_body_model_and_trains(structures):  # noqa: F811
     records = [from_pymatgen(s, str(i)) for i, s in enumerate(structures[:2])]
     two_body, higher = _encoder(correlation=1), _encoder(correlation=3)

@@ -18,6 +18,8 @@ pytest.importorskip("sevenn", reason="the foundation extra is not installed: pip
 
 from equiprop.nn import FoundationEncoder  # noqa: E402
 
+pytestmark = pytest.mark.integration  # SevenNet featurisation (pretrained potential forward passes, phonons)
+
 
 @pytest.fixture(scope="module")
 def records(tiny_entries):

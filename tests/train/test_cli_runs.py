@@ -10,6 +10,8 @@ import torch
 import yaml
 from pymatgen.core import Structure
 
+pytestmark = pytest.mark.integration  # equiprop CLI in subprocesses: fit, DDP on two processes, predict
+
 EQUIPROP = str(Path(sys.executable).parent / "equiprop")
 
 RECIPE = {

@@ -15,6 +15,8 @@ pytest.importorskip("sevenn", reason="the foundation extra is not installed: pip
 from equiprop.nn import FoundationEncoder  # noqa: E402
 from equiprop.predict import Predictor  # noqa: E402
 
+pytestmark = pytest.mark.integration  # trains on SevenNet features
+
 TASKS = ["Ef", "Eg", "K_VRH", "eps_electronic", "elastic_tensor", "piezo_tensor"]
 
 

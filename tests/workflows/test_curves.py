@@ -1,9 +1,13 @@
 import csv
 
+import pytest
+
 from equiprop.workflows.curves import run_study
 
+pytestmark = pytest.mark.integration  # a learning-curve study: several trainings
+
 RECIPE = {
-    "trainer": {"max_epochs": 1, "accelerator": "cpu"},
+    "trainer": {"max_epochs": 1, "accelerator": "cpu", "log_every_n_steps": 1},
     "model": {"encoder": {"class_path": "equiprop.nn.InvariantEncoder", "init_args": {"num_features": 8,
                                                                                       "num_layers": 1}}},
     "data": {"sources": [{"class_path": "equiprop.data.sources.BundledDataset", "init_args": {"dataset": "tiny"}}],
