@@ -67,15 +67,19 @@ def test_predict_command_reports_bad_files_and_writes_units(recipe, tmp_path, ti
         Structure.from_dict(e["structure"]).to(filename=str(inputs / f"{e['material_id']}.cif"))
     (inputs / "broken.cif").write_text("data_broken\n_cell_length_a 3.0\n")
     out = tmp_path / "pred.json"
-    proc = subprocess.run([EQUIPROP, "predict", "--checkpoint", "checkpoints/tiny/best.ckpt", "--input",
-                           str(inputs), "--output", str(out)], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    command = [EQUIPROP, "predict", "--checkpoint", "checkpoints/tiny/best.ckpt", "--input", str(inputs),
+               "--allow-unseen-elements"]  # a 1-epoch model on 14 structures has not seen every element
+    proc = subprocess.run(command + ["--output", str(out)], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # an input failed: not a silent success
     assert "broken.cif" in proc.stderr
+    proc = subprocess.run(command + ["--output", str(out), "--allow-failures"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["units"]["Ef"] == "eV/atom" and result["units"]["eps_electronic"] == "dimensionless"
     assert len(result["predictions"]) == 3 and len(result["errors"]) == 1
     assert len(result["predictions"][0]["eps_electronic"]) == 3
     csv_out = tmp_path / "pred.csv"
     _run(["predict", "--checkpoint", "checkpoints/tiny/best.ckpt", "--input", str(inputs), "--output",
-          str(csv_out)], tmp_path)
+          str(csv_out), "--allow-failures", "--allow-unseen-elements"], tmp_path)
     assert csv_out.read_text().splitlines()[0].startswith("id,file,formula,Ef [eV/atom]")

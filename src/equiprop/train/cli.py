@@ -18,7 +18,7 @@ from equiprop.data.datamodule import MultiTaskDataModule
 from equiprop.data.errors import ConfigError
 from equiprop.train.callbacks import MetricsTable
 from equiprop.train.checkpoint_io import use_atomic_checkpoints
-from equiprop.train.run_dir import claim_run_dir, is_rank_zero
+from equiprop.train.run_dir import claim_run_dir, is_rank_zero, release_all
 from equiprop.train.module import MultiTaskModel
 
 CHECKPOINT_ROOT = "checkpoints"
@@ -95,6 +95,8 @@ def run_lightning_cli(args: list[str]) -> None:
         quietly(lambda: EquipropCLI(args=args, **cli_kwargs()))
     except ArgumentError as err:
         raise ConfigError(one_line(str(err))) from None
+    finally:
+        release_all()  # the run folder is free again once this fit has returned or failed
 
 
 def one_line(message: str) -> str:
@@ -120,4 +122,6 @@ def quietly(build):
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        # the run folder holds its TensorBoard logs; stale checkpoints are refused or removed (train.run_dir)
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         return build()

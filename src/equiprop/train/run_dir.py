@@ -55,7 +55,7 @@ def acquire_lock(run_dir: Path) -> Path:
                               "file if that fit is no longer running") from None
         with os.fdopen(fd, "w") as f:
             f.write(mine)
-        atexit.register(release_lock, lock)
+        HELD.append(lock)
         return lock
     raise ConfigError(f"{run_dir}: could not take the lock {lock}")
 
@@ -75,6 +75,18 @@ def _read_lock(lock: Path) -> dict:
 def release_lock(lock: Path) -> None:
     if _read_lock(lock).get("pid") == os.getpid():
         lock.unlink(missing_ok=True)
+    if lock in HELD:
+        HELD.remove(lock)
+
+
+def release_all() -> None:
+    """Release every lock this process holds (after a fit returns or fails, and at exit)."""
+    for lock in list(HELD):
+        release_lock(lock)
+
+
+HELD: list[Path] = []  # locks taken by this process
+atexit.register(release_all)
 
 
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:

@@ -1,0 +1,120 @@
+"""Runs never overwrite or shadow each other, and checkpoints are written atomically in the run folder."""
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from equiprop.cli import main
+from equiprop.data.errors import ConfigError
+from equiprop.train.checkpoint_io import AtomicCheckpointIO
+from equiprop.train.run_dir import acquire_lock, lock_path, release_lock
+
+@pytest.fixture
+def recipe(tmp_path, monkeypatch, cli_recipe):
+    monkeypatch.chdir(tmp_path)  # runs go to ./checkpoints/<run_name>
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(cli_recipe))
+    return path
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_second_fit_with_the_same_run_name_is_refused_unless_resumed_or_overwritten(recipe, tmp_path, capsys):
+    run = tmp_path / "checkpoints" / "tiny"
+    assert main(["fit", "-c", str(recipe)]) == 0
+    first = _digest(run / "best.ckpt")
+    capsys.readouterr()
+
+    assert main(["fit", "-c", str(recipe), "--seed_everything=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a run (best.ckpt, last.ckpt)" in err[0]
+    assert "--ckpt_path checkpoints/tiny/last.ckpt" in err[0] and "--overwrite=true" in err[0]
+    assert _digest(run / "best.ckpt") == first  # untouched
+
+    assert main(["fit", "-c", str(recipe), "--seed_everything=1", "--overwrite=true"]) == 0
+    assert _digest(run / "best.ckpt") != first  # the new run's own model, not the old one's
+    assert sorted(p.name for p in run.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]  # never best-v1.ckpt
+
+    # resuming keeps writing the run's own best.ckpt / last.ckpt
+    assert main(["fit", "-c", str(recipe), "--trainer.max_epochs=2", "--ckpt_path", str(run / "last.ckpt")]) == 0
+    assert sorted(p.name for p in run.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(run / "last.ckpt", weights_only=True)["global_step"] == 4  # 2 epochs x 2 batches
+    assert not lock_path(run).exists()  # released when the process ends, or at once for a refused fit
+
+
+def test_a_fit_on_a_folder_another_fit_holds_is_refused(recipe, tmp_path, capsys):
+    run = tmp_path / "checkpoints" / "tiny"
+    lock = acquire_lock(run)  # another fit, as far as the folder can tell (a live process holds the lock)
+    try:
+        assert main(["fit", "-c", str(recipe)]) == 2
+        assert "is in use by another fit" in capsys.readouterr().err
+        assert not list(run.glob("*.ckpt"))
+    finally:
+        release_lock(lock)
+    assert main(["fit", "-c", str(recipe)]) == 0
+
+
+def test_the_lock_of_a_killed_fit_is_taken_over(tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    import json
+    import socket
+
+    lock_path(run).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
+    lock = acquire_lock(run)  # its process is gone: the folder is free
+    assert json.loads(lock.read_text())["pid"] != int(gone.stdout)
+    release_lock(lock)
+    assert not lock.exists()
+
+
+def test_of_two_fits_started_at_once_exactly_one_gets_the_folder(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, time
+        from equiprop.data.errors import ConfigError
+        from equiprop.train.run_dir import acquire_lock
+        time.sleep(max(0.0, {__import__('time').time() + 3.0} - time.time()))  # start together
+        try:
+            acquire_lock(__import__('pathlib').Path(sys.argv[1]))
+            print("got it"); sys.stdout.flush(); time.sleep(2)
+        except ConfigError as err:
+            print("refused:", err)
+    """)
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "run")], stdout=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=60)[0] for w in workers]
+    assert sorted(o.split()[0] for o in outputs) == ["got", "refused:"], outputs
+    assert not lock_path(tmp_path / "run").exists()
+
+
+def test_checkpoints_are_replaced_atomically_in_the_run_folder(tmp_path):
+    io = AtomicCheckpointIO()
+    target = tmp_path / "run" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 1}, target)
+    before = _digest(target)
+    with pytest.raises(Exception):  # torch.save fails half-way: a lambda cannot be serialised
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2, "bad": lambda: None}, target)
+    assert _digest(target) == before  # the earlier checkpoint is intact, not truncated
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no partial file left behind
+    assert torch.load(target, weights_only=True)["epoch"] == 1
+
+
+def test_fits_write_through_the_atomic_checkpoint_io(cli_recipe, tmp_path):
+    from equiprop.workflows.recipe import build_run
+
+    trainer, _, _ = build_run(cli_recipe, [], tmp_path / "work")
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_a_lock_of_a_live_process_on_this_host_is_respected(tmp_path):
+    lock = acquire_lock(tmp_path / "run")
+    with pytest.raises(ConfigError, match="in use by another fit"):
+        acquire_lock(tmp_path / "run")
+    release_lock(lock)
