@@ -50,7 +50,7 @@ import torch
 from torch_geometric.data import Batch
 
 from equiprop.data.errors import ConfigError, DataError, SkipLog
-from equiprop.data.graph import record_to_graph
+from equiprop.data.graph import atoms_per_graph, record_to_graph
 from equiprop.data.record import CrystalRecord, from_ase, from_pymatgen, read_structure_file, structure_format
 from equiprop.nn.base import build_encoder
 from equiprop.train.metrics import voigt_bulk_modulus, voigt_shear_modulus
@@ -235,7 +235,8 @@ class Predictor:
             chunks = tqdm(chunks, desc="predict", unit="batch")
         for start in chunks:
             batch = Batch.from_data_list(graphs[start:start + self.batch_size])
-            physical = {name: self.model.normalizer.to_physical(name, y)
+            num_atoms = atoms_per_graph(batch)  # extensive (sum-pooled) tasks scale with the structure's atoms
+            physical = {name: self.model.normalizer.to_physical(name, y, num_atoms)
                         for name, y in self.model(batch, self.output_tasks).items()}
             if "elastic_tensor" in physical:
                 physical["K_Voigt"] = voigt_bulk_modulus(physical["elastic_tensor"])

@@ -133,3 +133,11 @@ def radial_lengths(data, vectors: torch.Tensor) -> torch.Tensor:
     batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else None
     edge_scale = scale[batch[data[keys.EDGE_INDEX][0]]] if batch is not None else scale[0]
     return lengths * edge_scale.to(lengths.dtype)
+
+
+def atoms_per_graph(data) -> torch.Tensor:
+    """(num_graphs,) number of atoms of each structure in a PyG batch (or (1,) for one graph)."""
+    batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else None
+    if batch is None:
+        return torch.tensor([data.num_nodes])
+    return torch.bincount(batch, minlength=data.num_graphs)

@@ -32,9 +32,14 @@ class TaskStats:
         return {"shift": self.shift, "scale": self.scale, "count": self.count}
 
 
-def compute_stats(labels: torch.Tensor, task: TaskSpec) -> TaskStats:
-    """Statistics of one task from its labelled training values, shape (num_labels, *task.model_shape)."""
+def compute_stats(labels: torch.Tensor, task: TaskSpec, num_atoms: torch.Tensor | None = None) -> TaskStats:
+    """Statistics of one task from its labelled training values, shape (num_labels, *task.model_shape); those of
+    label / atoms for a sum-pooled (extensive) task, whose normaliser shifts each structure by atoms x shift."""
     x = labels.double().numpy()
+    if task.pooling == "sum" and task.kind != "binary":
+        if num_atoms is None:
+            raise ValueError(f"task {task.name!r} is sum-pooled: its statistics are per atom and need num_atoms")
+        x = x / num_atoms.double().numpy().reshape(-1, *([1] * (x.ndim - 1)))
     n = len(x)
     if task.kind == "tensor":
         return _tensor_stats(x, task)
@@ -70,9 +75,10 @@ def _tensor_stats(x: np.ndarray, task: TaskSpec) -> TaskStats:
 def stats_from_dataset(dataset, tasks: dict[str, TaskSpec]) -> dict[str, TaskStats]:
     """Statistics of every task over the structures of ``dataset`` (a GraphDataset, or an index_select of one)."""
     rows = torch.as_tensor(list(dataset.indices()), dtype=torch.long)  # graph-level keys hold one row per graph
+    num_atoms = dataset.slices[keys.ATOMIC_NUMBERS].diff()[rows]  # (num_rows,) atoms per structure
     out = {}
     for name, task in tasks.items():
         y = dataset._data[keys.label_key(name)][rows]
         mask = dataset._data[keys.mask_key(name)][rows]
-        out[name] = compute_stats(y[mask], task)
+        out[name] = compute_stats(y[mask], task, num_atoms[mask])
     return out

@@ -78,6 +78,9 @@ class TaskSpec:
         if self.parametrization == "spd_log" and self.formula not in ("ij=ji", "ijkl=jikl=klij"):
             raise ConfigError(f"task {self.name!r}: parametrization 'spd_log' needs a symmetric rank-2 ('ij=ji') or "
                               f"elastic ('ijkl=jikl=klij') tensor, got formula {self.formula!r}")
+        if self.pooling == "sum" and (self.kind == "log_scalar" or self.parametrization == "spd_log"):
+            raise ConfigError(f"task {self.name!r}: a sum-pooled (extensive) task must be additive over atoms; "
+                              f"kind {self.kind!r} / parametrization {self.parametrization!r} lives in log space")
         if self.kind == "tensor" and self.pooling == "max":
             raise ConfigError(f"task {self.name!r}: a tensor cannot be max-pooled (not equivariant); use mean or sum")
         if self.voigt_shape is not None:

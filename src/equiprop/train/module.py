@@ -11,6 +11,7 @@ from torchmetrics import MeanAbsoluteError
 
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError, check_choice
+from equiprop.data.graph import atoms_per_graph
 from equiprop.data.tasks import TaskSpec, resolve_task, resolve_tasks
 from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z
@@ -161,15 +162,18 @@ class MultiTaskModel(L.LightningModule):
 
     def predict_physical(self, batch) -> dict[str, torch.Tensor]:
         """Predictions in physical units (tensors Cartesian; binary: probability)."""
-        return {n: self.normalizer.to_physical(n, y) for n, y in self(batch).items()}
+        num_atoms = atoms_per_graph(batch)
+        return {n: self.normalizer.to_physical(n, y, num_atoms) for n, y in self(batch).items()}
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         present = [n for n in self.tasks if bool(batch[keys.mask_key(n)].any())]
         predictions = self(batch, present)  # heads of absent tasks are not even run: exactly zero gradient
+        num_atoms = atoms_per_graph(batch)
         losses = {}
         for name in present:
             mask = batch[keys.mask_key(name)]
-            pred, target = predictions[name][mask], self.normalizer.normalise(name, batch[keys.label_key(name)][mask])
+            pred = predictions[name][mask]
+            target = self.normalizer.normalise(name, batch[keys.label_key(name)][mask], num_atoms[mask])
             if self.tasks[name].kind == "tensor":
                 losses[name], parts = tensor_task_loss(pred, target, getattr(self, f"isotropic_{name}"),
                                                        self.hparams.loss, self.hparams.isotropic_weight,
@@ -181,7 +185,7 @@ class MultiTaskModel(L.LightningModule):
                 losses[name] = task_loss(pred, target, self.tasks[name].kind, self.hparams.loss)
             self.log(f"{stage}/{name}/loss", losses[name], batch_size=int(mask.sum()), sync_dist=stage != "train")
             if stage != "train":
-                self._update_metrics(stage, name, pred, batch[keys.label_key(name)][mask])
+                self._update_metrics(stage, name, pred, batch[keys.label_key(name)][mask], num_atoms[mask])
         if stage != "train":
             self._update_derived(stage, predictions, batch)
         kinds = {n: self.tasks[n].kind for n in losses}
@@ -192,13 +196,14 @@ class MultiTaskModel(L.LightningModule):
         self.log(f"{stage}/weighted_loss", total, batch_size=batch.num_graphs, sync_dist=stage != "train")
         return total
 
-    def _update_metrics(self, stage: str, name: str, pred_norm: torch.Tensor, target_model: torch.Tensor) -> None:
+    def _update_metrics(self, stage: str, name: str, pred_norm: torch.Tensor, target_model: torch.Tensor,
+                        num_atoms: torch.Tensor) -> None:
         task = self.tasks[name]
         if task.kind == "binary":
             self.metrics[stage][name].update(pred_norm, target_model)
             return
         physical_target = self.normalizer.model_to_physical(name, target_model)
-        self.metrics[stage][name].update(self.normalizer.to_physical(name, pred_norm), physical_target)
+        self.metrics[stage][name].update(self.normalizer.to_physical(name, pred_norm, num_atoms), physical_target)
 
     def _update_derived(self, stage: str, predictions: dict, batch) -> None:
         for derived, (source, reference, fn) in DERIVED.items():
@@ -210,7 +215,7 @@ class MultiTaskModel(L.LightningModule):
             tensor = predictions.get(source)
             if tensor is None:
                 tensor = self(batch, [source])[source]
-            value = fn(self.normalizer.to_physical(source, tensor[mask]))
+            value = fn(self.normalizer.to_physical(source, tensor[mask], atoms_per_graph(batch)[mask]))
             self.derived[stage][derived].update(value, torch.pow(10.0, batch[keys.label_key(reference)][mask]))
 
     def training_step(self, batch, batch_idx):

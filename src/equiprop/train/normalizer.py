@@ -1,5 +1,9 @@
 """Per-task shift and scale as module buffers, so they travel inside every checkpoint with the weights.
 
+Sum-pooled (extensive) tasks are normalised per atom, as in nequip: the statistics are those of label / atoms, and a
+structure of n atoms gets ``scale * sum_i out_i + n * shift``, so a 2x supercell's prediction is exactly twice its
+cell's. The methods take ``num_atoms`` ((n,) atoms per structure) for them.
+
 Scalars are normalised as numbers. Tensors are normalised in their irreps: the readouts predict normalised irreps
 coefficients (num_graphs, irreps dim), and the normaliser maps them to Cartesian model space and to physical units
 (through the task's parametrization: ``I + expm(L)`` / ``expm(L)`` for "spd_log").
@@ -38,21 +42,31 @@ class TaskNormalizer(nn.Module):
                 getattr(self, f"shift_{name}").copy_(torch.as_tensor(stats[name].shift))
                 getattr(self, f"scale_{name}").copy_(torch.as_tensor(stats[name].scale))
 
-    def normalise(self, name: str, y: torch.Tensor) -> torch.Tensor:
+    def _shift(self, name: str, num_atoms: torch.Tensor | None) -> torch.Tensor:
+        """The shift of each structure: per atom times its atoms for a sum-pooled task, else the shift itself."""
+        shift = getattr(self, f"shift_{name}")
+        if self.tasks[name].pooling != "sum":
+            return shift
+        if num_atoms is None:
+            raise ValueError(f"task {name!r} is sum-pooled (extensive): its normalisation needs num_atoms")
+        n = num_atoms.to(shift.dtype)
+        return n[:, None] * shift if shift.ndim else n * shift
+
+    def normalise(self, name: str, y: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Model-space labels -> normalised: (n,) for scalars, (n, irreps dim) for (n, *cartesian shape) tensors."""
         task = self.tasks[name]
         if task.kind == "binary":
             return y
         if task.kind == "tensor":
             y = y.flatten(1) @ getattr(self, f"basis_{name}").T.to(y.dtype)
-        return (y - getattr(self, f"shift_{name}")) / getattr(self, f"scale_{name}")
+        return (y - self._shift(name, num_atoms)) / getattr(self, f"scale_{name}")
 
-    def to_model(self, name: str, y_norm: torch.Tensor) -> torch.Tensor:
+    def to_model(self, name: str, y_norm: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised -> model space (tensors: Cartesian, (n, *task.model_shape))."""
         task = self.tasks[name]
         if task.kind == "binary":
             return y_norm
-        model = y_norm * getattr(self, f"scale_{name}") + getattr(self, f"shift_{name}")
+        model = y_norm * getattr(self, f"scale_{name}") + self._shift(name, num_atoms)
         if task.kind == "tensor":
             model = (model @ getattr(self, f"basis_{name}").to(model.dtype)).reshape(len(model), *task.model_shape)
         return model
@@ -66,8 +80,8 @@ class TaskNormalizer(nn.Module):
             return spd_exp_torch(model, task.rank)
         return model
 
-    def to_physical(self, name: str, y_norm: torch.Tensor) -> torch.Tensor:
+    def to_physical(self, name: str, y_norm: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Physical units: 10**x for log-scalars; probability for binary tasks; Cartesian tensors."""
         if self.tasks[name].kind == "binary":
             return torch.sigmoid(y_norm)
-        return self.model_to_physical(name, self.to_model(name, y_norm))
+        return self.model_to_physical(name, self.to_model(name, y_norm, num_atoms))
