@@ -12,7 +12,9 @@ import sys
 from equiprop.data.errors import ConfigError, DataError
 
 USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VALUE --model.KEY=VALUE --data.KEY=VALUE]
+                [fit: --ckpt_path last.ckpt (resume) | --overwrite=true (replace an earlier run of this name)]
        equiprop predict --checkpoint CKPT --input FILES_OR_DIR [...] --output out.{csv,json}
+                [--allow-failures] [--allow-unseen-elements]
        equiprop tune -c RECIPE.yaml --n-trials N [--storage URL --study-name NAME] [--trainer.KEY=VALUE ...]
        equiprop matbench --task TASK -c RECIPE.yaml [--folds 0 1 2 3 4] [--subset] [--trainer.KEY=VALUE ...]
        equiprop embed --checkpoint CKPT (--input FILES_OR_DIRS | --dataset default) --output emb.npz

@@ -116,8 +116,10 @@ def test_rubidium_is_trained_on_and_predicted(tmp_path):
     dm = MultiTaskDataModule(sources=[RecordsJSON(str(path))], tasks=["Ef"], cutoff=4.5, batch_size=4,
                              split=IdListSplit(train=ids[:8] + ["Rb-bcc"], val=ids[8:10]),
                              cache_dir=str(tmp_path / "cache"))
-    dm.setup()
+    summary = dm.summary()
     assert dm.report["graph_skipped"] == {}  # nothing refused for want of neighbours
+    assert dm.report["extended_radius"] == {"count": 1, "examples": ["Rb-bcc"]}
+    assert "radius extended for 1 structures with an atom of fewer than 1 neighbours" in summary
     assert 37 in dm.train_statistics["species"]  # Rb, Z = 37
     model = MultiTaskModel(EquivariantEncoder(cutoff=4.5, max_ell=1, multiplicities=[8, 4], num_layers=1), ["Ef"])
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,

@@ -97,6 +97,7 @@ class MultiTaskDataModule(L.LightningDataModule):
                   "graph_skipped": {k: {"count": n, "examples": graph_skips.examples[k]}
                                     for k, n in graph_skips.counts.items()},
                   "num_graphs": len(graphs), "num_edges": int(sum(g.num_edges for g in graphs)),
+                  "extended_radius": _extended(graphs),
                   "graph": self.graph_params, "cache_path": str(path)}
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         dataset.save_to(path)
@@ -162,6 +163,12 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self.normalization = {n: TaskStats(**s) for n, s in state["normalization"].items()}
+
+
+def _extended(graphs) -> dict:
+    """How many graphs had their radius extended (edge-length scale < 1), with a few of their ids."""
+    ids = [g[keys.STRUCTURE_ID] for g in graphs if float(g[keys.EDGE_LENGTH_SCALE]) < 1.0]
+    return {"count": len(ids), "examples": ids[:3]}
 
 
 def _check_options(**options) -> None:

@@ -37,6 +37,11 @@ def format_summary(report: dict, units: dict[str, str]) -> str:
     lines.append(f"graphs: {report['num_graphs']} built (cutoff {report['graph']['cutoff']} Å, max neighbours "
                  f"{report['graph']['max_neighbors']}), {report['num_edges']} edges, "
                  f"{'loaded from cache' if report['from_cache'] else 'cache written'}: {report['cache_path']}")
+    extended = report.get("extended_radius", {})
+    if extended.get("count"):
+        lines.append(f"  radius extended for {extended['count']} structures with an atom of fewer than "
+                     f"{report['graph'].get('min_neighbors')} neighbours within the cutoff "
+                     f"(e.g. {', '.join(extended['examples'])})")
     lines += _skip_lines("skipped graph", report["graph_skipped"])
     header = f"{'task':<16} {'units':<14} {'kind':<11}" + "".join(f"{n:>8}" for n in ("all", *report["splits"]))
     lines += ["", header, "-" * len(header)]
