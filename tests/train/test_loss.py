@@ -57,7 +57,7 @@ def test_noisier_task_learns_the_larger_variance(tmp_path):
     trainer = L.Trainer(max_epochs=12, accelerator="cpu", logger=False, enable_checkpointing=False, log_every_n_steps=1,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[])
     trainer.fit(model, datamodule=data)
-    s = {name: float(p) for name, p in model.weighting.log_variance.items()}
+    s = {name: float(p.detach()) for name, p in model.weighting.log_variance.items()}
     assert s["Ef_noisy"] > s["Ef"] + 0.2, s
     weights = model.weighting.task_weights()
     assert weights["Ef"] > weights["Ef_noisy"]
