@@ -41,7 +41,7 @@ def write_recipe(tmp_path, monkeypatch, cli_recipe):
     ("--data.batch_size=0", "data.batch_size must be an integer >= 1, got 0"),
     ("--model.lr=0", "model.lr must be > 0, got 0.0"),
     ("--data.sources=[{class_path: equiprop.data.sources.BundledDataset, init_args: {dataset: nope}}]",
-     "unknown bundled dataset 'nope'; bundled: default, tiny"),
+     "data.sources: dataset: Expected a typing.Literal['default', 'tiny']. Got value: nope"),
     ("--data.sources=[{class_path: equiprop.data.sources.MatminerCSV, init_args: "
      "{path: missing/elastic_tensor.csv.gz, dataset: elastic_tensor}}]",
      "file not found: missing/elastic_tensor.csv.gz"),

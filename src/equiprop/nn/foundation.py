@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from e3nn import o3
@@ -40,7 +40,9 @@ from equiprop.data.graph import edge_vectors
 from equiprop.nn.base import Encoder
 from equiprop.nn.feature_cache import FeatureCache, structure_keys, weights_digest
 
-FOUNDATION_MODELS = ("7net-0", "7net-l3i5")
+FoundationModel = Literal["7net-0", "7net-l3i5"]
+Descriptor = Literal["bulk_modulus", "gamma_phonons"]  # potential_physics.DESCRIPTOR_SIZES
+FOUNDATION_MODELS = get_args(FoundationModel)
 READOUT_MODULES = ("reduce_input_to_hidden", "reduce_hidden_to_energy", "rescale_atomic_energy")
 
 
@@ -91,10 +93,11 @@ class FoundationEncoder(Encoder):
     full_neighbor_list = True  # the potential was trained on all neighbours within its cutoff
     runtime_args = ("cache_features", "cache_dir")
 
-    def __init__(self, model: str = "7net-0", transfer: Literal["frozen", "finetune", "from_scratch"] = "frozen",
+    def __init__(self, model: FoundationModel = "7net-0",
+                 transfer: Literal["frozen", "finetune", "from_scratch"] = "frozen",
                  trainable_layers: int | None = None, cutoff: float = 5.0, parity: bool = True,
                  scalar_layers: list[int] | None = None, tensor_layers: list[int] | None = None,
-                 energy_feature: bool = False, descriptors: list[str] | None = None, cache_features: bool = True,
+                 energy_feature: bool = False, descriptors: list[Descriptor] | None = None, cache_features: bool = True,
                  cache_dir: str | None = None):
         super().__init__()
         if transfer not in ("frozen", "finetune", "from_scratch"):

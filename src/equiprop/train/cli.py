@@ -100,20 +100,19 @@ def run_lightning_cli(args: list[str]) -> None:
 
 
 def one_line(message: str) -> str:
-    """jsonargparse's nested report ('Parser key "data.sources": ... - <reason>') as 'data.sources: <reason>'.
-
-    The reason is the innermost message that is not a type mismatch of another branch of a union (such as
-    "Expected a <class 'NoneType'>"), e.g. the ConfigError an init raised.
-    """
+    """jsonargparse's nested report ('Parser key "data.sources": ... Parser key "dataset": <reason>') as one line,
+    'data.sources: dataset: <reason>': the innermost reason that is not another union branch's mismatch (such as
+    "Expected a <class 'NoneType'>"), e.g. the ConfigError an init raised or the allowed values of a Literal."""
     import re
 
-    keys = re.findall(r'(?:Parser key|Key) "([^"]+)"', message)
-    reasons = [line.strip()[2:] for line in message.splitlines() if line.strip().startswith("- ")]
-    reasons = [r for r in reasons if not r.startswith(("Expected a <class 'NoneType'>", "Not a valid subclass"))]
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    reason = reasons[0] if reasons else (lines[-1] if len(lines) > 1 else message.strip())
-    key = keys[-1] if keys else None
-    return f"{key}: {reason}" if key and not reason.startswith(key) else reason
+    noise = ("Expected a <class 'NoneType'>", "Expected a path but", "Does not validate against any",
+             "Problem with given class_path", "Subtypes:", "Errors:", "Given value", "Not a valid subclass")
+    lines = [line.strip().removeprefix("- ").strip() for line in message.splitlines()]
+    keys = [m.group(1) for line in lines if (m := re.match(r'(?:Parser key|Key) "([^"]+)":?$', line))]
+    reasons = [line for line in lines if line and not line.startswith(noise)
+               and not re.match(r'(?:Parser key|Key) "[^"]+":?$', line)]
+    reason = reasons[-1] if reasons else message.strip().splitlines()[-1]
+    return ": ".join(dict.fromkeys(keys + [reason]))
 
 
 def quietly(build):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -27,6 +28,8 @@ DATASETS: dict[str, tuple[str, str, dict[str, str]]] = {
     "piezoelectric_tensor": ("poscar", "poscar", {"piezo_tensor": "piezoelectric_tensor", "eij_max": "eij_max"}),
     "flla_2015": ("structure", "pymatgen_literal", {"Ef": "formation_energy_per_atom", "e_above_hull": "e_above_hull"}),
 }
+MatminerDataset = Literal["dielectric_constant", "elastic_tensor", "piezoelectric_tensor", "flla_2015"]
+assert set(get_args(MatminerDataset)) == set(DATASETS)
 IEEE_FRAME_TASKS = {"piezo_tensor"}  # MP stores these in the IEEE standard frame, not the POSCAR frame
 
 
@@ -40,7 +43,8 @@ class MatminerCSV(Source):
         check_symmetry: keep only tensors invariant under the structure's point group (symmetrised).
     """
 
-    def __init__(self, path: str, dataset: str | None = None, limit: int | None = None, check_symmetry: bool = True):
+    def __init__(self, path: str, dataset: MatminerDataset | None = None, limit: int | None = None,
+                 check_symmetry: bool = True):
         self.path = str(path)
         self.dataset = dataset or Path(self.path).name.split(".")[0]
         if self.dataset not in DATASETS:

@@ -10,6 +10,7 @@ import gzip
 import json
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.record import CrystalRecord, from_pymatgen_dict
@@ -79,6 +80,6 @@ def _without_labels(record: CrystalRecord) -> CrystalRecord:
 class BundledDataset(RecordsJSON):
     """A dataset shipped inside the package: ``default`` (5.9k MP materials, matminer 0.4.0) or ``tiny`` (58)."""
 
-    def __init__(self, dataset: str = "default"):
+    def __init__(self, dataset: Literal["default", "tiny"] = "default"):
         super().__init__(str(bundled_path(dataset)), name=f"bundled:{dataset}")
         self.dataset = dataset
