@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             run_lightning_cli(argv)
             return 0
         if argv and argv[0] == "predict":
-            from equiprop.predict import predict_command
+            from equiprop.workflows.predict import predict_command
 
             return predict_command(argv[1:])
         if argv and argv[0] == "tune":

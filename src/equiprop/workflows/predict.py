@@ -1,0 +1,165 @@
+"""``equiprop predict``: structure files in, a CSV/JSON table of predictions (and of refused inputs) out.
+
+What is refused and how it is reported, and the exit status: see ``equiprop.predict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from equiprop.data.errors import ConfigError, DataError, SkipLog
+from equiprop.data.record import CrystalRecord, read_structure_file, structure_format
+from equiprop.predict import Predictor
+
+
+def collect_files(inputs: list[str]) -> list[Path]:
+    """Files given, and every entry of the folders given (one level; dotfiles skipped). Entries that are not
+    structure files are kept, so that reading them reports them rather than dropping them silently."""
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        else:
+            files.append(path)
+    return files
+
+
+def failure(err: DataError, file: str, record: CrystalRecord | None = None) -> dict:
+    return {"id": record.id if record is not None else Path(file).stem, "file": file,
+            "formula": record.formula if record is not None else "", "status": "failed", "reason": err.kind,
+            "error": str(err)}
+
+
+def read_inputs(inputs: list[str]) -> list[CrystalRecord | dict]:
+    """Records and failure rows, in input order."""
+    items = []
+    for path in collect_files(inputs):
+        try:
+            if path.is_dir():
+                raise DataError(str(path), "a folder inside an input folder: not searched (give it to --input)",
+                                "folder not searched")
+            if not path.exists():
+                raise DataError(str(path), "no such file", "missing file")
+            if structure_format(path) is None:
+                raise DataError(str(path), "unknown file type (expected .cif, POSCAR/CONTCAR/.vasp or "
+                                           ".xyz/.extxyz)", "unknown file type")
+            for record in read_structure_file(path):
+                record.source = str(path)
+                items.append(record)
+        except DataError as err:
+            items.append(failure(err, str(path)))
+    return items
+
+
+def check_output(path: Path) -> None:
+    """ConfigError unless ``path`` can be written: its folder exists and is writable (before any computing)."""
+    folder = path.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"--output {path}: folder {folder} {problem}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {path}: folder {folder} is not writable")
+    if path.is_dir():
+        raise ConfigError(f"--output {path} is a folder; give a file name ending in .csv or .json")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"--output {path}: file is not writable")
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="equiprop predict", description="Predict properties of crystals.")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `equiprop fit`")
+    parser.add_argument("--input", nargs="+", required=True, help="CIF/POSCAR/extxyz files or folders of them")
+    parser.add_argument("--output", required=True, help="out.csv or out.json (its folder must exist)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--allow-unseen-elements", action="store_true",
+                        help="predict structures with elements the model never saw in training (refused by default)")
+    parser.add_argument("--allow-failures", action="store_true",
+                        help="exit 0 when some inputs fail (they are still rows with status 'failed')")
+    args = parser.parse_args(argv)
+    if Path(args.output).suffix not in (".csv", ".json"):
+        parser.error("--output must end in .csv or .json")
+    return args
+
+
+def predict_command(argv: list[str]) -> int:
+    args = parse_arguments(argv)
+    output = Path(args.output)
+    check_output(output)
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.batch_size, args.allow_unseen_elements, warn=False)
+    for notice in predictor.notices:
+        print(f"equiprop predict: warning: {notice}", file=sys.stderr)
+    items = read_inputs(args.input)
+    records = [item for item in items if isinstance(item, CrystalRecord)]
+    outcomes = iter(predictor.predict_records(records, progress=True))
+    rows = [item if isinstance(item, dict) else row(item, next(outcomes)) for item in items]
+    write_predictions(output, rows, predictor.units(), args.checkpoint)
+    report(rows, output, predictor, records)
+    return exit_status(rows, args.allow_failures)
+
+
+def row(record: CrystalRecord, outcome: dict | DataError) -> dict:
+    if isinstance(outcome, DataError):
+        return failure(outcome, record.source, record)
+    return {"id": record.id, "file": record.source, "formula": record.formula, "status": "ok", **outcome}
+
+
+def report(rows: list[dict], output: Path, predictor: Predictor, records: list[CrystalRecord]) -> None:
+    failed = SkipLog(max_examples=5)
+    for r in rows:
+        if r["status"] == "failed":
+            print(f"equiprop predict: failed {r['error']}", file=sys.stderr)
+            failed.add(r["reason"], Path(r["file"]).name)
+    ok = sum(r["status"] == "ok" for r in rows)
+    summary = f"wrote {ok} predictions to {output}; {failed.total} inputs failed"
+    print(summary + (": " + "; ".join(failed.lines()) if failed.total else ""))
+    extrapolated = [f"{Path(r.source).name} ({', '.join(predictor.unseen_elements(r))})" for r in records
+                    if predictor.allow_unseen_elements and predictor.unseen_elements(r)]
+    if extrapolated:
+        print(f"equiprop predict: warning: {len(extrapolated)} structures hold elements unseen in training, "
+              f"predicted anyway (--allow-unseen-elements): {', '.join(extrapolated[:5])}", file=sys.stderr)
+
+
+def exit_status(rows: list[dict], allow_failures: bool) -> int:
+    ok = sum(r["status"] == "ok" for r in rows)
+    if ok == 0:
+        print("equiprop predict: error: nothing was predicted" + ("" if rows else " (no input files found)"),
+              file=sys.stderr)
+        return 1
+    if ok < len(rows) and not allow_failures:
+        print(f"equiprop predict: error: {len(rows) - ok} of {len(rows)} inputs failed (rows with status 'failed'); "
+              "--allow-failures exits 0 when some inputs fail", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _plain(value):
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def write_predictions(path: Path, rows: list[dict], units: dict, checkpoint: str) -> None:
+    """CSV: one row per input (failed ones with empty property cells); JSON: predictions and errors apart."""
+    if path.suffix == ".json":
+        predictions = [{k: _plain(v) for k, v in r.items()} for r in rows if r["status"] == "ok"]
+        errors = [r for r in rows if r["status"] == "failed"]
+        path.write_text(json.dumps({"checkpoint": str(checkpoint), "units": units, "errors": errors,
+                                    "predictions": predictions}, indent=1))
+        return
+    names = list(units)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "file", "formula"] + [f"{n} [{units[n]}]" for n in names] + ["status", "error"])
+        for r in rows:
+            values = [_csv_value(r[n]) if r["status"] == "ok" else "" for n in names]
+            writer.writerow([r["id"], r["file"], r["formula"]] + values + [r["status"], r.get("error", "")])
+
+
+def _csv_value(value):
+    return json.dumps(_plain(value)) if isinstance(value, np.ndarray) else value
