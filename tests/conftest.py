@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -63,3 +64,13 @@ def tiny_entries(tiny_multitask_path) -> list[dict]:
 def isolated_cache(tmp_path_factory, monkeypatch):
     """No test writes graphs to the user's cache."""
     monkeypatch.setenv("EQUIPROP_CACHE", str(tmp_path_factory.getbasetemp() / "graph_cache"))
+
+
+@pytest.fixture
+def float64():
+    """Default dtype float64 for the test: e3nn builds coupling coefficients in it, and equivariance checks then hold to
+    rounding (1e-10), not to float32's 1e-4."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

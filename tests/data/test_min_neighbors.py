@@ -65,14 +65,6 @@ def test_min_neighbors_zero_keeps_the_old_refusal_and_a_larger_minimum_extends()
     assert torch.bincount(many[keys.EDGE_INDEX][0]).min() >= 14
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # equivariance to rounding, not to float32's 1e-3
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_encoders_give_finite_rotation_invariant_scalars_on_the_extended_graph(float64):
     torch.manual_seed(0)
     record = rubidium()

@@ -88,7 +88,7 @@ def test_headered_csv_with_two_tasks(tmp_path, tiny):
 
     # explicit column names win over task keys; a named column that does not exist is an error
     renamed = StructureFolder(str(root), labels="labels.csv", columns={"Eg": "formation_energy_per_atom"})
-    result = renamed.load(resolve_tasks(["Eg"]))
+    result = renamed.load(resolve_tasks([{"name": "Eg", "valid_range": None}]))  # formation energies are < 0
     assert [r.labels["Eg"] for r in result.records] == [e["Ef"] for e in chosen if e["Ef"] is not None]
     with pytest.raises(ConfigError, match="'gap' of task 'Eg' not found"):
         StructureFolder(str(root), labels="labels.csv", columns={"Eg": "gap"}).load(resolve_tasks(["Eg"]))

@@ -7,6 +7,8 @@ from torch_geometric.utils import scatter
 
 from equiprop.nn.blocks import EdgeTensorProductBlock
 
+pytestmark = pytest.mark.usefixtures("float64")  # equivariance to rounding: build and run in float64
+
 
 def _reference(block: EdgeTensorProductBlock, wanted: set):
     """e3nn's own TensorProduct with the same paths, one output block per path (unsorted), per-edge weights.
@@ -32,15 +34,6 @@ def _reference(block: EdgeTensorProductBlock, wanted: set):
         return torch.cat(chunks, dim=1)
 
     return tp, to_e3nn, mid, list(inv)
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Coupling coefficients are computed in the default dtype when a block is built: build everything in float64."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 CASES = [

@@ -12,15 +12,9 @@ from equiprop.data.graph import record_to_graph
 from equiprop.data.record import from_pymatgen
 from equiprop.nn import EquivariantEncoder
 
+pytestmark = pytest.mark.usefixtures("float64")  # equivariance to rounding: build and run in float64
+
 CUTOFF = 4.5
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,12 @@ from equiprop.data.symmetry import rotate_tensor
 from equiprop.nn import EquivariantEncoder, InvariantEncoder
 from equiprop.train.module import MultiTaskModel
 
+pytestmark = pytest.mark.usefixtures("float64")  # equivariance to rounding: build and run in float64
+
 TASKS = ["Ef", "Eg", "eps_electronic", "elastic_tensor", "piezo_tensor"]
 # the same tasks with positive-definite outputs through the log-Euclidean map (matrix exponentials)
 SPD_TASKS = ["Ef", "Eg", {"name": "eps_electronic", "parametrization": "spd_log"},
              {"name": "elastic_tensor", "parametrization": "spd_log"}, "piezo_tensor"]
-
-
-@pytest.fixture(autouse=True)
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from equiprop.predict import Predictor  # noqa: E402
 
 pytestmark = pytest.mark.integration  # trains on SevenNet features
 
-TASKS = ["Ef", "Eg", "K_VRH", "eps_electronic", "elastic_tensor", "piezo_tensor"]
+TASKS = ["Ef", "Eg", "K_VRH", "eps_electronic", "elastic_tensor"]  # the tiny set has no piezo labels to train on
 
 
 @pytest.fixture
@@ -60,9 +60,9 @@ def test_frozen_fit_keeps_pretrained_weights_and_trains_heads(data, tmp_path):
     assert embed_graphs(predictor.model.encoder, structures).shape == (4, 640 + 2 * (64 + 32))
     for i in range(4):
         assert loaded[i]["Ef"] == pytest.approx(float(expected["Ef"][i]), rel=1e-5)
-        assert torch.allclose(torch.as_tensor(loaded[i]["piezo_tensor"]).float(),
-                              torch.as_tensor(predictor.tasks["piezo_tensor"].to_user(
-                                  expected["piezo_tensor"][i].double().numpy())).float(), atol=1e-5)
+        assert torch.allclose(torch.as_tensor(loaded[i]["elastic_tensor"]).float(),
+                              torch.as_tensor(predictor.tasks["elastic_tensor"].to_user(
+                                  expected["elastic_tensor"][i].double().numpy())).float(), rtol=1e-5, atol=1e-4)
 
 
 def test_partial_finetune_trains_only_the_last_layer(data, tmp_path):

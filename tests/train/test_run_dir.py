@@ -26,6 +26,7 @@ def _digest(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.integration  # four short fits
 def test_a_second_fit_with_the_same_run_name_is_refused_unless_resumed_or_overwritten(recipe, tmp_path, capsys):
     run = tmp_path / "checkpoints" / "tiny"
     assert main(["fit", "-c", str(recipe)]) == 0
@@ -75,6 +76,7 @@ def test_the_lock_of_a_killed_fit_is_taken_over(tmp_path):
     assert not lock.exists()
 
 
+@pytest.mark.integration  # two Python processes importing equiprop
 def test_of_two_fits_started_at_once_exactly_one_gets_the_folder(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time

@@ -125,14 +125,6 @@ def test_tensor_loss_parts_are_weighted_separately():
     assert set(parts) == {"anisotropic"} and float(total) == 1.0
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def test_outputs_positive_definite_for_random_weights_and_structures(tiny_entries, float64):
     records = [from_pymatgen(Structure.from_dict(e["structure"]), str(i)) for i, e in enumerate(tiny_entries[:12])]
     batch = Batch.from_data_list([record_to_graph(r, {}, 4.5) for r in records])

@@ -10,7 +10,8 @@ from matbench.bench import MatbenchBenchmark
 
 from equiprop.cli import main
 
-FAST = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false"]
+FAST = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
+        "--trainer.log_every_n_steps=1"]
 
 
 @pytest.fixture

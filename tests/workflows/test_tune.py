@@ -15,7 +15,7 @@ from equiprop.workflows.tune import make_storage, make_study, tune_command
 RECIPE = {
     "run_name": "tiny_tune",
     "seed_everything": 0,
-    "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False},
+    "trainer": {"max_epochs": 1, "accelerator": "cpu", "enable_progress_bar": False, "log_every_n_steps": 1},
     "model": {"encoder": {"class_path": "equiprop.nn.EquivariantEncoder",
                           "init_args": {"max_ell": 1, "multiplicities": [8, 4, 4], "num_layers": 1}}},
     "data": {"sources": [{"class_path": "equiprop.data.sources.BundledDataset", "init_args": {"dataset": "tiny"}}],

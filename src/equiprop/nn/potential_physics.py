@@ -128,6 +128,6 @@ class PotentialPhysics:
         phonon.forces = forces.double().numpy()
         phonon.produce_force_constants()
         phonon.run_qpoints([[0.0, 0.0, 0.0]])
-        frequencies = np.sort(phonon.get_qpoints_dict()["frequencies"][0]) * THZ_IN_CM1  # imaginary: negative
+        frequencies = np.sort(phonon.qpoints.frequencies[0]) * THZ_IN_CM1  # imaginary: negative
         optical = frequencies[3:] if n > 1 else np.zeros(1)
         return [float(frequencies.max()) / 1000, float(optical.mean()) / 1000, float(frequencies.min()) / 1000]

@@ -161,11 +161,11 @@ def sampler_seed(seed: int, n_existing: int) -> int:
 
 def make_storage(tune: dict, url: str):
     """The RDB storage with the recipe's heartbeat: a killed worker's trial is failed and retried (twice)."""
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     interval, grace = heartbeat_settings(tune)
     return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
-                      failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
 
 
 def make_study(tune: dict, storage, study_name: str):
