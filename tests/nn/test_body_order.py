@@ -10,7 +10,9 @@ from equiprop.data.graph import record_to_graph
 from equiprop.data.record import from_pymatgen
 from equiprop.nn import EquivariantEncoder, build_encoder, describe
 from equiprop.nn.blocks import ProductBasisBlock, _channelwise_product
-from test_equivariance import _assert_close, _transformed, float64, structures  # noqa: F401  (fixtures)
+from test_equivariance import _assert_close, _transformed, structures  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.usefixtures("float64")  # equivariance to rounding: build and run in float64
 
 # state_dict of EquivariantEncoder(cutoff=4.5, max_ell=1, multiplicities=[8, 4], num_layers=1) before correlation
 # existed: checkpoints of the two-body model must keep loading.
