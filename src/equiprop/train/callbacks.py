@@ -13,7 +13,9 @@ def metrics_table(metrics: dict, stage: str, tasks: dict) -> str:
         prefix = f"{stage}/{task}/"
         for key in sorted(k for k in metrics if k.startswith(prefix) and not k.endswith("/loss")):
             metric = key[len(prefix):]
-            units = "" if metric in ("r2", "accuracy") else tasks[task].units
+            # losses are in normalised units (training space), not the task's physical units
+            units = "" if metric in ("r2", "accuracy") else "normalised" if metric.startswith("loss") \
+                else tasks[task].units
             rows.append(f"{task:<16} {metric:<34} {float(metrics[key]):>12.4g}  {units}")
     header = f"{'task':<16} {'metric':<34} {'value':>12}  units"
     return "\n".join([f"{stage} metrics (physical units)", header, "-" * (len(header) + 10), *rows])
