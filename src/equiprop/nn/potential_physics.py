@@ -16,6 +16,8 @@ errors remain. Each is cached per structure like the frozen features.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch_geometric.data import Data
@@ -114,7 +116,12 @@ class PotentialPhysics:
         positions = graph[keys.POSITIONS].double().numpy()
         unitcell = PhonopyAtoms(numbers=graph[keys.ATOMIC_NUMBERS].numpy(), cell=cell,
                                 scaled_positions=positions @ np.linalg.inv(cell))
-        phonon = Phonopy(unitcell, supercell_matrix=np.eye(3, dtype=int))  # the cell itself: Γ-point phonons
+        # supercell = the cell itself: Γ-point phonons. primitive_matrix "auto" (phonopy 4's default, chosen here on
+        # purpose, so phonopy 3 agrees): Γ of the primitive cell, the same whichever cell a structure comes in.
+        # phonopy 4 warns whenever "auto" finds a smaller cell, even when asked for it by name.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="primitive_matrix defaulted to 'auto'")
+            phonon = Phonopy(unitcell, supercell_matrix=np.eye(3, dtype=int), primitive_matrix="auto")
         phonon.generate_displacements(distance=DISPLACEMENT)
         steps = []
         for displaced in phonon.supercells_with_displacements:
