@@ -4,7 +4,6 @@ Everything comes from the package itself (the bundled tiny dataset), so these te
 """
 
 import csv
-import inspect
 import json
 import pickle
 import zipfile
@@ -21,7 +20,6 @@ from equiprop import Predictor
 from equiprop.cli import main
 from equiprop.data.datamodule import MultiTaskDataModule
 from equiprop.data.errors import DataError
-from equiprop.data.graph import record_to_graph
 from equiprop.data.sources import RecordsJSON
 from equiprop.data.sources.records_json import bundled_path
 from equiprop.data.splits import RandomSplit
@@ -334,8 +332,7 @@ def test_graph_parameters_and_untrained_tasks_come_from_the_checkpoint(checkpoin
     with pytest.warns(UserWarning, match="no training labels.*: Eg"):
         predictor = Predictor.from_checkpoint(newer)
     assert predictor.cutoff == 4.5 and predictor.max_neighbors == 4
-    takes_min_neighbors = "min_neighbors" in inspect.signature(record_to_graph).parameters
-    assert predictor.graph_options == ({"min_neighbors": 2} if takes_min_neighbors else {})
+    assert predictor.min_neighbors == 2
     graphs, kept, _ = predictor.graphs([structure(entries, i) for i in range(3)])
     assert kept == [0, 1, 2] and all(g.edge_index.shape[1] <= 4 * g.num_nodes for g in graphs)
     prediction = predictor.predict([structure(entries)])[0]
@@ -357,5 +354,5 @@ def test_an_older_checkpoint_without_graph_meta_keeps_working(checkpoint, entrie
 
     older = Predictor.from_checkpoint(variant(checkpoint, tmp_path, older_meta))
     assert older.cutoff == older.model.encoder.cutoff == 4.5 and older.max_neighbors == 5
-    assert older.graph_options == {} and older.omitted_tasks == []
+    assert older.min_neighbors == 1 and older.omitted_tasks == []  # the graph builder's default
     assert list(older.predict([structure(entries)])[0]) == OUTPUTS

@@ -45,7 +45,7 @@ import torch
 from torch_geometric.data import Batch
 
 from equiprop.data.errors import ConfigError, DataError
-from equiprop.data.graph import atoms_per_graph, record_to_graph
+from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord, from_ase, from_pymatgen
 from equiprop.nn.base import build_encoder
 from equiprop.train.metrics import voigt_bulk_modulus, voigt_shear_modulus
@@ -64,7 +64,7 @@ class Predictor:
     Args:
         model: a ``MultiTaskModel``.
         max_neighbors, cutoff, min_neighbors: graph parameters as in training (cutoff: the encoder's by default;
-            min_neighbors is passed on only where ``record_to_graph`` takes it).
+            min_neighbors: 1, the graph builder's default, for checkpoints that predate it).
         batch_size: structures per forward pass.
         allow_unseen_elements: predict structures holding elements the model never saw in training (refused by
             default: the model's embedding of those elements was never trained).
@@ -78,7 +78,8 @@ class Predictor:
         self.model = model.eval()
         self.tasks = model.tasks
         self.cutoff = float(cutoff) if cutoff is not None else model.encoder.cutoff
-        self.max_neighbors, self.min_neighbors, self.batch_size = max_neighbors, min_neighbors, batch_size
+        self.max_neighbors, self.batch_size = max_neighbors, batch_size
+        self.min_neighbors = 1 if min_neighbors is None else int(min_neighbors)
         self.allow_unseen_elements = allow_unseen_elements
         self.notices: list[str] = []
         self.omitted_tasks = [name for name in self.tasks if name in set(omit_tasks)]
@@ -87,7 +88,6 @@ class Predictor:
             self.notices.append(f"tasks with no training labels are left out of the predictions: "
                                 f"{', '.join(self.omitted_tasks)}")
         self.species_seen = self._species_seen()
-        self.graph_options = self._graph_options()
 
     # -- loading --------------------------------------------------------------------------------------------------
     @classmethod
@@ -119,16 +119,6 @@ class Predictor:
             return None
         return seen.cpu().numpy().astype(bool)
 
-    def _graph_options(self) -> dict:
-        """Extra record_to_graph arguments from the checkpoint that this version's record_to_graph takes."""
-        if self.min_neighbors is None:
-            return {}
-        if "min_neighbors" in inspect.signature(record_to_graph).parameters:
-            return {"min_neighbors": self.min_neighbors}
-        self.notices.append(f"the checkpoint was trained on graphs with min_neighbors={self.min_neighbors}, which "
-                            "this version's graph builder does not support: graphs are built without it")
-        return {}
-
     def check_probe(self, where: str) -> None:
         """Refuse a model whose every output is non-finite on a simple crystal (corrupted weights)."""
         z = int(np.flatnonzero(self.species_seen)[0]) if self.species_seen is not None else 14
@@ -150,7 +140,7 @@ class Predictor:
         raise TypeError(f"structure {index}: expected a pymatgen Structure, ASE Atoms or CrystalRecord")
 
     def graph(self, record: CrystalRecord):
-        return record_to_graph(record, {}, self.cutoff, self.max_neighbors, **self.graph_options)
+        return record_to_graph(record, {}, self.cutoff, self.max_neighbors, self.min_neighbors)
 
     def unseen_elements(self, record: CrystalRecord) -> list[str]:
         """Symbols of the record's elements the model never saw in training ([] when the checkpoint cannot tell)."""
@@ -230,9 +220,7 @@ class Predictor:
             chunks = tqdm(chunks, desc="predict", unit="batch")
         for start in chunks:
             batch = Batch.from_data_list(graphs[start:start + self.batch_size])
-            num_atoms = atoms_per_graph(batch)  # extensive (sum-pooled) tasks scale with the structure's atoms
-            physical = {name: self.model.normalizer.to_physical(name, y, num_atoms)
-                        for name, y in self.model(batch, self.output_tasks).items()}
+            physical = self.model.predict_physical(batch, self.output_tasks)
             if "elastic_tensor" in physical:
                 physical["K_Voigt"] = voigt_bulk_modulus(physical["elastic_tensor"])
                 physical["G_Voigt"] = voigt_shear_modulus(physical["elastic_tensor"])

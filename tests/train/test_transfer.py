@@ -56,6 +56,11 @@ def test_frozen_encoder_stays_bit_identical_and_new_heads_train(pretrained, tmp_
     # the reused head kept the pretrained normalisation; the new task got the new data's
     assert torch.equal(after["normalizer.shift_Ef"], before["normalizer.shift_Ef"])
     assert float(after["normalizer.shift_K_VRH"]) > 1.0  # log10 GPa of real moduli
+    # the reused head learned from both datasets' labels, and the checkpoint says so
+    pretrained_counts = torch.load(path, weights_only=True)["equiprop"]["train_label_counts"]
+    tuned_counts = torch.load(tuned_checkpoint, weights_only=True)["equiprop"]["train_label_counts"]
+    own = tuned.trainer.datamodule.report["label_counts"]["train"]
+    assert tuned_counts == {"Ef": own["Ef"] + pretrained_counts["Ef"], "K_VRH": own["K_VRH"]}
     # the fine-tuned checkpoint stands alone: prediction does not need the pretrained file any more
     path.unlink()
     predictor = Predictor.from_checkpoint(tuned_checkpoint)

@@ -38,7 +38,7 @@ def neighbour_list(record: CrystalRecord, cutoff: float, max_neighbors: int | No
     return _edges(record, _pairs(record, cutoff), cutoff, max_neighbors)
 
 
-def _edges(record: CrystalRecord, pairs, radius: float, max_neighbors: int | None, note: str = ""):
+def _edges(record: CrystalRecord, pairs, cutoff: float, max_neighbors: int | None, note: str = ""):
     i, j, shifts, d = pairs
     if max_neighbors is not None:
         order = np.lexsort((d, i))  # by center, then distance
@@ -48,7 +48,7 @@ def _edges(record: CrystalRecord, pairs, radius: float, max_neighbors: int | Non
         i, j, shifts = i[keep], j[keep], shifts[keep]
     isolated = np.setdiff1d(np.arange(record.num_atoms), i)
     if len(isolated):
-        raise DataError(record.id, f"atom {int(isolated[0])} has no neighbour within the {radius} Å cutoff{note}",
+        raise DataError(record.id, f"atom {int(isolated[0])} has no neighbour within the {cutoff} Å cutoff{note}",
                         "atom with no neighbour within the cutoff")
     return np.stack([i, j]).astype(np.int64), shifts.astype(np.float64)
 
@@ -61,7 +61,7 @@ def extended_radius(record: CrystalRecord, cutoff: float, min_neighbors: int, pa
     neighbour 5.05 Å) still form a graph. The graph records cutoff / radius (``keys.EDGE_LENGTH_SCALE``): encoders
     scale its edge lengths by it, so the extended neighbour shell lies inside the radial envelope as usual.
     """
-    i, _, _, d = pairs if pairs is not None else _pairs(record, cutoff)
+    i = (pairs if pairs is not None else _pairs(record, cutoff))[0]
     if min_neighbors <= 0 or np.bincount(i, minlength=record.num_atoms).min() >= min_neighbors:
         return cutoff
     i, _, _, d = _pairs(record, MAX_RADIUS_FACTOR * cutoff)

@@ -88,9 +88,6 @@ def cli_kwargs() -> dict:
 def run_lightning_cli(args: list[str]) -> None:
     from jsonargparse import ArgumentError
 
-    if any(a in ("-h", "--help") or a.startswith("--print_config") for a in args):
-        quietly(lambda: EquipropCLI(args=args, **cli_kwargs()))  # help and config printing exit by themselves
-        return
     try:
         quietly(lambda: EquipropCLI(args=args, **cli_kwargs()))
     except ArgumentError as err:

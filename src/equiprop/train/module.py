@@ -34,10 +34,6 @@ Finetune = Literal["all", "frozen_encoder", "last_layers"]
 assert set(Loss.__args__) == set(REGRESSION_LOSSES)
 
 
-def resolve_task_name(task) -> str:
-    return resolve_task(task).name
-
-
 class MultiTaskModel(L.LightningModule):
     """Encoder + per-task readouts, trained on masked labels.
 
@@ -79,7 +75,7 @@ class MultiTaskModel(L.LightningModule):
                               ("model.environment_channels", environment_channels)):
             if value < 0 or (option == "model.lr" and value == 0):
                 raise ConfigError(f"{option} must be {'> 0' if option == 'model.lr' else '>= 0'}, got {value}")
-        unknown = set(task_weights or {}) - {resolve_task_name(t) for t in tasks}
+        unknown = set(task_weights or {}) - {resolve_task(t).name for t in tasks}
         if unknown:
             raise ConfigError(f"model.task_weights names tasks the model does not have: {sorted(unknown)}")
         self.save_hyperparameters(ignore=["encoder"])
@@ -101,6 +97,7 @@ class MultiTaskModel(L.LightningModule):
                 invariant = torch.as_tensor(invariant_mask(task.formula), dtype=torch.bool)
                 self.register_buffer(f"isotropic_{name}", invariant, persistent=False)  # (irreps dim,) 0e entries
         self.register_buffer("species_seen", torch.zeros(MAX_Z + 1, dtype=torch.bool))  # elements of the fit data
+        self.pretrained_label_counts: dict[str, int | None] = {}  # of the reused heads, set by load_pretrained
         self.reused_tasks = load_pretrained(self, init_from) if init_from else []
         self.frozen = frozen_parameters(self, finetune, trainable_layers) if init_from else []
         for p in self.frozen:
@@ -114,17 +111,20 @@ class MultiTaskModel(L.LightningModule):
         datamodule.setup(stage)
         if abs(datamodule.cutoff - self.encoder.cutoff) > 1e-9:
             raise ConfigError(f"the encoder's cutoff ({self.encoder.cutoff} Å) differs from the data's neighbour-list "
-                             f"cutoff ({datamodule.cutoff} Å); set one value (the CLI links data.cutoff to it)")
+                              f"cutoff ({datamodule.cutoff} Å); set one value (the CLI links data.cutoff to it)")
         if getattr(self.encoder, "full_neighbor_list", False) and datamodule.max_neighbors is not None:
             raise ConfigError(f"{type(self.encoder).__name__} needs every neighbour within its cutoff, as in its "
-                             f"pretraining; set data.max_neighbors: null (got {datamodule.max_neighbors})")
+                              f"pretraining; set data.max_neighbors: null (got {datamodule.max_neighbors})")
         missing = set(self.tasks) - set(datamodule.tasks)
         if missing:
             raise ConfigError(f"the model predicts tasks the data does not define: {sorted(missing)}")
         statistics = datamodule.train_statistics  # of the training split only, like the normalisation
         counts = datamodule.report["label_counts"]["train"]
         self.train_label_counts = {name: int(counts.get(name, 0)) for name in self.tasks}
-        untrained = [n for n in self.tasks if self.train_label_counts[n] == 0 and n not in self.reused_tasks]
+        for name in self.reused_tasks:  # its head also learned from the pretraining labels
+            before = self.pretrained_label_counts.get(name)  # None: an older checkpoint did not count them
+            self.train_label_counts[name] = None if before is None else self.train_label_counts[name] + before
+        untrained = [name for name, count in self.train_label_counts.items() if count == 0]
         if untrained:
             per_split = {n: {split: c[n] for split, c in datamodule.report["label_counts"].items()} for n in untrained}
             raise ConfigError(f"tasks with no label in the training split: {untrained} (labels per split: "
@@ -160,10 +160,10 @@ class MultiTaskModel(L.LightningModule):
         return {name: self.heads[name](features, batch)
                 for name in (tasks if tasks is not None else self.tasks)}
 
-    def predict_physical(self, batch) -> dict[str, torch.Tensor]:
-        """Predictions in physical units (tensors Cartesian; binary: probability)."""
-        num_atoms = atoms_per_graph(batch)
-        return {n: self.normalizer.to_physical(n, y, num_atoms) for n, y in self(batch).items()}
+    def predict_physical(self, batch, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Predictions in physical units (tensors Cartesian; binary: probability) of ``tasks`` (default: all)."""
+        num_atoms = atoms_per_graph(batch)  # extensive (sum-pooled) tasks scale with the structure's atoms
+        return {n: self.normalizer.to_physical(n, y, num_atoms) for n, y in self(batch, tasks).items()}
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         present = [n for n in self.tasks if bool(batch[keys.mask_key(n)].any())]

@@ -50,6 +50,8 @@ def load_pretrained(model, path: str) -> list[str]:
     model.species_seen.copy_(state["species_seen"])
     defined = pretrained["equiprop"]["tasks"]  # compared as TaskSpecs: fields added later take their defaults
     reused = [name for name, task in model.tasks.items() if name in defined and TaskSpec(**defined[name]) == task]
+    counts = pretrained["equiprop"].get("train_label_counts") or {}  # older checkpoints: unknown (None)
+    model.pretrained_label_counts = {name: counts.get(name) for name in reused}
     for name in reused:
         prefix = f"heads.{name}."
         model.heads[name].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})

@@ -245,10 +245,10 @@ def write_outputs(study, recipe: dict, tune: dict, run_dir: Path) -> dict:
     (run_dir / "best_recipe.yaml").write_text(header + yaml.safe_dump(best_recipe, sort_keys=False))
     outputs["best_recipe"] = str(run_dir / "best_recipe.yaml")
     plots = {"history": lambda: optuna.visualization.matplotlib.plot_optimization_history(
-        study, target=(lambda t: t.values[0]) if multi else None, target_name=tune.get("metric", DEFAULT_METRIC))}
+        study, target=(lambda t: t.values[0]) if multi else None, target_name=metric)}
     if multi:
         plots["pareto_front"] = lambda: optuna.visualization.matplotlib.plot_pareto_front(
-            study, target_names=[tune.get("metric", DEFAULT_METRIC), SECONDS_PER_EPOCH])
+            study, target_names=[metric, SECONDS_PER_EPOCH])
     elif len(done) >= 2 and len(done[0].params) >= 2:
         plots["importances"] = lambda: optuna.visualization.matplotlib.plot_param_importances(study)
     for name, plot in plots.items():
