@@ -8,4 +8,8 @@ def __getattr__(name):  # lazy: `import equiprop` stays cheap; the model stack l
         from equiprop.predict import Predictor
 
         return Predictor
+    if name in ("UncertainPredictor", "load_predictor"):
+        import equiprop.uncertainty
+
+        return getattr(equiprop.uncertainty, name)
     raise AttributeError(name)

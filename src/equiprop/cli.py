@@ -15,8 +15,12 @@ USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VAL
                 [fit: --ckpt_path last.ckpt (resume) | --overwrite=true (replace an earlier run of this name)]
        equiprop predict --checkpoint CKPT --input FILES_OR_DIR [...] --output out.{csv,json}
                 [--allow-failures] [--allow-unseen-elements]
+       equiprop screen --input PATHS --phase1 CKPT [...] [--phase2 CKPT ...] [-c SELECTION.yaml] --output OUT.csv
        equiprop tune -c RECIPE.yaml --n-trials N [--storage URL --study-name NAME] [--trainer.KEY=VALUE ...]
        equiprop matbench --task TASK -c RECIPE.yaml [--folds 0 1 2 3 4] [--subset] [--trainer.KEY=VALUE ...]
+       equiprop ensemble -c RECIPE.yaml --seeds 0 1 2 [--mc-samples N] [--trainer.KEY=VALUE ...]
+       equiprop calibrate --checkpoints CKPT [CKPT ...] [--mc-samples N] [--manifest OUT.json]
+       equiprop suggest --pool FILES_OR_DIRS|bundled:NAME --checkpoints CKPT [...] --task NAME --budget N --output out.csv
        equiprop embed --checkpoint CKPT (--input FILES_OR_DIRS | --dataset default) --output emb.npz
        equiprop data summary [-c CONFIG] [--data.KEY=VALUE ...]
 
@@ -24,6 +28,9 @@ USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VAL
   predict             properties of new structures (CIF/POSCAR/extxyz) in physical units
   tune                Optuna search (max_ell, irreps, ...) declared in the recipe's tune: section
   matbench            official MatBench folds, one training each, results in matbench's record format
+  ensemble            one training per seed, then calibration: a deep ensemble with a manifest (members, scales)
+  calibrate           calibration of predicted sigmas on the validation/test splits; fits per-task std scales
+  suggest             rank unlabelled structures for the next DFT labels (uncertainty/window/EI + diversity)
   embed               per-structure latent vectors (rotation-invariant) for maps of the learned space
   data summary        per source and task: records read, labels present, skips with reasons, merges, splits
 """
@@ -91,10 +98,22 @@ def main(argv: list[str] | None = None) -> int:
             from equiprop.workflows.predict import predict_command
 
             return predict_command(argv[1:])
+        if argv and argv[0] == "screen":
+            from equiprop.workflows.screen import screen_command
+
+            return screen_command(argv[1:])
         if argv and argv[0] == "tune":
             from equiprop.workflows.tune import tune_command
 
             return tune_command(argv[1:])
+        if argv and argv[0] in ("ensemble", "calibrate"):
+            from equiprop.workflows import calibrate
+
+            return getattr(calibrate, f"{argv[0]}_command")(argv[1:])
+        if argv and argv[0] == "suggest":
+            from equiprop.workflows.suggest import suggest_command
+
+            return suggest_command(argv[1:])
         if argv and argv[0] == "embed":
             from equiprop.workflows.embed import embed_command
 

@@ -6,6 +6,10 @@
     equiprop predict --checkpoint CKPT --input FILES_OR_FOLDERS --output out.{csv,json}
                      [--allow-unseen-elements] [--allow-failures] [--batch-size N]    (equiprop.workflows.predict)
 
+With uncertainty (a standard deviation per output, in its units): ``equiprop.uncertainty.load_predictor`` over
+several checkpoints (a deep ensemble), an ensemble manifest, or a model trained with ``model.dropout`` and
+``mc_samples``; ``equiprop predict --checkpoint A B C`` / ``--mc-samples N`` adds ``<task>_std`` columns.
+
 What is refused, and how it is reported:
 
 - **Checkpoints** are loaded with ``torch.load(weights_only=True)``: tensors and plain types only, nothing
@@ -58,7 +62,34 @@ BINARY_UNITS = "probability"
 PROBE_SPACING = 3.0  # Å, nearest-neighbour distance of the probe crystal (shortened for smaller cutoffs)
 
 
-class Predictor:
+class CheckedPredictions:
+    """``predict`` / ``predict_records`` over a class's ``_checked_graphs`` and ``predict_graphs``: the refusals
+    (not periodic, unseen elements, broken structures, non-finite predictions) shared by every predictor."""
+
+    def predict(self, structures, progress: bool = False) -> list[dict]:
+        """One dict per structure: {task: float | ndarray} in physical units, plus K_Voigt/G_Voigt (GPa) derived
+        from a predicted elastic tensor. Elastic/piezo tensors are returned in Voigt form (6x6, 3x6); a binary task
+        gives the probability of class 1. Raises DataError naming every structure that cannot be predicted
+        (overlapping atoms, not periodic, elements unseen in training, a non-finite prediction, ...)."""
+        outcomes = self.predict_records(structures, progress)
+        failures = [err for err in outcomes if isinstance(err, DataError)]
+        if failures:
+            raise DataError("predict", "; ".join(map(str, failures)), "unusable structure")
+        return outcomes
+
+    def predict_records(self, structures, progress: bool = False) -> list[dict | DataError]:
+        """Per structure, in order: its prediction dict, or the DataError saying why it has none."""
+        graphs, kept, failures = self._checked_graphs(structures, checked=True)
+        outcomes: list = [failures.get(i) for i in range(len(structures))]
+        for (i, record), prediction in zip(kept.items(), self.predict_graphs(graphs, progress)):
+            bad = non_finite_outputs(prediction)
+            outcomes[i] = prediction if not bad else DataError(
+                describe_record(record), f"non-finite prediction for {', '.join(bad)} (not reported as a number)",
+                "non-finite prediction")
+        return outcomes
+
+
+class Predictor(CheckedPredictions):
     """A trained model ready to predict every trained task in physical units (tensors as Cartesian / Voigt arrays).
 
     Args:
@@ -186,29 +217,7 @@ class Predictor:
         graphs, kept, failures = self._checked_graphs(structures, checked=False)
         return graphs, list(kept), {i: str(err) for i, err in failures.items()}
 
-    # -- prediction -----------------------------------------------------------------------------------------------
-    def predict(self, structures, progress: bool = False) -> list[dict]:
-        """One dict per structure: {task: float | ndarray} in physical units, plus K_Voigt/G_Voigt (GPa) derived
-        from a predicted elastic tensor. Elastic/piezo tensors are returned in Voigt form (6x6, 3x6); a binary task
-        gives the probability of class 1. Raises DataError naming every structure that cannot be predicted
-        (overlapping atoms, not periodic, elements unseen in training, a non-finite prediction, ...)."""
-        outcomes = self.predict_records(structures, progress)
-        failures = [err for err in outcomes if isinstance(err, DataError)]
-        if failures:
-            raise DataError("predict", "; ".join(map(str, failures)), "unusable structure")
-        return outcomes
-
-    def predict_records(self, structures, progress: bool = False) -> list[dict | DataError]:
-        """Per structure, in order: its prediction dict, or the DataError saying why it has none."""
-        graphs, kept, failures = self._checked_graphs(structures, checked=True)
-        outcomes: list = [failures.get(i) for i in range(len(structures))]
-        for (i, record), prediction in zip(kept.items(), self.predict_graphs(graphs, progress)):
-            bad = non_finite_outputs(prediction)
-            outcomes[i] = prediction if not bad else DataError(
-                describe_record(record), f"non-finite prediction for {', '.join(bad)} (not reported as a number)",
-                "non-finite prediction")
-        return outcomes
-
+    # -- prediction (predict, predict_records: CheckedPredictions) ------------------------------------------------
     @torch.no_grad()
     def predict_graphs(self, graphs: list, progress: bool = False) -> list[dict]:
         """Raw predictions of prepared graphs (no checks; values may be non-finite: see ``non_finite_outputs``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from e3nn import o3
-from e3nn.nn import FullyConnectedNet, Gate
+from e3nn.nn import Dropout, FullyConnectedNet, Gate
 from torch import nn
 from torch_geometric.utils import scatter
 
@@ -277,3 +277,21 @@ class EnvironmentHarmonicsBlock(nn.Module):
             per_edge = weights[:, k, :, None] * sh[:, None, sl]  # (num_edges, channels, 2l+1)
             parts.append(scatter(per_edge, center, dim=0, dim_size=num_nodes, reduce="mean").flatten(1))
         return torch.cat(parts, dim=1)
+
+
+class FeatureDropoutBlock(nn.Module):
+    """Drops whole irreps of each atom's features (e3nn ``Dropout``: a dropped 1o vector is zeroed as a whole, so the
+    block stays equivariant) before the readouts. Trained with it, a model gives Monte-Carlo-dropout uncertainty
+    (Gal & Ghahramani 2016): ``sampling`` keeps it active in eval mode, each forward one draw of the thinned network."""
+
+    def __init__(self, irreps: o3.Irreps, p: float):
+        super().__init__()
+        self.irreps_in = self.irreps_out = o3.Irreps(irreps)
+        self.p, self.sampling = float(p), False
+        self.dropout = Dropout(self.irreps_in, self.p) if self.p > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (num_nodes, irreps.dim) -> same
+        if self.dropout is None:
+            return x
+        self.dropout.train(self.training or self.sampling)
+        return self.dropout(x)

@@ -14,7 +14,7 @@ from equiprop.data.errors import ConfigError, check_choice
 from equiprop.data.graph import atoms_per_graph
 from equiprop.data.tasks import TaskSpec, resolve_task, resolve_tasks
 from equiprop.nn.base import Encoder, describe
-from equiprop.nn.blocks import MAX_Z
+from equiprop.nn.blocks import MAX_Z, FeatureDropoutBlock
 from equiprop.nn.heads import build_head
 from equiprop.data.tensor_ops import invariant_mask
 from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss, tensor_task_loss
@@ -57,6 +57,9 @@ class MultiTaskModel(L.LightningModule):
         environment_channels: tensor readouts also read the spherical harmonics of each atom's neighbour directions
             (radially weighted, this many channels per l) for the l>0 irreps of their tensor, e.g. l=4 of the
             elastic tensor, which l<=2 features cannot give at cubic sites (0: off).
+        dropout: probability of dropping each irrep of the encoder's per-atom features before the readouts, in
+            training; a model trained with it predicts with Monte-Carlo-dropout uncertainty (``mc_samples`` in
+            ``equiprop predict`` / ``equiprop.uncertainty``; 0: off).
     """
 
     def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: Weighting = "uncertainty",
@@ -64,7 +67,7 @@ class MultiTaskModel(L.LightningModule):
                  weight_decay: float = 0.0, scheduler: Scheduler = "cosine", plateau_patience: int = 5,
                  init_from: str | None = None, finetune: Finetune = "all", trainable_layers: int = 1,
                  encoder_lr_factor: float = 1.0, isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0,
-                 warmup_epochs: float = 0.0, environment_channels: int = 0):
+                 warmup_epochs: float = 0.0, environment_channels: int = 0, dropout: float = 0.0):
         super().__init__()
         for option, value, choices in (("model.weighting", weighting, Weighting), ("model.loss", loss, Loss),
                                        ("model.scheduler", scheduler, Scheduler),
@@ -75,6 +78,8 @@ class MultiTaskModel(L.LightningModule):
                               ("model.environment_channels", environment_channels)):
             if value < 0 or (option == "model.lr" and value == 0):
                 raise ConfigError(f"{option} must be {'> 0' if option == 'model.lr' else '>= 0'}, got {value}")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
         unknown = set(task_weights or {}) - {resolve_task(t).name for t in tasks}
         if unknown:
             raise ConfigError(f"model.task_weights names tasks the model does not have: {sorted(unknown)}")
@@ -83,6 +88,7 @@ class MultiTaskModel(L.LightningModule):
         self.tasks: dict[str, TaskSpec] = resolve_tasks(tasks)
         self.heads = nn.ModuleDict({name: build_head(t, encoder.irreps_out, environment_channels, encoder.cutoff)
                                     for name, t in self.tasks.items()})
+        self.feature_dropout = FeatureDropoutBlock(encoder.irreps_out, dropout)
         self.normalizer = TaskNormalizer(self.tasks)
         names = list(self.tasks)
         self.weighting = UncertaintyWeighting(names) if weighting == "uncertainty" else FixedWeighting(
@@ -156,7 +162,7 @@ class MultiTaskModel(L.LightningModule):
     # -- forward --------------------------------------------------------------------------------------------------
     def forward(self, batch, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Normalised model-space predictions {task: (num_graphs, *shape)} (logits for binary tasks)."""
-        features = self.encoder(batch)
+        features = self.feature_dropout(self.encoder(batch))
         return {name: self.heads[name](features, batch)
                 for name in (tasks if tasks is not None else self.tasks)}
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.record import CrystalRecord, read_structure_file, structure_format
-from equiprop.predict import Predictor
+from equiprop.uncertainty import STD_SUFFIX, UncertainPredictor, load_predictor
 
 
 def collect_files(inputs: list[str]) -> list[Path]:
@@ -75,7 +75,11 @@ def check_output(path: Path) -> None:
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="equiprop predict", description="Predict properties of crystals.")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `equiprop fit`")
+    parser.add_argument("--checkpoint", nargs="+", required=True,
+                        help="a checkpoint written by `equiprop fit`; several (a deep ensemble) or one ensemble "
+                             "manifest .json (`equiprop calibrate`) add <task>_std columns")
+    parser.add_argument("--mc-samples", type=int, default=None,
+                        help="Monte-Carlo dropout draws per checkpoint (models trained with model.dropout)")
     parser.add_argument("--input", nargs="+", required=True, help="CIF/POSCAR/extxyz files or folders of them")
     parser.add_argument("--output", required=True, help="out.csv or out.json (its folder must exist)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -93,14 +97,15 @@ def predict_command(argv: list[str]) -> int:
     args = parse_arguments(argv)
     output = Path(args.output)
     check_output(output)
-    predictor = Predictor.from_checkpoint(args.checkpoint, args.batch_size, args.allow_unseen_elements, warn=False)
+    predictor = load_predictor(args.checkpoint, args.mc_samples, args.batch_size, args.allow_unseen_elements,
+                               warn=False)
     for notice in predictor.notices:
         print(f"equiprop predict: warning: {notice}", file=sys.stderr)
     items = read_inputs(args.input)
     records = [item for item in items if isinstance(item, CrystalRecord)]
     outcomes = iter(predictor.predict_records(records, progress=True))
     rows = [item if isinstance(item, dict) else row(item, next(outcomes)) for item in items]
-    write_predictions(output, rows, predictor.units(), args.checkpoint)
+    write_predictions(output, rows, output_units(predictor), " ".join(args.checkpoint))
     report(rows, output, predictor, records)
     return exit_status(rows, args.allow_failures)
 
@@ -111,7 +116,17 @@ def row(record: CrystalRecord, outcome: dict | DataError) -> dict:
     return {"id": record.id, "file": record.source, "formula": record.formula, "status": "ok", **outcome}
 
 
-def report(rows: list[dict], output: Path, predictor: Predictor, records: list[CrystalRecord]) -> None:
+def output_units(predictor: UncertainPredictor) -> dict[str, str]:
+    """Units of every output column, each std (same units) right after its value."""
+    units = {}
+    for name, unit in predictor.units().items():
+        units[name] = unit
+        if predictor.has_uncertainty:
+            units[name + STD_SUFFIX] = unit
+    return units
+
+
+def report(rows: list[dict], output: Path, predictor: UncertainPredictor, records: list[CrystalRecord]) -> None:
     failed = SkipLog(max_examples=5)
     for r in rows:
         if r["status"] == "failed":

@@ -1,0 +1,199 @@
+"""Predictions with a standard deviation in physical units: deep ensembles and Monte-Carlo dropout.
+
+    from equiprop.uncertainty import load_predictor
+    p = load_predictor(["checkpoints/m_s0/best.ckpt", "checkpoints/m_s1/best.ckpt"])   # or one ensemble .json
+    p.predict([structure])  # [{"Ef": -1.2, "Ef_std": 0.05, "eps_electronic": (3, 3) array, ...}]
+
+Every member (a checkpoint) is run once, or ``mc_samples`` times with its feature dropout active when it was trained
+with ``model.dropout > 0``. The prediction is the mean over all draws, its standard deviation the spread of the draws
+(population std, the law of total variance over members and dropout masks), per output component: per scalar, per
+Cartesian/Voigt component of a tensor, per derived K_Voigt/G_Voigt. Identical members give exactly zero. A manifest
+written by ``equiprop calibrate`` also holds a per-output variance scale fitted on the validation split: the std is
+multiplied by it (``equiprop.uncertainty.calibration``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from equiprop.data.errors import ConfigError, DataError
+from equiprop.data.tasks import VOIGT_PAIRS
+from equiprop.predict import CheckedPredictions, Predictor
+from equiprop.train.metrics import voigt_bulk_modulus, voigt_shear_modulus
+
+STD_SUFFIX = "_std"
+MANIFEST_FORMAT = "equiprop-ensemble-1"
+
+
+def user_form(task, cartesian: np.ndarray) -> np.ndarray:
+    """Batched ``TaskSpec.to_user``: (B, 3, 3, 3, 3) -> (B, 6, 6), (B, 3, 3, 3) -> (B, 3, 6) where the task has a
+    Voigt form; other shapes unchanged."""
+    if task.kind != "tensor" or task.voigt_shape is None:
+        return cartesian
+    rows, cols = (np.array(index) for index in zip(*VOIGT_PAIRS))
+    if cartesian.ndim == 5:
+        return cartesian[:, rows[:, None], cols[:, None], rows[None, :], cols[None, :]]
+    if cartesian.ndim == 4:
+        return cartesian[:, :, rows, cols]
+    return cartesian
+
+
+class UncertainPredictor(CheckedPredictions):
+    """Mean and standard deviation of several members' (and dropout masks') predictions, in physical units.
+
+    Args:
+        members: ``Predictor`` objects of checkpoints with the same tasks and graph parameters.
+        mc_samples: dropout draws per member (0: one deterministic pass; members trained without dropout always
+            give one pass).
+        std_scale: per output, the factor the std is multiplied by (recalibration; default 1).
+        seed: seeds the dropout masks, so a prediction is reproducible.
+    """
+
+    def __init__(self, members: list[Predictor], mc_samples: int = 0, std_scale: dict[str, float] | None = None,
+                 seed: int = 0):
+        if not members:
+            raise ConfigError("an ensemble needs at least one checkpoint")
+        if mc_samples < 0:
+            raise ConfigError(f"mc_samples must be >= 0, got {mc_samples}")
+        self.members, self.mc_samples, self.seed = members, int(mc_samples), seed
+        first = members[0]
+        for other in members[1:]:
+            for attribute in ("cutoff", "max_neighbors", "min_neighbors", "output_tasks"):
+                if getattr(other, attribute) != getattr(first, attribute):
+                    raise ConfigError(f"ensemble members differ in {attribute}: {getattr(first, attribute)} vs "
+                                      f"{getattr(other, attribute)}; members must come from one recipe")
+        self.tasks, self.output_tasks = first.tasks, first.output_tasks
+        self.cutoff, self.max_neighbors, self.min_neighbors = first.cutoff, first.max_neighbors, first.min_neighbors
+        self.notices = sorted({notice for m in members for notice in m.notices})
+        seen = [m.species_seen for m in members]
+        # an element any member never saw is unseen for the ensemble: that member's prediction is untrained
+        self.species_seen = None if any(s is None for s in seen) else np.logical_and.reduce(seen)
+        first.species_seen = self.species_seen
+        self.allow_unseen_elements = first.allow_unseen_elements
+        self.std_scale = dict(std_scale or {})
+        self.draws = [self.mc_samples if self.mc_samples and self._dropout(m) else 1 for m in members]
+        if self.mc_samples and not any(d > 1 for d in self.draws):
+            self.notices.append(f"mc_samples={self.mc_samples} ignored: no member was trained with model.dropout")
+
+    @staticmethod
+    def _dropout(member: Predictor) -> bool:
+        block = getattr(member.model, "feature_dropout", None)
+        return block is not None and block.dropout is not None
+
+    @property
+    def has_uncertainty(self) -> bool:
+        return sum(self.draws) > 1
+
+    def graph(self, record):
+        return self.members[0].graph(record)
+
+    def check_record(self, record) -> None:
+        self.members[0].check_record(record)
+
+    def unseen_elements(self, record) -> list[str]:
+        return self.members[0].unseen_elements(record)
+
+    def units(self) -> dict[str, str]:
+        return self.members[0].units()
+
+    # -- prediction -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def samples(self, batch) -> dict[str, np.ndarray]:
+        """{output: (draws, num_graphs, *user_shape)} physical predictions of every member and dropout draw."""
+        draws: dict[str, list[np.ndarray]] = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            for member, n in zip(self.members, self.draws):
+                block = member.model.feature_dropout if n > 1 else None
+                if block is not None:
+                    block.sampling = True
+                try:
+                    for _ in range(n):
+                        for name, value in self._physical(member, batch).items():
+                            draws.setdefault(name, []).append(value)
+                finally:
+                    if block is not None:
+                        block.sampling = False
+        return {name: np.stack(values) for name, values in draws.items()}
+
+    def _physical(self, member: Predictor, batch) -> dict[str, np.ndarray]:
+        physical = member.model.predict_physical(batch, member.output_tasks)
+        if "elastic_tensor" in physical:
+            physical["K_Voigt"] = voigt_bulk_modulus(physical["elastic_tensor"])
+            physical["G_Voigt"] = voigt_shear_modulus(physical["elastic_tensor"])
+        return {name: user_form(self.tasks[name], value.double().numpy()) if name in self.tasks
+                else value.double().numpy() for name, value in physical.items()}
+
+    def predict_batch(self, batch) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """{output: (mean, std)}, each (num_graphs, *user_shape); std None when there is a single draw."""
+        out = {}
+        for name, values in self.samples(batch).items():
+            std = values.std(axis=0) * self.std_scale.get(name, 1.0) if len(values) > 1 else None
+            out[name] = (values.mean(axis=0), std)
+        return out
+
+    def predict_graphs(self, graphs: list, progress: bool = False) -> list[dict]:
+        """One dict per graph: {output: value, output_std: value (when there is uncertainty)}."""
+        from torch_geometric.data import Batch
+
+        rows, size = [], self.members[0].batch_size
+        chunks = range(0, len(graphs), size)
+        if progress:
+            from tqdm import tqdm
+
+            chunks = tqdm(chunks, desc="predict", unit="batch")
+        for start in chunks:
+            batch = Batch.from_data_list(graphs[start:start + size])
+            predicted = self.predict_batch(batch)
+            for i in range(batch.num_graphs):
+                row = {}
+                for name, (mean, std) in predicted.items():
+                    row[name] = _value(mean[i])
+                    if std is not None:
+                        row[name + STD_SUFFIX] = _value(std[i])
+                rows.append(row)
+        return rows
+
+    def _checked_graphs(self, structures, checked: bool):
+        return self.members[0]._checked_graphs(structures, checked)
+
+
+def _value(array: np.ndarray):
+    return float(array) if np.ndim(array) == 0 else np.asarray(array)
+
+
+# -- loading --------------------------------------------------------------------------------------------------------
+def read_manifest(path: str | Path) -> dict:
+    """An ensemble manifest (JSON written by ``equiprop calibrate``): members resolved relative to it."""
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(str(path), f"not a readable ensemble manifest ({type(err).__name__}: {err})",
+                        "bad manifest") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(str(path), f"not an equiprop ensemble manifest (format {MANIFEST_FORMAT!r} expected)",
+                        "bad manifest")
+    members = manifest.get("members")
+    if not isinstance(members, list) or not members:
+        raise DataError(str(path), "the manifest lists no members", "bad manifest")
+    manifest["members"] = [str((path.parent / m) if not Path(m).is_absolute() else Path(m)) for m in members]
+    return manifest
+
+
+def load_predictor(paths, mc_samples: int | None = None, batch_size: int = 32, allow_unseen_elements: bool = False,
+                   seed: int = 0, warn: bool = True) -> UncertainPredictor:
+    """An ``UncertainPredictor`` from checkpoint paths (one or more .ckpt: a deep ensemble) or one manifest .json
+    (its members, MC samples and variance scales; ``mc_samples`` overrides the manifest's)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    std_scale, manifest_samples = None, 0
+    if len(paths) == 1 and Path(paths[0]).suffix == ".json":
+        manifest = read_manifest(paths[0])
+        paths, std_scale = manifest["members"], manifest.get("std_scale")
+        manifest_samples = int(manifest.get("mc_samples", 0))
+    members = [Predictor.from_checkpoint(p, batch_size, allow_unseen_elements, warn=warn) for p in paths]
+    return UncertainPredictor(members, manifest_samples if mc_samples is None else mc_samples, std_scale, seed)
