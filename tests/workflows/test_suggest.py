@@ -109,13 +109,31 @@ def test_file_pool_counts_duplicates_and_unreadable_inputs(checkpoint, tiny_entr
     assert "notes.txt" in captured.err
 
 
-def test_refuses_a_predictor_without_uncertainty_and_tensor_tasks(checkpoint, tmp_path, capsys):
+def test_refuses_a_predictor_without_uncertainty_and_an_unreduced_tensor(checkpoint, tmp_path, capsys):
     out = tmp_path / "s.csv"
     assert main(["suggest", "--pool", "bundled:tiny", "--checkpoints", str(checkpoint), "--task", "Ef", "--budget",
                  "2", "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a predicted sigma" in err[0]
-    assert main(["suggest", "--pool", "bundled:tiny", "--checkpoints", str(checkpoint), "--task", "eps_electronic",
-                 "--mc-samples", "3", "--budget", "2", "--output", str(out)]) == 2
-    assert "is a tensor" in capsys.readouterr().err
+    tensor = ["suggest", "--pool", "bundled:tiny", "--checkpoints", str(checkpoint), "--task", "eps_electronic",
+              "--mc-samples", "3", "--budget", "2", "--output", str(out)]
+    assert main(tensor) == 2
+    assert "is a tensor: give --reduce isotropic" in capsys.readouterr().err
     assert not out.exists()
+    assert main(tensor[:-2] + ["--reduce", "isotropic", "--allow-unseen-elements", "--output", str(out)]) == 0
+
+
+def test_isotropic_reduction_is_taken_per_draw(checkpoint, tiny_entries):
+    from equiprop.uncertainty import load_predictor
+    from equiprop.workflows.suggest import batches, predict_with_latents, usable_graphs
+    from equiprop.data.record import from_pymatgen
+
+    predictor = load_predictor([checkpoint], mc_samples=5, allow_unseen_elements=True, warn=False)
+    records = [from_pymatgen(Structure.from_dict(e["structure"]), e["material_id"]) for e in tiny_entries[:6]]
+    graphs, _, _ = usable_graphs(predictor, records, checked=True)
+    mu, sigma, _ = predict_with_latents(predictor, batches(graphs, 6), "eps_electronic", "isotropic")
+    # the same batch: the dropout masks are seeded per batch
+    draws = np.trace(predictor.samples(next(batches(graphs, 6)))["eps_electronic"], axis1=-2, axis2=-1) / 3
+    np.testing.assert_allclose(mu, draws.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(sigma, draws.std(0), rtol=1e-10)
+    assert np.all(sigma > 0)

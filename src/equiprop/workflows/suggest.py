@@ -2,10 +2,11 @@
 
     equiprop suggest --pool FILES_OR_DIRS|bundled:NAME [...] --checkpoints CKPT [CKPT ...] (or one manifest .json)
                      --task NAME --budget N [--strategy uncertainty|window|ei] [--window LO HI] [--direction max|min]
-                     [--best VALUE] [--diversity LAMBDA] [--labelled IDS.txt] [--mc-samples N] --output out.csv
+                     [--best VALUE] [--diversity LAMBDA] [--labelled IDS.txt] [--mc-samples N]
+                     [--reduce isotropic] --output out.csv
 
-Scores come from the uncertain predictor's mean and (calibrated, with a manifest) sigma of one scalar output
-(``equiprop.uncertainty.acquisition``); the batch is picked greedily with a latent-space diversity term (the first
+Scores come from the uncertain predictor's mean and (calibrated, with a manifest) sigma of one scalar output, or
+of a tensor's isotropic scalar (``--reduce isotropic``: trace/3, Voigt bulk modulus; per draw) (``equiprop.uncertainty.acquisition``); the batch is picked greedily with a latent-space diversity term (the first
 member's rotation-invariant per-structure features, as ``equiprop embed``), measured from the structures already
 labelled and those picked before. Never proposed, each counted and reported: pool entries that carry a label of the
 task (``bundled:`` data), ids listed in ``--labelled``, repeated ids (the first is kept), and inputs that cannot be
@@ -32,13 +33,35 @@ from equiprop.workflows.predict import check_output, read_inputs
 BUNDLED_PREFIX = "bundled:"
 
 
+def isotropic(values: np.ndarray) -> np.ndarray:
+    """The isotropic scalar of user-form tensors (..., 3, 3) -> trace / 3; (..., 6, 6) Voigt elastic -> the Voigt
+    bulk modulus (C11 + C22 + C33 + 2 (C12 + C13 + C23)) / 9."""
+    if values.shape[-2:] == (3, 3):
+        return np.trace(values, axis1=-2, axis2=-1) / 3
+    if values.shape[-2:] == (6, 6):
+        c = values[..., :3, :3]
+        return (np.trace(c, axis1=-2, axis2=-1) + c.sum(axis=(-2, -1))) / 9
+    raise ConfigError(f"--reduce isotropic: no isotropic scalar of a {values.shape[-2:]} tensor (3x3 or 6x6)")
+
+
+def predicted(predictor, batch, output: str, reduce: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(mean, std) of one scalar output; ``reduce``: a tensor's isotropic scalar taken per draw (member and dropout
+    mask), so its std is the spread of the reduced draws, times the tensor's std scale where calibrated."""
+    if reduce is None:
+        return predictor.predict_batch(batch)[output]
+    values = isotropic(predictor.samples(batch)[output])
+    std = values.std(axis=0) * predictor.std_scale.get(output, 1.0) if len(values) > 1 else None
+    return values.mean(axis=0), std
+
+
 @torch.no_grad()
-def predict_with_latents(predictor, batches, output: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def predict_with_latents(predictor, batches, output: str, reduce: str | None = None
+                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(mean, std or None, latent vectors) of one scalar output over an iterable of batches."""
     means, stds, latents = [], [], []
     encoder = predictor.members[0].model.encoder
     for batch in batches:
-        mean, std = predictor.predict_batch(batch)[output]
+        mean, std = predicted(predictor, batch, output, reduce)
         means.append(mean)
         stds.append(std)
         latents.append(invariant_features(encoder, batch).double().numpy())
@@ -118,8 +141,9 @@ def batches(graphs: list, size: int):
         yield Batch.from_data_list(graphs[start:start + size])
 
 
-def default_best(labelled: list, task: str, direction: str) -> float:
-    values = [float(r.labels[task]) for r in labelled if task in r.labels and np.ndim(r.labels[task]) == 0]
+def default_best(labelled: list, task: str, direction: str, reduce: str | None = None) -> float:
+    values = [float(isotropic(np.asarray(r.labels[task], dtype=float)) if reduce else r.labels[task])
+              for r in labelled if task in r.labels and (reduce or np.ndim(r.labels[task]) == 0)]
     if not values:
         raise ConfigError(f"--strategy ei needs --best VALUE: no pool entry carries a label of {task}")
     return max(values) if direction == "max" else min(values)
@@ -135,6 +159,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"), help="target window (window)")
     parser.add_argument("--direction", choices=DIRECTIONS, default="max", help="improvement direction (ei)")
     parser.add_argument("--best", type=float, help="value to improve on (ei; default: best label in the pool)")
+    parser.add_argument("--reduce", choices=["isotropic"], help="a tensor task's scalar: trace/3, Voigt bulk modulus")
     parser.add_argument("--diversity", type=float, default=0.5, help="LAMBDA of the latent distance term (0: off)")
     parser.add_argument("--labelled", help="text file of ids already labelled (one per line): never suggested")
     parser.add_argument("--mc-samples", type=int, help="dropout draws per member (default: the manifest's, or 0)")
@@ -165,8 +190,10 @@ def suggest_command(argv: list[str]) -> int:
     if args.task not in units:
         raise ConfigError(f"--task {args.task}: not an output of these checkpoints (outputs: {', '.join(units)})")
     task = predictor.tasks.get(args.task)
-    if task is not None and task.kind == "tensor":
-        raise ConfigError(f"--task {args.task} is a tensor; suggest ranks scalar outputs (e.g. K_VRH, K_Voigt)")
+    tensor = task is not None and task.kind == "tensor"
+    if tensor != (args.reduce is not None):
+        raise ConfigError(f"--task {args.task} is a tensor: give --reduce isotropic (or a scalar output such as "
+                          "K_Voigt)" if tensor else f"--reduce is for tensor tasks; {args.task} is a scalar")
     if not predictor.has_uncertainty:
         raise ConfigError(f"--strategy {args.strategy} needs a predicted sigma, and these checkpoints give none: give "
                           "several checkpoints (an ensemble), a manifest, or a model trained with model.dropout > 0 "
@@ -180,7 +207,8 @@ def suggest_command(argv: list[str]) -> int:
         failures.append(str(err))
     if not candidates:
         raise ConfigError("no candidate left to suggest: excluded " + describe(excluded))
-    mu, sigma, latents = predict_with_latents(predictor, batches(graphs, args.batch_size), args.task)
+    mu, sigma, latents = predict_with_latents(predictor, batches(graphs, args.batch_size), args.task,
+                                             args.reduce)
     finite = np.isfinite(mu) & np.isfinite(sigma) & np.isfinite(latents).all(axis=1)
     for record in (r for r, ok in zip(candidates, finite) if not ok):
         excluded["not predictable (non-finite prediction)"] += 1
@@ -192,7 +220,7 @@ def suggest_command(argv: list[str]) -> int:
     reference_graphs, _, _ = usable_graphs(predictor, labelled, checked=False)
     reference = predict_with_latents(predictor, batches(reference_graphs, args.batch_size), args.task)[2]
     best = args.best if args.best is not None or args.strategy != "ei" else \
-        default_best(labelled, args.task, args.direction)
+        default_best(labelled, args.task, args.direction, args.reduce)
     scores = acquisition_scores(args.strategy, mu, sigma, tuple(args.window) if args.window else None, best,
                                 args.direction)
     picks, terms = greedy_diverse_selection(scores, latents, args.budget, args.diversity,
