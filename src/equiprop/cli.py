@@ -21,6 +21,7 @@ USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VAL
        equiprop ensemble -c RECIPE.yaml --seeds 0 1 2 [--mc-samples N] [--trainer.KEY=VALUE ...]
        equiprop calibrate --checkpoints CKPT [CKPT ...] [--mc-samples N] [--manifest OUT.json]
        equiprop suggest --pool FILES_OR_DIRS|bundled:NAME --checkpoints CKPT [...] --task NAME --budget N --output out.csv
+       equiprop distill --teacher CKPT [...] -c STUDENT_RECIPE.yaml --pool bundled:NAME|FILES [--tasks ...]
        equiprop embed --checkpoint CKPT (--input FILES_OR_DIRS | --dataset default) --output emb.npz
        equiprop data summary [-c CONFIG] [--data.KEY=VALUE ...]
 
@@ -31,6 +32,7 @@ USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VAL
   ensemble            one training per seed, then calibration: a deep ensemble with a manifest (members, scales)
   calibrate           calibration of predicted sigmas on the validation/test splits; fits per-task std scales
   suggest             rank unlabelled structures for the next DFT labels (uncertainty/window/EI + diversity)
+  distill             train a fast student on a teacher's predictions over unlabelled crystals plus the real labels
   embed               per-structure latent vectors (rotation-invariant) for maps of the learned space
   data summary        per source and task: records read, labels present, skips with reasons, merges, splits
 """
@@ -114,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             from equiprop.workflows.suggest import suggest_command
 
             return suggest_command(argv[1:])
+        if argv and argv[0] == "distill":
+            from equiprop.workflows.distill import distill_command
+
+            return distill_command(argv[1:])
         if argv and argv[0] == "embed":
             from equiprop.workflows.embed import embed_command
 

@@ -1,5 +1,3 @@
-import copy
-
 import pytest
 
 from equiprop.data.datamodule import MultiTaskDataModule
@@ -26,24 +24,3 @@ def small_model():
         return MultiTaskModel(encoder, TINY_TASKS, **kwargs)
 
     return make
-
-
-# a tiny fit recipe for the command line (in-process via equiprop.cli.main): a few batches, seconds
-CLI_RECIPE = {
-    "run_name": "tiny",
-    "seed_everything": 0,
-    "trainer": {"max_epochs": 1, "accelerator": "cpu", "log_every_n_steps": 1, "limit_train_batches": 2,
-                "limit_val_batches": 1, "enable_progress_bar": False, "enable_model_summary": False},
-    "model": {"encoder": {"class_path": "equiprop.nn.EquivariantEncoder",
-                          "init_args": {"max_ell": 1, "multiplicities": [8, 4], "num_layers": 1}}},
-    "data": {"sources": [{"class_path": "equiprop.data.sources.BundledDataset", "init_args": {"dataset": "tiny"}}],
-             "tasks": ["Ef", "Eg"], "cutoff": 4.5, "batch_size": 8,
-             "split": {"class_path": "equiprop.data.splits.RandomSplit",
-                       "init_args": {"val_fraction": 0.25, "test_fraction": 0.25}}},
-}
-
-
-@pytest.fixture
-def cli_recipe():
-    """A fresh copy of CLI_RECIPE (a dict) to change and write."""
-    return copy.deepcopy(CLI_RECIPE)
