@@ -1,0 +1,159 @@
+"""Screening throughput: ``equiprop screen`` Phase 1 only, end to end, on generated inputs.
+
+    python benchmarks/screening.py [--phase1 CKPT] [--cif 5000] [--extxyz 10000] [--large 100000] [--db 5000]
+                                   [--workers 2] [--batch-size 256] [--seed 0] [--keep DIR]
+
+Inputs are made here, deterministically from ``--seed``: the bundled default crystals (5,909), each copy strained
+(symmetric strain, components ~N(0, 0.01)) and its atoms displaced (~N(0, 0.01) Å), written as CIF files (one per
+structure, pymatgen's CifWriter), an extxyz file, an ASE database; plus ``bundled:default`` itself. Each row runs
+``equiprop screen`` as a subprocess and times the whole command (start-up, model loading, reading, predicting and
+writing the table: what a user waits for); ``phase-1 /s`` is the rate of the Phase-1 stage alone (summary JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GOALS = {"cif": 300.0, "bundled": 1000.0, "extxyz": 1000.0, "ase.db": 1000.0}
+LARGE_SECONDS = 360.0  # 100,000 structures through Phase 1 in under 6 minutes
+
+
+def base_records():
+    from equiprop.screening.inputs import Bundled
+
+    bundled = Bundled("default")
+    return list(bundled.read(0, len(bundled)))
+
+
+def perturbed(records, count: int, seed: int):
+    """``count`` strained / displaced copies of the records, cycling through them (CrystalRecords)."""
+    from equiprop.data.record import CrystalRecord
+
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        base = records[i % len(records)]
+        strain = rng.normal(0.0, 0.01, (3, 3))
+        deform = np.eye(3) + 0.5 * (strain + strain.T)
+        positions = base.positions @ deform + rng.normal(0.0, 0.01, base.positions.shape)
+        yield CrystalRecord(f"{base.id}-p{i}", base.cell @ deform, positions, base.numbers)
+
+
+def write_cifs(folder: Path, records) -> None:
+    from pymatgen.io.cif import CifWriter
+
+    folder.mkdir()
+    for r in records:
+        (folder / f"{r.id}.cif").write_text(str(CifWriter(r.to_pymatgen())))
+
+
+def write_extxyz(path: Path, records) -> None:
+    """Plain extxyz (Lattice, species, positions), written directly: ase.io.write takes minutes for 100k frames."""
+    from ase.data import chemical_symbols
+
+    with path.open("w") as f:
+        for r in records:
+            lattice = " ".join(f"{x:.8f}" for x in r.cell.reshape(-1))
+            f.write(f'{r.num_atoms}\nLattice="{lattice}" Properties=species:S:1:pos:R:3 id={r.id} pbc="T T T"\n')
+            f.writelines(f"{chemical_symbols[z]} {x:.8f} {y:.8f} {w:.8f}\n" for z, (x, y, w) in
+                         zip(r.numbers, r.positions))
+
+
+def write_db(path: Path, records) -> None:
+    import ase.db
+
+    with ase.db.connect(str(path)) as db:  # one transaction
+        for r in records:
+            db.write(r.to_ase(), material_id=r.id)
+
+
+def run_screen(inputs: list[str], phase1: str, out: Path, workers: int, batch_size: int) -> tuple[float, dict]:
+    command = [sys.executable, "-m", "equiprop.cli", "screen", "--input", *inputs, "--phase1", phase1, "--output",
+               str(out), "--workers", str(workers), "--batch-size", str(batch_size)]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"benchmark: {shlex.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return wall, json.loads(out.with_name(out.stem + ".summary.json").read_text())
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + (" (uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--phase1", default=str(ROOT / "checkpoints/baseline_invariant_s0/best.ckpt"))
+    parser.add_argument("--cif", type=int, default=5000, help="CIF files (0: skip)")
+    parser.add_argument("--extxyz", type=int, default=10000, help="frames in the extxyz file (0: skip)")
+    parser.add_argument("--db", type=int, default=5000, help="rows in the ASE database (0: skip)")
+    parser.add_argument("--large", type=int, default=100000, help="frames of the large extxyz run (0: skip)")
+    parser.add_argument("--bundled", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", help="folder for the generated inputs and outputs (default: a temporary one)")
+    args = parser.parse_args(argv)
+    if not Path(args.phase1).is_file():
+        print(f"benchmark: error: Phase-1 checkpoint {args.phase1} not found; train it (equiprop fit -c "
+              "recipes/baseline_invariant.yaml --run_name=baseline_invariant_s0) or give --phase1 CKPT",
+              file=sys.stderr)
+        return 2
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"git commit: {git_commit()}; seed: {args.seed}; phase1: {args.phase1}")
+    with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
+        folder = Path(tmp)
+        records = base_records()
+        runs = []  # (kind, structures, inputs, goal description, passes(wall, count))
+        if args.cif:
+            write_cifs(folder / "cifs", perturbed(records, args.cif, args.seed))
+            runs.append(("cif", args.cif, [str(folder / "cifs")], GOALS["cif"]))
+        if args.bundled:
+            runs.append(("bundled", len(records), ["bundled:default"], GOALS["bundled"]))
+        if args.extxyz:
+            write_extxyz(folder / "small.extxyz", perturbed(records, args.extxyz, args.seed))
+            runs.append(("extxyz", args.extxyz, [str(folder / "small.extxyz")], GOALS["extxyz"]))
+        if args.db:
+            write_db(folder / "small.db", perturbed(records, args.db, args.seed))
+            runs.append(("ase.db", args.db, [str(folder / "small.db")], GOALS["ase.db"]))
+        if args.large:
+            write_extxyz(folder / "large.extxyz", perturbed(records, args.large, args.seed))
+            runs.append(("extxyz (large)", args.large, [str(folder / "large.extxyz")], None))
+        rows = []
+        for n, (kind, count, inputs, goal) in enumerate(runs):
+            wall, summary = run_screen(inputs, args.phase1, folder / f"out{n}.csv", args.workers, args.batch_size)
+            rate = count / wall
+            phase = summary["phase1"]
+            ok = rate >= goal if goal else wall < LARGE_SECONDS
+            rows.append([kind, count, args.workers, args.batch_size, f"{wall:.1f}", f"{rate:.0f}",
+                         f"{phase['structures_per_second']:.0f}", phase["failed"],
+                         f">= {goal:g}/s" if goal else f"< {LARGE_SECONDS:g} s", "PASS" if ok else "FAIL"])
+            print(f"  {kind}: {count} structures in {wall:.1f} s", file=sys.stderr)
+    header = ["input kind", "structures", "workers", "batch size", "wall s", "structures/s", "phase-1 /s",
+              "failed", "goal", "result"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(map(str, row)) + " |")
+    return 0 if all(r[-1] == "PASS" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Streaming, resumable two-stage screening (``equiprop screen``): inputs, selection, work folder, pipeline."""

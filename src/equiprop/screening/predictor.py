@@ -1,0 +1,36 @@
+"""The predictor a screen stage uses: ``equiprop.uncertainty.load_predictor`` (an ensemble of checkpoints), and the
+shape of each of its outputs (found on a probe crystal, before any input is read)."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch_geometric.data import Batch
+
+from equiprop.data.record import CrystalRecord
+
+
+def load_stage_predictor(paths: list[str], batch_size: int, allow_unseen_elements: bool, mc_samples: int | None,
+                         stage: str):
+    """Checkpoints (an ensemble) or one ensemble manifest .json; its notices printed once, naming the stage."""
+    import sys
+
+    from equiprop.uncertainty import load_predictor
+
+    predictor = load_predictor(list(paths), mc_samples=mc_samples, batch_size=batch_size,
+                               allow_unseen_elements=allow_unseen_elements, warn=False)
+    for notice in predictor.notices:
+        print(f"equiprop screen: warning: {stage}: {notice}", file=sys.stderr)
+    return predictor
+
+
+def probe_record(predictor) -> CrystalRecord:
+    """A simple cubic crystal of an element the model was trained on, nearest neighbours inside the cutoff."""
+    seen = predictor.species_seen
+    z = int(np.flatnonzero(seen)[0]) if seen is not None and seen.any() else 14
+    return CrystalRecord("probe", np.eye(3) * min(3.0, 0.75 * predictor.cutoff), np.zeros((1, 3)), [z])
+
+
+def output_shapes(predictor) -> dict[str, tuple]:
+    """{output: shape of one structure's value} (() for scalars, (3, 3), (6, 6) Voigt, (3, 6) ...)."""
+    prediction = predictor.predict_batch(Batch.from_data_list([predictor.graph(probe_record(predictor))]))
+    return {name: tuple(mean.shape[1:]) for name, (mean, _) in prediction.items()}

@@ -1,0 +1,103 @@
+"""The work folder of a screen: its manifest (what it computes) and completed chunk files, for resuming.
+
+    OUT.csv.work/manifest.json          inputs, checkpoints (sha256), selection recipe hash, chunk size
+    OUT.csv.work/phase1/chunk_000123.csv  rows of input items [123*C, 124*C)
+    OUT.csv.work/phase2/chunk_000004.csv  rows of the selected candidates [4*C, 5*C) (in input order)
+
+Every file is written to a temporary name and renamed into place (``os.replace``), so a killed screen leaves whole
+chunks or none: on restart, chunks on disk are skipped before their inputs are even read. A work folder made with
+other settings is refused (one line naming what differs) rather than mixed with new results.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+from equiprop.data.errors import ConfigError
+
+MANIFEST_VERSION = 1
+SETTINGS = {"inputs": "inputs", "phase1": "Phase-1 checkpoints", "phase2": "Phase-2 checkpoints",
+            "selection_sha256": "selection recipe", "chunk_size": "--chunk-size",
+            "allow_unseen_elements": "--allow-unseen-elements", "mc_samples": "--mc-samples"}
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_identity(paths: list[str]) -> list[dict]:
+    return [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for p in paths]
+
+
+def _difference(name: str, old, new) -> str:
+    if name in ("phase1", "phase2"):
+        old, new = [c["path"] for c in old or []], [c["path"] for c in new or []]
+        return f"{SETTINGS[name]} (were {old or 'none'}, now {new or 'none'}, or their contents changed)"
+    if name == "inputs":
+        return "inputs (the input files, their order, count or contents changed)"
+    return f"{SETTINGS[name]} (was {old!r}, now {new!r})"
+
+
+class WorkDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def open(self, manifest: dict) -> bool:
+        """Create the folder, or check an existing one was made with these settings; True when resuming."""
+        manifest = dict(manifest, version=MANIFEST_VERSION)
+        file = self.path / "manifest.json"
+        if file.exists():
+            try:
+                old = json.loads(file.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise ConfigError(f"{file}: unreadable manifest ({err}); delete {self.path} to start over") from None
+            differs = [k for k in SETTINGS if old.get(k) != manifest.get(k)]
+            if differs:
+                raise ConfigError(f"cannot resume {self.path}: it was made with different "
+                                  f"{'; '.join(_difference(k, old.get(k), manifest.get(k)) for k in differs)}; "
+                                  f"rerun with the same settings, or give another --workdir (or delete it)")
+            return True
+        if self.path.exists() and any(self.path.iterdir()):
+            raise ConfigError(f"--workdir {self.path} exists, is not empty and holds no manifest.json: not a "
+                              "screen's work folder; give another one")
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(file, json.dumps(manifest, indent=1))
+        return False
+
+    def chunk_path(self, stage: str, k: int) -> Path:
+        return self.path / stage / f"chunk_{k:06d}.csv"
+
+    def done(self, stage: str, k: int) -> bool:
+        return self.chunk_path(stage, k).is_file()
+
+    def write_chunk(self, stage: str, k: int, header: list[str], rows: list[list]) -> None:
+        path = self.chunk_path(stage, k)
+        path.parent.mkdir(exist_ok=True)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(header)
+        writer.writerows(rows)
+        atomic_write(path, buffer.getvalue())
+
+    def read_chunk(self, stage: str, k: int) -> tuple[list[str], list[list[str]]]:
+        with self.chunk_path(stage, k).open(newline="") as f:
+            rows = list(csv.reader(f))
+        return rows[0], rows[1:]

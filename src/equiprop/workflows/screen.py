@@ -1,0 +1,257 @@
+"""``equiprop screen``: a streaming, resumable two-stage screen.
+
+    equiprop screen --input PATH [PATH ...] --phase1 CKPT [CKPT ...] [--phase2 CKPT ...] [-c SELECTION.yaml]
+                    --output OUT.csv [--workdir DIR] [--workers 2] [--batch-size 256] [--chunk-size 1024]
+
+Phase 1 predicts every input with the Phase-1 checkpoints (an ensemble: mean and std over members); the selection
+recipe (``equiprop.screening.selection``) chooses candidates; Phase 2 predicts those with the Phase-2 checkpoints.
+Inputs are streamed in chunks (``equiprop.screening.inputs``); completed chunks live in the work folder
+(``equiprop.screening.store``, default ``OUT.csv.work/``), so a killed screen, run again with the same command,
+continues where it stopped and computes nothing twice.
+
+Output table, one row per input item in input order: ``index, id, file, formula, status, reason, error``, Phase-1
+values ``<output> [units]`` (and ``<output>_std [units]`` with uncertainty; tensors as JSON lists, Voigt 6x6 / 3x6
+for elastic / piezo, as ``equiprop predict`` writes them), the reduced quantities the selection uses
+(``eps_electronic.isotropic [dimensionless]`` ...), ``passes_windows``, ``chosen`` and ``chosen_by`` (window /
+top_k / straddle / ""), and Phase-2 values ``p2_<output> [units]`` with ``p2_status, p2_reason, p2_error``.
+``OUT.summary.json`` beside it: counts per stage, time and structures/s, checkpoints, the selection recipe, units.
+Exit status: 0 when something was predicted in Phase 1 (failed inputs are rows and counts, not errors); 1 when
+nothing was; 2 for a bad argument, checkpoint, recipe or work folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from equiprop.data.errors import ConfigError
+from equiprop.screening import store as work
+from equiprop.screening.inputs import InputPlan, expand
+from equiprop.screening.pipeline import META, run_stage, value_columns
+from equiprop.screening.predictor import load_stage_predictor, output_shapes
+from equiprop.screening.selection import load_selection, reduce_values, select
+from equiprop.workflows.predict import check_output
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="equiprop screen", description="Two-stage, resumable screening.")
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="folders, globs, CIF/POSCAR/extxyz files, ASE databases (.db) or bundled:NAME")
+    parser.add_argument("--phase1", nargs="+", required=True, help="Phase-1 checkpoint(s): an ensemble")
+    parser.add_argument("--phase2", nargs="+", default=[], help="Phase-2 checkpoint(s), for the chosen candidates")
+    parser.add_argument("-c", "--config", help="YAML recipe with a selection: section (default: choose all)")
+    parser.add_argument("--output", required=True, help="OUT.csv or OUT.parquet (needs pyarrow)")
+    parser.add_argument("--workdir", help="work folder for chunks and resuming (default: OUT.work beside OUT)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="DataLoader workers, each reading, building graphs and predicting whole chunks with one "
+                             "torch thread (0: all in this process)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--chunk-size", type=int, default=1024, help="items per chunk (the unit of resuming)")
+    parser.add_argument("--threads", type=int, help="torch threads with --workers 0 (default: all cores)")
+    parser.add_argument("--mc-samples", type=int, help="MC-dropout draws per member (default: a manifest's, else 0)")
+    parser.add_argument("--allow-unseen-elements", action="store_true",
+                        help="predict structures with elements the model never saw in training (refused by default)")
+    args = parser.parse_args(argv)
+    if Path(args.output).suffix not in (".csv", ".parquet"):
+        parser.error("--output must end in .csv or .parquet")
+    for name in ("workers", "batch_size", "chunk_size"):
+        if getattr(args, name) < (0 if name == "workers" else 1):
+            parser.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'workers' else 1}")
+    return args
+
+
+def check_parquet(output: Path) -> None:
+    if output.suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"--output {output}: writing Parquet needs pyarrow, which is not installed "
+                              "(pip install pyarrow), or give an output ending in .csv") from None
+
+
+def chunk_ranges(count: int, size: int) -> list[tuple[int, np.ndarray]]:
+    return [(k, np.arange(k * size, min((k + 1) * size, count))) for k in range(-(-count // size))]
+
+
+def iter_rows(store, stage: str, chunks):
+    """(header, row) of every row of a stage's chunk files, in order (one chunk in memory at a time)."""
+    for k, _ in chunks:
+        header, rows = store.read_chunk(stage, k)
+        for row in rows:
+            yield header, row
+
+
+def read_columns(store, stage: str, chunks, names) -> tuple[list[str], dict[str, list[str]]]:
+    """The stage's header and the named columns (only those: tensors of other outputs are not kept)."""
+    names = list(dict.fromkeys(names))
+    header, columns = [], {name: [] for name in names}
+    for header, row in iter_rows(store, stage, chunks):
+        for name in names:
+            columns[name].append(row[header.index(name)])
+    return header, columns
+
+
+def parse_cells(cells: list[str], shape: tuple) -> np.ndarray:
+    """Floats (NaN where empty) or tensors (JSON lists; NaN-filled where empty) from CSV cells."""
+    out = np.full((len(cells), *shape), np.nan)
+    for i, cell in enumerate(cells):
+        if cell:
+            out[i] = json.loads(cell) if shape else float(cell)
+    return out
+
+
+def quantity_columns(selection, units, with_std) -> list[str]:
+    names = []
+    for q in selection.quantities:
+        names += [f"{q.property} [{units[q.property]}]"] + ([f"{q.property}_std [{units[q.property]}]"] if with_std
+                                                            else [])
+    return names
+
+
+def quantities(selection, cells: dict, units, shapes, with_std) -> tuple[dict, dict, dict]:
+    """Means, sigmas (None without uncertainty) and output columns of the selection's quantities."""
+    means, sigmas, columns = {}, {}, {}
+    for q in selection.quantities:
+        unit, shape = units[q.property], shapes[q.property]
+        mean = parse_cells(cells[f"{q.property} [{unit}]"], shape)
+        std = parse_cells(cells[f"{q.property}_std [{unit}]"], shape) if with_std else None
+        means[q.label], sigmas[q.label] = reduce_values(mean, std, q.reduce)
+        if q.reduce is not None:
+            columns[f"{q.label} [{unit}]"] = means[q.label]
+            if with_std:
+                columns[f"{q.label}_std [{unit}]"] = sigmas[q.label]
+    return means, sigmas, columns
+
+
+def _cell(value: float) -> str:
+    return "" if not np.isfinite(value) else repr(float(value))
+
+
+def write_table(output: Path, header: list[str], rows) -> None:
+    """Stream rows to OUT (a temporary file renamed into place; Parquet converted from it)."""
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}.csv")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    if output.suffix == ".parquet":
+        import pyarrow.csv
+        import pyarrow.parquet
+
+        pyarrow.parquet.write_table(pyarrow.csv.read_csv(tmp), output)
+        tmp.unlink()
+    else:
+        os.replace(tmp, output)
+
+
+def screen(args: argparse.Namespace) -> dict:
+    """Run (or resume) a screen; returns the summary (also written to OUT.summary.json)."""
+    output = Path(args.output)
+    check_output(output)
+    check_parquet(output)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)  # workers (if any) run one thread each
+    p1 = load_stage_predictor(args.phase1, args.batch_size, args.allow_unseen_elements, args.mc_samples, "phase 1")
+    p2 = load_stage_predictor(args.phase2, args.batch_size, args.allow_unseen_elements, args.mc_samples,
+                              "phase 2") if args.phase2 else None
+    units1, shapes1 = p1.units(), output_shapes(p1)
+    selection = load_selection(args.config, shapes1)
+    plan = InputPlan(expand(args.input))
+    store = work.WorkDir(args.workdir or output.with_name(output.name + ".work"))
+    resumed = store.open({
+        "inputs": plan.signature(), "phase1": work.checkpoint_identity(args.phase1),
+        "phase2": work.checkpoint_identity(args.phase2), "selection_sha256": selection.sha256(),
+        "chunk_size": args.chunk_size, "allow_unseen_elements": args.allow_unseen_elements,
+        "mc_samples": args.mc_samples})
+    common = dict(batch_size=args.batch_size, workers=args.workers, allow_unseen_elements=args.allow_unseen_elements)
+    chunks1 = chunk_ranges(len(plan), args.chunk_size)
+    stats1 = run_stage(p1, plan, chunks1, store, "phase1", total=len(plan), desc="phase 1", **common)
+    header1, cells = read_columns(store, "phase1", chunks1, ["status", "reason"]
+                                  + quantity_columns(selection, units1, p1.has_uncertainty))
+    header1 = header1 or META + value_columns(units1, p1.has_uncertainty)  # no inputs: the header still
+    ok = np.array([s == "ok" for s in cells["status"]], dtype=bool)
+    means, sigmas, reduced = quantities(selection, cells, units1, shapes1, p1.has_uncertainty)
+    passes, chosen_by = select(selection, ok, means, sigmas)
+    chosen = np.flatnonzero(chosen_by != "")
+    p2_header, p2_rows, stats2 = [], {}, None
+    if p2 is not None:
+        chunks2 = [(j, chosen[j * args.chunk_size:(j + 1) * args.chunk_size])
+                   for j in range(-(-len(chosen) // args.chunk_size))]
+        stats2 = run_stage(p2, plan, chunks2, store, "phase2", total=len(chosen), desc="phase 2", **common)
+        p2_header = ["p2_status", "p2_reason", "p2_error"] + value_columns(p2.units(), p2.has_uncertainty, "p2_")
+        status_at = META.index("status")
+        p2_rows = {int(r[0]): r[status_at:status_at + 3] + r[len(META):] for _, r in iter_rows(store, "phase2",
+                                                                                               chunks2)}
+    header = header1 + list(reduced) + ["passes_windows", "chosen", "chosen_by"] + p2_header
+    blank = [""] * len(p2_header)
+    table = (row + [_cell(values[n]) for values in reduced.values()]
+             + [bool(passes[n]), bool(chosen_by[n]), chosen_by[n]] + p2_rows.get(n, blank)
+             for n, (_, row) in enumerate(iter_rows(store, "phase1", chunks1)))
+    write_table(output, header, table)
+    summary = summarise(args, plan, cells, passes, chosen_by, p1, p2, stats1, stats2, p2_rows, selection, units1,
+                        resumed, str(store.path))
+    summary_path = output.with_name(output.stem + ".summary.json")
+    work.atomic_write(summary_path, json.dumps(summary, indent=1))
+    return summary
+
+
+def summarise(args, plan, cells, passes, chosen_by, p1, p2, stats1, stats2, p2_rows, selection, units1, resumed,
+              workdir) -> dict:
+    reasons = Counter(r for r, s in zip(cells["reason"], cells["status"]) if s == "failed")
+    notes = []
+    if selection.straddle_sigmas and not p1.has_uncertainty:
+        notes.append("Phase 1 has no uncertainty (one checkpoint): straddle_sigmas selects nothing")
+    phase1 = {"read": len(plan), "ok": len(cells["status"]) - sum(reasons.values()), "failed": sum(reasons.values()),
+              "failed_by_reason": dict(reasons), "passed_windows": int(passes.sum()), **stats1}
+    chosen = Counter(c for c in chosen_by if c)
+    summary = {"output": str(args.output), "workdir": workdir, "resumed": resumed, "inputs": args.input,
+               "phase1": phase1,
+               "selection": {"chosen": int(sum(chosen.values())), "chosen_by": dict(chosen),
+                             "recipe": selection.recipe, "recipe_file": args.config, "notes": notes},
+               "checkpoints": {"phase1": list(args.phase1), "phase2": list(args.phase2)},
+               "units": {"phase1": units1, "phase2": p2.units() if p2 else {}},
+               "settings": {"workers": args.workers, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
+                            "torch_threads": torch.get_num_threads()}}
+    if p2 is not None:
+        failed2 = Counter(r[1] for r in p2_rows.values() if r[0] == "failed")
+        summary["phase2"] = {"read": len(p2_rows), "ok": len(p2_rows) - sum(failed2.values()),
+                             "failed": sum(failed2.values()), "failed_by_reason": dict(failed2), **stats2}
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    one, sel = summary["phase1"], summary["selection"]
+    lines = [f"phase 1: {one['read']} read, {one['ok']} predicted, {one['failed']} failed"
+             + (f" ({', '.join(f'{n} x {r}' for r, n in one['failed_by_reason'].items())})" if one["failed"] else "")
+             + f"; {one['structures_computed']} computed in {one['seconds']:.1f} s"
+             + (f" ({one['structures_per_second']:.0f} structures/s)" if one["structures_per_second"] else "")
+             + (f", {one['structures_resumed']} resumed from {summary['workdir']}" if one["structures_resumed"] else ""),
+             f"selection: {one['passed_windows']} pass the windows; {sel['chosen']} chosen "
+             f"({', '.join(f'{n} by {r}' for r, n in sel['chosen_by'].items()) or 'none'})"]
+    lines += [f"selection: note: {note}" for note in sel["notes"]]
+    if "phase2" in summary:
+        two = summary["phase2"]
+        lines.append(f"phase 2: {two['read']} candidates, {two['ok']} predicted, {two['failed']} failed; "
+                     f"{two['structures_computed']} computed in {two['seconds']:.1f} s")
+    lines.append(f"wrote {summary['output']} and its .summary.json")
+    print("\n".join(lines))
+
+
+def screen_command(argv: list[str]) -> int:
+    args = parse_arguments(argv)
+    start = time.perf_counter()
+    summary = screen(args)
+    print_summary(summary)
+    print(f"total {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    if summary["phase1"]["ok"] == 0:
+        print("equiprop screen: error: nothing was predicted in Phase 1", file=sys.stderr)
+        return 1
+    return 0
