@@ -51,9 +51,13 @@ class FileList:
         return len(self.paths)
 
     def signature(self) -> dict:
-        names = "\n".join(map(str, self.paths)).encode()
+        """Names, sizes and modification times (a file replaced since makes its chunk stale: refused)."""
+        digest = hashlib.sha256()
+        for path in self.paths:
+            stat = path.stat() if path.is_file() else None
+            digest.update(f"{path}\t{stat.st_size if stat else ''}\t{stat.st_mtime_ns if stat else ''}\n".encode())
         return {"kind": self.kind, "count": len(self.paths), "first": str(self.paths[0]) if self.paths else "",
-                "names_sha256": hashlib.sha256(names).hexdigest()}
+                "files_sha256": digest.hexdigest()}
 
     def read(self, start: int, stop: int):
         for path in self.paths[start:stop]:

@@ -182,29 +182,39 @@ def screen(args: argparse.Namespace) -> dict:
     means, sigmas, reduced = quantities(selection, cells, units1, shapes1, p1.has_uncertainty)
     passes, chosen_by = select(selection, ok, means, sigmas)
     chosen = np.flatnonzero(chosen_by != "")
-    p2_header, p2_rows, stats2 = [], {}, None
+    p2_header, p2_rows, p2_cells, stats2 = [], iter(()), None, None
     if p2 is not None:
         chunks2 = [(j, chosen[j * args.chunk_size:(j + 1) * args.chunk_size])
                    for j in range(-(-len(chosen) // args.chunk_size))]
         stats2 = run_stage(p2, plan, chunks2, store, "phase2", total=len(chosen), desc="phase 2", **common)
         p2_header = ["p2_status", "p2_reason", "p2_error"] + value_columns(p2.units(), p2.has_uncertainty, "p2_")
-        status_at = META.index("status")
-        p2_rows = {int(r[0]): r[status_at:status_at + 3] + r[len(META):] for _, r in iter_rows(store, "phase2",
-                                                                                               chunks2)}
+        _, p2_cells = read_columns(store, "phase2", chunks2, ["status", "reason"])
+        p2_rows = iter_rows(store, "phase2", chunks2)  # in input order, as the chosen indices
     header = header1 + list(reduced) + ["passes_windows", "chosen", "chosen_by"] + p2_header
-    blank = [""] * len(p2_header)
-    table = (row + [_cell(values[n]) for values in reduced.values()]
-             + [bool(passes[n]), bool(chosen_by[n]), chosen_by[n]] + p2_rows.get(n, blank)
-             for n, (_, row) in enumerate(iter_rows(store, "phase1", chunks1)))
-    write_table(output, header, table)
-    summary = summarise(args, plan, cells, passes, chosen_by, p1, p2, stats1, stats2, p2_rows, selection, units1,
+    write_table(output, header, table_rows(iter_rows(store, "phase1", chunks1), reduced, passes, chosen_by, p2_rows,
+                                           len(p2_header)))
+    summary = summarise(args, plan, cells, passes, chosen_by, p1, p2, stats1, stats2, p2_cells, selection, units1,
                         resumed, str(store.path))
     summary_path = output.with_name(output.stem + ".summary.json")
     work.atomic_write(summary_path, json.dumps(summary, indent=1))
     return summary
 
 
-def summarise(args, plan, cells, passes, chosen_by, p1, p2, stats1, stats2, p2_rows, selection, units1, resumed,
+def table_rows(phase1_rows, reduced: dict, passes, chosen_by, phase2_rows, num_p2: int):
+    """Rows of the output table: Phase-1 rows joined with the selection and, for the chosen, their Phase-2 row
+    (both streams are in input order: a merge, never a table in memory)."""
+    status_at = META.index("status")
+    pending = next(phase2_rows, None)
+    for n, (_, row) in enumerate(phase1_rows):
+        extra = [""] * num_p2
+        if pending is not None and int(pending[1][0]) == n:
+            extra = pending[1][status_at:status_at + 3] + pending[1][len(META):]
+            pending = next(phase2_rows, None)
+        yield (row + [_cell(values[n]) for values in reduced.values()]
+               + [bool(passes[n]), bool(chosen_by[n]), chosen_by[n]] + extra)
+
+
+def summarise(args, plan, cells, passes, chosen_by, p1, p2, stats1, stats2, p2_cells, selection, units1, resumed,
               workdir) -> dict:
     reasons = Counter(r for r, s in zip(cells["reason"], cells["status"]) if s == "failed")
     notes = []
@@ -220,10 +230,10 @@ def summarise(args, plan, cells, passes, chosen_by, p1, p2, stats1, stats2, p2_r
                "checkpoints": {"phase1": list(args.phase1), "phase2": list(args.phase2)},
                "units": {"phase1": units1, "phase2": p2.units() if p2 else {}},
                "settings": {"workers": args.workers, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
-                            "torch_threads": torch.get_num_threads()}}
+                            "torch_threads": torch.get_num_threads(), "mc_samples": args.mc_samples}}
     if p2 is not None:
-        failed2 = Counter(r[1] for r in p2_rows.values() if r[0] == "failed")
-        summary["phase2"] = {"read": len(p2_rows), "ok": len(p2_rows) - sum(failed2.values()),
+        failed2 = Counter(r for r, s in zip(p2_cells["reason"], p2_cells["status"]) if s == "failed")
+        summary["phase2"] = {"read": len(p2_cells["status"]), "ok": len(p2_cells["status"]) - sum(failed2.values()),
                              "failed": sum(failed2.values()), "failed_by_reason": dict(failed2), **stats2}
     return summary
 
