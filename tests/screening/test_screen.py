@@ -214,3 +214,15 @@ def test_parquet_without_pyarrow_and_bad_recipe_are_one_line_errors(tmp_path, ci
     assert main(base + ["--output", str(tmp_path / "out.csv"), "-c", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()
     assert "windows[0]: min 3 > max 1" in err and len(err.splitlines()) == 1
+
+
+def test_resume_after_an_input_file_changed_is_refused(tmp_path, cif_folder, checkpoints):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for path in sorted(cif_folder.iterdir())[:2]:
+        shutil.copy(path, folder / path.name)
+    run(tmp_path, [folder], checkpoints[:1])
+    changed = sorted(folder.iterdir())[0]
+    changed.write_text(changed.read_text() + "\n")
+    with pytest.raises(ConfigError, match="different inputs"):
+        run(tmp_path, [folder], checkpoints[:1])
