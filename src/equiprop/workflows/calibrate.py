@@ -56,19 +56,28 @@ def split_predictions(predictor: UncertainPredictor, datamodule, split: str) -> 
     return {name: tuple(np.concatenate(p) for p in part) for name, part in parts.items() if part[0]}
 
 
-def calibrate(predictor: UncertainPredictor, datamodule) -> dict[str, dict]:
-    """Per task: the std scale fitted on validation, metrics on validation, on test raw and on test rescaled."""
+def calibrate(predictor: UncertainPredictor, datamodule, save: Path | None = None) -> dict[str, dict]:
+    """Per task: the std scale fitted on validation, metrics on validation, on test raw and on test rescaled.
+    ``save``: an .npz of every (true, mean, std) array, to study other recalibrations without predicting again."""
     if not predictor.has_uncertainty:
         raise ConfigError("these checkpoints give no uncertainty: give several checkpoints (an ensemble), or a "
                           "model trained with model.dropout > 0 and --mc-samples N")
     val, test = split_predictions(predictor, datamodule, "val"), split_predictions(predictor, datamodule, "test")
+    if save is not None:
+        np.savez_compressed(save, **{f"{split}/{name}/{part}": array for split, arrays in (("val", val), ("test", test))
+                                     for name, values in arrays.items()
+                                     for part, array in zip(("true", "mean", "std"), values)})
+    return calibration_results(val, test, predictor.tasks)
+
+
+def calibration_results(val: dict, test: dict, tasks: dict) -> dict[str, dict]:
     results = {}
     for name, (true, mean, std) in test.items():
         if name not in val:
             continue  # nothing to fit a scale on; reported as missing
         v_true, v_mean, v_std = val[name]
         scale = fit_std_scale(v_mean - v_true, v_std)
-        results[name] = {"units": predictor.tasks[name].units, "std_scale": scale,
+        results[name] = {"units": tasks[name].units, "std_scale": scale,
                          "val": calibration_metrics(v_mean - v_true, v_std),
                          "test": calibration_metrics(mean - true, std),
                          "test_recalibrated": calibration_metrics(mean - true, std * scale),
@@ -105,8 +114,10 @@ def write_report(prefix: Path, results: dict, meta: dict) -> list[Path]:
         writer.writerows(rows)
     lines = [f"# Calibration of predicted uncertainty\n"] + [f"- {k}: `{v}`" for k, v in meta.items()] + [
         "", f"Expected for a calibrated Gaussian: within 1 sigma {EXPECTED_WITHIN[1]:.3f}, within 2 sigma "
-            f"{EXPECTED_WITHIN[2]:.3f}, miscalibration area 0. `mae` and `mean_sigma` in the task's units; tensors "
-            "pool their independent components. `test_recalibrated`: test sigmas times the std scale fitted on "
+            f"{EXPECTED_WITHIN[2]:.3f}, miscalibration area 0. `n`: values scored (structures x independent components: "
+            "tensors pool their components); `mae` and `mean_sigma` in the task's units; `zero_sigma`: values whose "
+            "sigma is exactly 0 (every draw agrees, e.g. a component an invariant model always predicts as 0), left "
+            "out of the z-based columns. `test_recalibrated`: test sigmas times the std scale fitted on "
             "validation.", "", "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(_fmt(v) for v in row.values()) + " |" for row in rows]
     md_path.write_text("\n".join(lines) + "\n")
@@ -139,7 +150,7 @@ def run_calibration(checkpoints: list[str], mc_samples: int, manifest: Path, rep
     for notice in predictor.notices:
         print(f"equiprop calibrate: warning: {notice}", file=sys.stderr)
     datamodule, config, check = members_datamodule(checkpoints[0], recipe)
-    results = calibrate(predictor, datamodule)
+    results = calibrate(predictor, datamodule, report.with_name(report.name + "_predictions.npz"))
     from equiprop.workflows.scoreboard_inputs import git_state
 
     meta = {"command": command, "members": " ".join(checkpoints), "mc_samples": mc_samples, "data_config": config,
