@@ -91,7 +91,11 @@ def main() -> None:
     parser.add_argument("--teacher-recipe", default="recipes/quickstart.yaml")
     parser.add_argument("--plain", nargs="+", required=True, help="Phase-1 checkpoints of the student recipe")
     parser.add_argument("--student-recipe", default="recipes/baseline_invariant.yaml")
-    parser.add_argument("--student-run", default="baseline_invariant_distilled")
+    parser.add_argument("--student-run", default="baseline_invariant_distilled",
+                        help="the run equiprop distill trains (seed 0 of the student recipe)")
+    parser.add_argument("--extra-students", nargs="*", default=[],
+                        help="more distilled checkpoints (other seeds: equiprop fit -c <workdir>/student.yaml "
+                             "--seed_everything=S --run_name=...), scored with the first")
     parser.add_argument("--shared", default="../shared/data")
     parser.add_argument("--tasks", nargs="+", default=["Ef", "Eg", "K_VRH", "G_VRH"])
     parser.add_argument("--out", default="docs/results/distillation")
@@ -108,7 +112,8 @@ def main() -> None:
         subprocess.run(command, cwd=REPO, check=True)
     models = {"teacher (Phase 2)": [(args.teacher, args.teacher_recipe)],
               "plain Phase 1": [(p, args.student_recipe) for p in args.plain],
-              "distilled Phase 1": [(str(student), args.student_recipe)]}
+              "distilled Phase 1": [(str(student), args.student_recipe)] + [(p, args.student_recipe)
+                                                                            for p in args.extra_students]}
     results = {name: [score(c, r, args.tasks) for c, r in runs] for name, runs in models.items()}
     common = {t: set.intersection(*[set(e[t][0]) for runs in results.values() for e, _ in runs])
               for t in args.tasks}
