@@ -1,0 +1,29 @@
+"""``equiprop ensemble``: one real tiny fit per seed, reused on a rerun, then a calibration manifest."""
+
+import json
+
+import yaml
+
+from equiprop.cli import main
+from equiprop.uncertainty import load_predictor
+
+
+def test_ensemble_trains_each_seed_once_and_writes_a_loadable_manifest(cli_recipe, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cli_recipe["data"]["cache_dir"] = str(tmp_path / "cache")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(cli_recipe))
+    assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "1"]) == 0
+    manifest = tmp_path / "checkpoints" / "tiny_ensemble.json"
+    content = json.loads(manifest.read_text())
+    assert content["members"] == ["tiny_s0/best.ckpt", "tiny_s1/best.ckpt"]
+    assert set(content["std_scale"]) == {"Ef", "Eg"} and content["units"]["Ef"] == "eV/atom"
+    assert (tmp_path / "checkpoints" / "tiny_ensemble_calibration.md").exists()
+    first = (tmp_path / "checkpoints" / "tiny_s0" / "best.ckpt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "1"]) == 0  # resumes: nothing retrained
+    assert capsys.readouterr().out.count("reusing") == 2
+    assert (tmp_path / "checkpoints" / "tiny_s0" / "best.ckpt").stat().st_mtime_ns == first
+    predictor = load_predictor([manifest], warn=False)
+    assert predictor.has_uncertainty and predictor.std_scale == content["std_scale"]
+    assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "0"]) == 2  # a repeated seed adds nothing
