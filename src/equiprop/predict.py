@@ -63,7 +63,7 @@ PROBE_SPACING = 3.0  # Å, nearest-neighbour distance of the probe crystal (shor
 
 
 class CheckedPredictions:
-    """``predict`` / ``predict_records`` over a class's ``_checked_graphs`` and ``predict_graphs``: the refusals
+    """``predict`` / ``predict_records`` over a class's ``checked_graphs`` and ``predict_graphs``: the refusals
     (not periodic, unseen elements, broken structures, non-finite predictions) shared by every predictor."""
 
     def predict(self, structures, progress: bool = False) -> list[dict]:
@@ -79,7 +79,7 @@ class CheckedPredictions:
 
     def predict_records(self, structures, progress: bool = False) -> list[dict | DataError]:
         """Per structure, in order: its prediction dict, or the DataError saying why it has none."""
-        graphs, kept, failures = self._checked_graphs(structures, checked=True)
+        graphs, kept, failures = self.checked_graphs(structures, checked=True)
         outcomes: list = [failures.get(i) for i in range(len(structures))]
         for (i, record), prediction in zip(kept.items(), self.predict_graphs(graphs, progress)):
             bad = non_finite_outputs(prediction)
@@ -152,9 +152,8 @@ class Predictor(CheckedPredictions):
 
     def check_probe(self, where: str) -> None:
         """Refuse a model whose every output is non-finite on a simple crystal (corrupted weights)."""
-        z = int(np.flatnonzero(self.species_seen)[0]) if self.species_seen is not None else 14
-        spacing = min(PROBE_SPACING, 0.75 * self.cutoff)
-        probe = CrystalRecord("probe", np.eye(3) * spacing, np.zeros((1, 3)), [z])
+        probe = probe_crystal(self.species_seen, self.cutoff)
+        z, spacing = int(probe.numbers[0]), float(probe.cell[0, 0])
         prediction = self.predict_graphs([self.graph(probe)])[0]
         if not any(np.isfinite(value).all() for value in prediction.values()):
             raise DataError(where, f"every prediction is non-finite on a probe crystal (simple cubic, Z={z}, "
@@ -195,7 +194,7 @@ class Predictor(CheckedPredictions):
                                    "with --allow-unseen-elements / allow_unseen_elements=True)",
                             "elements unseen in training")
 
-    def _checked_graphs(self, structures, checked: bool
+    def checked_graphs(self, structures, checked: bool
                         ) -> tuple[list, dict[int, CrystalRecord], dict[int, DataError]]:
         """Graphs of the usable structures, {index: record} of those, {index: error} of the others."""
         graphs, kept, failures = [], {}, {}
@@ -214,7 +213,7 @@ class Predictor(CheckedPredictions):
     def graphs(self, structures) -> tuple[list, list[int], dict[int, str]]:
         """Graphs of the usable structures, their indices, and {index: error} for the others. Validity only
         (no periodicity or training-element check): for embeddings; ``predict_records`` checks everything."""
-        graphs, kept, failures = self._checked_graphs(structures, checked=False)
+        graphs, kept, failures = self.checked_graphs(structures, checked=False)
         return graphs, list(kept), {i: str(err) for i, err in failures.items()}
 
     # -- prediction (predict, predict_records: CheckedPredictions) ------------------------------------------------
@@ -251,6 +250,13 @@ class Predictor(CheckedPredictions):
         if "elastic_tensor" in units:
             units.update({"K_Voigt": "GPa", "G_Voigt": "GPa"})
         return units
+
+
+def probe_crystal(species_seen: np.ndarray | None, cutoff: float) -> CrystalRecord:
+    """A simple cubic crystal of the first element the model was trained on (Si if unknown), nearest neighbours
+    inside the cutoff: a structure every checkpoint must predict finitely."""
+    z = int(np.flatnonzero(species_seen)[0]) if species_seen is not None and species_seen.any() else 14
+    return CrystalRecord("probe", np.eye(3) * min(PROBE_SPACING, 0.75 * cutoff), np.zeros((1, 3)), [z])
 
 
 # -- checkpoint reading -------------------------------------------------------------------------------------------

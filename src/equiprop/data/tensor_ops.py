@@ -47,6 +47,24 @@ def anisotropic_part(t, formula: str):
 
 
 # -- Mandel form --------------------------------------------------------------------------------------------------
+def isotropic_weights(shape: tuple) -> np.ndarray:
+    """Weights w with sum(w * T) = the isotropic scalar of a user-form tensor T: trace/3 of a 3x3, the Voigt bulk
+    modulus (C11+C22+C33+2(C12+C13+C23))/9 of a symmetric 6x6 Voigt stiffness."""
+    if tuple(shape) == (3, 3):
+        return np.eye(3) / 3.0
+    if tuple(shape) == (6, 6):
+        weights = np.zeros((6, 6))
+        weights[:3, :3] = 1.0 / 9.0
+        return weights
+    raise ValueError(f"no isotropic scalar of a {tuple(shape)} tensor (3x3 or 6x6 Voigt)")
+
+
+def isotropic_scalar(values: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) or (..., 6, 6) user-form tensors -> (...) isotropic scalars (``isotropic_weights``)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.einsum("...ij,ij->...", values, isotropic_weights(values.shape[-2:]))
+
+
 def to_mandel(c: np.ndarray) -> np.ndarray:
     """(..., 3, 3, 3, 3) stiffness -> (..., 6, 6) Mandel matrix."""
     c = np.asarray(c, dtype=np.float64)

@@ -3,10 +3,9 @@ shape of each of its outputs (found on a probe crystal, before any input is read
 
 from __future__ import annotations
 
-import numpy as np
 from torch_geometric.data import Batch
 
-from equiprop.data.record import CrystalRecord
+from equiprop.predict import probe_crystal
 
 
 def load_stage_predictor(paths: list[str], batch_size: int, allow_unseen_elements: bool, mc_samples: int | None,
@@ -23,14 +22,7 @@ def load_stage_predictor(paths: list[str], batch_size: int, allow_unseen_element
     return predictor
 
 
-def probe_record(predictor) -> CrystalRecord:
-    """A simple cubic crystal of an element the model was trained on, nearest neighbours inside the cutoff."""
-    seen = predictor.species_seen
-    z = int(np.flatnonzero(seen)[0]) if seen is not None and seen.any() else 14
-    return CrystalRecord("probe", np.eye(3) * min(3.0, 0.75 * predictor.cutoff), np.zeros((1, 3)), [z])
-
-
 def output_shapes(predictor) -> dict[str, tuple]:
     """{output: shape of one structure's value} (() for scalars, (3, 3), (6, 6) Voigt, (3, 6) ...)."""
-    prediction = predictor.predict_batch(Batch.from_data_list([predictor.graph(probe_record(predictor))]))
+    prediction = predictor.predict_batch(Batch.from_data_list([predictor.graph(probe_crystal(predictor.species_seen, predictor.cutoff))]))
     return {name: tuple(mean.shape[1:]) for name, (mean, _) in prediction.items()}

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from equiprop.data.errors import ConfigError
+from equiprop.data.tensor_ops import isotropic_weights
 
 AXES = "xyz"
 REDUCES = ("isotropic", "max_eigenvalue")
@@ -185,14 +186,6 @@ def _valid_reduce(reduce: str, shape: tuple) -> bool:
     return _component(reduce, shape) is not None
 
 
-def _isotropic_weights(shape: tuple) -> np.ndarray:
-    if shape == (3, 3):
-        return np.eye(3) / 3.0
-    weights = np.zeros((6, 6))  # Voigt bulk modulus (C11+C22+C33+2(C12+C13+C23))/9 over the symmetric 6x6
-    weights[:3, :3] = 1.0 / 9.0
-    return weights
-
-
 def reduce_values(mean: np.ndarray, std: np.ndarray | None, reduce: str | None
                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """(num, *shape) mean/std of an output -> (num,) mean/std of the quantity (std: see the module docstring)."""
@@ -202,7 +195,7 @@ def reduce_values(mean: np.ndarray, std: np.ndarray | None, reduce: str | None
         return mean, std
     shape = mean.shape[1:]
     if reduce == "isotropic":
-        w = _isotropic_weights(shape)
+        w = isotropic_weights(shape)
         return (np.einsum("nij,ij->n", mean, w),
                 None if std is None else np.einsum("nij,ij->n", std, np.abs(w)))
     if reduce == "max_eigenvalue":

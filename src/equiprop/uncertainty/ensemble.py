@@ -130,11 +130,13 @@ class UncertainPredictor(CheckedPredictions):
 
     def predict_batch(self, batch) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """{output: (mean, std)}, each (num_graphs, *user_shape); std None when there is a single draw."""
-        out = {}
-        for name, values in self.samples(batch).items():
-            std = values.std(axis=0) * self.std_scale.get(name, 1.0) if len(values) > 1 else None
-            out[name] = (values.mean(axis=0), std)
-        return out
+        return {name: self.mean_std(name, values) for name, values in self.samples(batch).items()}
+
+    def mean_std(self, name: str, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean and (recalibrated) std over the first axis of ``draws`` of output ``name`` (or of a quantity
+        derived from it per draw); std None for a single draw."""
+        std = draws.std(axis=0) * self.std_scale.get(name, 1.0) if len(draws) > 1 else None
+        return draws.mean(axis=0), std
 
     def predict_graphs(self, graphs: list, progress: bool = False) -> list[dict]:
         """One dict per graph: {output: value, output_std: value (when there is uncertainty)}."""
@@ -158,8 +160,8 @@ class UncertainPredictor(CheckedPredictions):
                 rows.append(row)
         return rows
 
-    def _checked_graphs(self, structures, checked: bool):
-        return self.members[0]._checked_graphs(structures, checked)
+    def checked_graphs(self, structures, checked: bool):
+        return self.members[0].checked_graphs(structures, checked)
 
 
 def _value(array: np.ndarray):

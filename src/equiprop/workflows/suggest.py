@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from equiprop.data.tensor_ops import isotropic_scalar
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.record import CrystalRecord
 from equiprop.uncertainty.acquisition import DIRECTIONS, STRATEGIES, acquisition_scores, greedy_diverse_selection
@@ -34,14 +35,11 @@ BUNDLED_PREFIX = "bundled:"
 
 
 def isotropic(values: np.ndarray) -> np.ndarray:
-    """The isotropic scalar of user-form tensors (..., 3, 3) -> trace / 3; (..., 6, 6) Voigt elastic -> the Voigt
-    bulk modulus (C11 + C22 + C33 + 2 (C12 + C13 + C23)) / 9."""
-    if values.shape[-2:] == (3, 3):
-        return np.trace(values, axis1=-2, axis2=-1) / 3
-    if values.shape[-2:] == (6, 6):
-        c = values[..., :3, :3]
-        return (np.trace(c, axis1=-2, axis2=-1) + c.sum(axis=(-2, -1))) / 9
-    raise ConfigError(f"--reduce isotropic: no isotropic scalar of a {values.shape[-2:]} tensor (3x3 or 6x6)")
+    """The isotropic scalar of user-form tensors (trace/3; Voigt bulk modulus of a 6x6), as ``--reduce isotropic``."""
+    try:
+        return isotropic_scalar(values)
+    except ValueError as err:
+        raise ConfigError(f"--reduce isotropic: {err}") from None
 
 
 def predicted(predictor, batch, output: str, reduce: str | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -49,9 +47,7 @@ def predicted(predictor, batch, output: str, reduce: str | None) -> tuple[np.nda
     mask), so its std is the spread of the reduced draws, times the tensor's std scale where calibrated."""
     if reduce is None:
         return predictor.predict_batch(batch)[output]
-    values = isotropic(predictor.samples(batch)[output])
-    std = values.std(axis=0) * predictor.std_scale.get(output, 1.0) if len(values) > 1 else None
-    return values.mean(axis=0), std
+    return predictor.mean_std(output, isotropic(predictor.samples(batch)[output]))
 
 
 @torch.no_grad()
@@ -121,17 +117,9 @@ def partition(items: list, task: str, labelled_ids: set[str]) -> tuple[list, lis
 
 
 def usable_graphs(predictor, records: list, checked: bool) -> tuple[list, list, list[DataError]]:
-    """Graphs and records of those that can be predicted, and the errors of the others."""
-    graphs, kept, errors = [], [], []
-    for record in records:
-        try:
-            if checked:
-                predictor.check_record(record)
-            graphs.append(predictor.graph(record.validate()))
-            kept.append(record)
-        except DataError as err:
-            errors.append(err)
-    return graphs, kept, errors
+    """Graphs and records of those that can be predicted, and the errors of the others (the predictor's checks)."""
+    graphs, kept, failures = predictor.checked_graphs(records, checked)
+    return graphs, list(kept.values()), list(failures.values())
 
 
 def batches(graphs: list, size: int):
