@@ -62,8 +62,16 @@ class CrystalRecord:
 
         return Atoms(numbers=self.numbers).get_chemical_formula(mode="metal")
 
-    def validate(self) -> "CrystalRecord":
-        """Raise DataError for unknown elements, degenerate cells, non-finite or overlapping atoms."""
+    def validate(self, min_distance: float | None = None) -> "CrystalRecord":
+        """Raise DataError for unknown elements, degenerate cells, non-finite or overlapping atoms.
+        ``min_distance``: the shortest interatomic distance when already known (e.g. from a graph's edges, which
+        always include each atom's nearest neighbour), instead of a neighbour list of its own."""
+        self.check_cell()
+        self.check_distance(self.min_distance() if min_distance is None else min_distance)
+        return self
+
+    def check_cell(self) -> None:
+        """The checks of ``validate`` that need no neighbour list: atoms, elements, finite values, volume."""
         if self.num_atoms == 0:
             raise DataError(self.id, "structure has no atoms", "empty structure")
         bad = self.numbers[(self.numbers < 1) | (self.numbers > MAX_ATOMIC_NUMBER)]
@@ -73,11 +81,11 @@ class CrystalRecord:
             raise DataError(self.id, "non-finite cell or positions", "non-finite coordinates")
         if self.pbc.any() and self.volume < MIN_CELL_VOLUME:
             raise DataError(self.id, f"cell has zero volume ({self.volume:.3g} Å^3)", "zero-volume cell")
-        d_min = self.min_distance()
+
+    def check_distance(self, d_min: float) -> None:
         if d_min < MIN_INTERATOMIC_DISTANCE:
             raise DataError(self.id, f"two atoms are {d_min:.3f} Å apart (< {MIN_INTERATOMIC_DISTANCE} Å)",
                             f"atoms closer than {MIN_INTERATOMIC_DISTANCE} Å")
-        return self
 
     def min_distance(self) -> float:
         """Shortest interatomic distance including periodic images (inf for a single isolated atom)."""

@@ -24,8 +24,8 @@ from torch_geometric.data import Batch
 
 from equiprop.data.errors import DataError
 from equiprop.data.graph import record_to_graph
-from equiprop.data.record import MAX_ATOMIC_NUMBER, MIN_CELL_VOLUME, MIN_INTERATOMIC_DISTANCE, CrystalRecord
-from equiprop.predict import describe_record
+from equiprop.data.record import MAX_ATOMIC_NUMBER, CrystalRecord
+from equiprop.predict import describe_record, renamed
 from equiprop.screening.inputs import InputFailure
 
 META = ["index", "id", "file", "formula", "status", "reason", "error"]
@@ -45,29 +45,18 @@ def formula(numbers: np.ndarray) -> str:
 
 
 def check_structure(record: CrystalRecord) -> None:
-    """``CrystalRecord.validate`` and the predictor's periodicity check, less the minimum distance (``check_graph``)."""
-    where = describe_record(record)
+    """The predictor's periodicity check and ``CrystalRecord.check_cell``; the distance check waits for the graph."""
     if not record.pbc.all():
-        raise DataError(where, f"not periodic (pbc={[bool(p) for p in record.pbc]}): equiprop predicts crystals",
-                        "not periodic")
-    if record.num_atoms == 0:
-        raise DataError(where, "structure has no atoms", "empty structure")
-    if ((record.numbers < 1) | (record.numbers > MAX_ATOMIC_NUMBER)).any():
-        raise DataError(where, "unknown element (atomic number outside 1-118)", "unknown element")
-    if not (np.isfinite(record.cell).all() and np.isfinite(record.positions).all()):
-        raise DataError(where, "non-finite cell or positions", "non-finite coordinates")
-    if record.volume < MIN_CELL_VOLUME:
-        raise DataError(where, f"cell has zero volume ({record.volume:.3g} Å^3)", "zero-volume cell")
+        raise DataError(record.id, f"not periodic (pbc={[bool(p) for p in record.pbc]}): equiprop predicts "
+                                   "crystals", "not periodic")
+    record.check_cell()
 
 
 def check_graph(record: CrystalRecord, graph) -> None:
     """Atoms closer than 0.5 Å, from the graph's edges (every pair within the cutoff, the nearest always kept)."""
     i, j = graph.edge_index.numpy()
     vectors = record.positions[j] + graph.edge_cell_shift.numpy() @ record.cell - record.positions[i]
-    d_min = float(np.sqrt((vectors ** 2).sum(1)).min()) if len(i) else float("inf")
-    if d_min < MIN_INTERATOMIC_DISTANCE:
-        raise DataError(describe_record(record), f"two atoms are {d_min:.3f} Å apart (< {MIN_INTERATOMIC_DISTANCE} "
-                                                 "Å)", f"atoms closer than {MIN_INTERATOMIC_DISTANCE} Å")
+    record.check_distance(float(np.sqrt((vectors ** 2).sum(1)).min()) if len(i) else float("inf"))
 
 
 def unseen_mask(records: list[CrystalRecord], seen: np.ndarray | None) -> np.ndarray:
@@ -119,7 +108,7 @@ class ChunkDataset(torch.utils.data.Dataset):
                 check_structure(item)
                 records.append((len(rows) - 1, item))
             except DataError as err:
-                rows[-1].update(status="failed", reason=err.kind, error=str(err))
+                rows[-1].update(status="failed", reason=err.kind, error=str(renamed(err, item)))
         unseen = unseen_mask([r for _, r in records], self.seen)
         graphs, positions = [], []
         for (position, record), bad in zip(records, unseen):
@@ -129,8 +118,7 @@ class ChunkDataset(torch.utils.data.Dataset):
                 graph = record_to_graph(record, {}, *self.graph_args)
                 check_graph(record, graph)
             except DataError as err:
-                message = str(err) if err.where != record.id else f"{describe_record(record)}: {err.problem}"
-                rows[position].update(status="failed", reason=err.kind, error=message)
+                rows[position].update(status="failed", reason=err.kind, error=str(renamed(err, record)))
                 continue
             graphs.append(graph)
             positions.append(position)
