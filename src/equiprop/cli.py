@@ -13,8 +13,9 @@ from equiprop.data.errors import ConfigError, DataError
 
 USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VALUE --model.KEY=VALUE --data.KEY=VALUE]
                 [fit: --ckpt_path last.ckpt (resume) | --overwrite=true (replace an earlier run of this name)]
-       equiprop predict --checkpoint CKPT --input FILES_OR_DIR [...] --output out.{csv,json}
+       equiprop predict (--model NAME | --checkpoint CKPT [...]) --input FILES_OR_DIR [...] --output out.{csv,json}
                 [--allow-failures] [--allow-unseen-elements]
+       equiprop models [NAME]
        equiprop screen --input PATHS --phase1 CKPT [...] [--phase2 CKPT ...] [-c SELECTION.yaml] --output OUT.csv
        equiprop tune -c RECIPE.yaml --n-trials N [--storage URL --study-name NAME] [--trainer.KEY=VALUE ...]
        equiprop matbench --task TASK -c RECIPE.yaml [--folds 0 1 2 3 4] [--subset] [--trainer.KEY=VALUE ...]
@@ -27,6 +28,7 @@ USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VAL
 
   fit|validate|test   LightningCLI on a recipe (see recipes/); `equiprop fit --help` lists every option
   predict             properties of new structures (CIF/POSCAR/extxyz) in physical units
+  models              the pretrained models that ship with equiprop (equiprop-mp-v1): tasks, data, test metrics
   tune                Optuna search (max_ell, irreps, ...) declared in the recipe's tune: section
   matbench            official MatBench folds, one training each, results in matbench's record format
   ensemble            one training per seed, then calibration: a deep ensemble with a manifest (members, scales)
@@ -100,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             from equiprop.workflows.predict import predict_command
 
             return predict_command(argv[1:])
+        if argv and argv[0] == "models":
+            from equiprop.shipped import models_command
+
+            return models_command(argv[1:])
         if argv and argv[0] == "screen":
             from equiprop.workflows.screen import screen_command
 

@@ -52,6 +52,7 @@ from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord, from_ase, from_pymatgen
 from equiprop.nn.base import build_encoder
+from equiprop.train.export import restore_backbone
 from equiprop.train.metrics import voigt_bulk_modulus, voigt_shear_modulus
 
 # what torch.load(weights_only=True) raises on files that are not (whole) checkpoints: empty (EOFError), truncated
@@ -303,6 +304,7 @@ def build_model(path, checkpoint: dict):
     except (ConfigError, KeyError, TypeError, ValueError) as err:
         raise DataError(str(path), f"cannot rebuild the model it describes ({type(err).__name__}: {err})",
                         "bad checkpoint") from None
+    state = restore_backbone(meta, state, model.encoder, str(path))  # a shipped model's pretrained weights, checked
     try:
         model.load_state_dict(state)
     except RuntimeError as err:  # missing / unexpected keys, shape mismatches

@@ -9,6 +9,9 @@ from e3nn.nn import Dropout, FullyConnectedNet, Gate
 from torch import nn
 from torch_geometric.utils import scatter
 
+from equiprop.data import keys
+from equiprop.data.graph import edge_vectors, radial_lengths
+
 MAX_Z = 118
 
 
@@ -271,12 +274,37 @@ class EnvironmentHarmonicsBlock(nn.Module):
         # vectors: (num_edges, 3); lengths: (num_edges,) in cutoff units (graph.radial_lengths); center: (num_edges,)
         # -> (num_nodes, irreps_out.dim)
         sh = self.sh(vectors)  # (num_edges, irreps_sh.dim)
-        weights = self.weights(self.radial(lengths)).reshape(len(vectors), len(self.ells), -1)
+        by_l = {l: sh[:, sl] for l, sl in zip(self.ells, self.irreps_sh.slices())}
+        return self.from_harmonics(by_l, lengths, center, num_nodes)
+
+    def from_harmonics(self, sh_by_l: dict[int, torch.Tensor], lengths: torch.Tensor, center: torch.Tensor,
+                       num_nodes: int) -> torch.Tensor:
+        # sh_by_l: {l: (num_edges, 2l+1)} normalised harmonics computed once per forward (EdgeGeometryBlock)
+        weights = self.weights(self.radial(lengths)).reshape(len(lengths), len(self.ells), -1)
         parts = []
-        for k, sl in enumerate(self.irreps_sh.slices()):
-            per_edge = weights[:, k, :, None] * sh[:, None, sl]  # (num_edges, channels, 2l+1)
+        for k, l in enumerate(self.ells):
+            per_edge = weights[:, k, :, None] * sh_by_l[l][:, None, :]  # (num_edges, channels, 2l+1)
             parts.append(scatter(per_edge, center, dim=0, dim_size=num_nodes, reduce="mean").flatten(1))
         return torch.cat(parts, dim=1)
+
+
+class EdgeGeometryBlock(nn.Module):
+    """Edge vectors, lengths in cutoff units and their spherical harmonics for every l some readout needs, computed
+    once per forward and shared by the tensor readouts (each applies its own radial weights): four tensor heads
+    otherwise recompute the same edge work four times. No parameters."""
+
+    def __init__(self, ells: list[int]):
+        super().__init__()
+        self.ells = sorted(set(ells))
+        self.irreps_sh = o3.Irreps([(1, (l, (-1) ** l)) for l in self.ells])
+        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+
+    def forward(self, data, dtype: torch.dtype) -> dict:
+        # -> {"lengths": (num_edges,), "center": (num_edges,), "sh": {l: (num_edges, 2l+1)}}
+        vectors = edge_vectors(data).to(dtype)
+        sh = self.sh(vectors)
+        return {"lengths": radial_lengths(data, vectors), "center": data[keys.EDGE_INDEX][0],
+                "sh": {l: sh[:, sl] for l, sl in zip(self.ells, self.irreps_sh.slices())}}
 
 
 class FeatureDropoutBlock(nn.Module):

@@ -28,7 +28,10 @@ weights: the control that shows what pretraining gives).
 from __future__ import annotations
 
 import copy
+import hashlib
+import os
 import warnings
+from functools import lru_cache
 from typing import Literal, get_args
 
 import torch
@@ -44,6 +47,21 @@ FoundationModel = Literal["7net-0", "7net-l3i5"]
 Descriptor = Literal["bulk_modulus", "gamma_phonons"]  # potential_physics.DESCRIPTOR_SIZES
 FOUNDATION_MODELS = get_args(FoundationModel)
 READOUT_MODULES = ("reduce_input_to_hidden", "reduce_hidden_to_energy", "rescale_atomic_energy")
+
+
+@lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime: float) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) in a process."""
+    stat = os.stat(path)
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime)
 
 
 def load_potential(name: str, pretrained: bool = True):
@@ -179,6 +197,17 @@ class FoundationEncoder(Encoder):
 
     def layer_modules(self) -> list[torch.nn.Module]:
         return [torch.nn.ModuleList([self.potential._modules[n] for n in names]) for names in self.layer_names]
+
+    def pretrained_source(self) -> dict | None:
+        """Where the pretrained weights come from (``equiprop.train.export``): None for ``from_scratch``."""
+        if self.transfer == "from_scratch":
+            return None
+        import sevenn
+        from sevenn.util import pretrained_name_to_path
+
+        path = pretrained_name_to_path(self.model_name)
+        return {"package": "sevenn", "version": sevenn.__version__, "model": self.model_name,
+                "file": str(path), "sha256": file_sha256(path)}
 
     # -- running the potential --------------------------------------------------------------------------------------
     def _species_index(self, data) -> torch.Tensor:

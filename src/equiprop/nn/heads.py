@@ -17,9 +17,8 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from equiprop.data import keys
-from equiprop.data.graph import edge_vectors, radial_lengths
 from equiprop.data.tasks import TaskSpec
-from equiprop.nn.blocks import EnvironmentHarmonicsBlock
+from equiprop.nn.blocks import EdgeGeometryBlock, EnvironmentHarmonicsBlock
 
 
 def _scalars(irreps: o3.Irreps) -> o3.Irreps:
@@ -44,8 +43,8 @@ class ScalarReadoutBlock(nn.Module):
         self.select = nn.Linear(len(scalars), hidden)
         self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
 
-    def forward(self, x: torch.Tensor, data) -> torch.Tensor:
-        # x: (num_nodes, irreps_in.dim); data: the PyG batch the features belong to
+    def forward(self, x: torch.Tensor, data, edges: dict | None = None) -> torch.Tensor:
+        # x: (num_nodes, irreps_in.dim); data: the PyG batch the features belong to; edges: unused (no geometry)
         per_atom = self.mlp(self.select(x[:, self.scalar_index])).squeeze(-1)  # (num_nodes,)
         return scatter(per_atom, data[keys.BATCH], dim=0, dim_size=data.num_graphs, reduce=self.pooling)
 
@@ -67,10 +66,11 @@ class TensorReadoutBlock(nn.Module):
     def __init__(self, irreps_in: o3.Irreps, task: TaskSpec, pooling: str = "mean", hidden: int = 64,
                  num_gates: int = 4, quadratic_mul: int = 8, environment_channels: int = 0, cutoff: float = 5.0):
         super().__init__()
-        self.environment = None
+        self.environment = self.edge_geometry = None
         if environment_channels:  # geometric l-features of the neighbour shell for every l>0 output of the task
             ells = [ir.l for _, ir in o3.Irreps(task.cartesian_tensor) if ir.l > 0 and ir.p == (-1) ** ir.l]
             self.environment = EnvironmentHarmonicsBlock(ells, cutoff, environment_channels) if ells else None
+            self.edge_geometry = EdgeGeometryBlock(ells) if ells else None  # alone; a model shares one for all heads
         self.irreps_in = o3.Irreps(irreps_in) + (self.environment.irreps_out if self.environment else o3.Irreps(""))
         self.irreps_out = o3.Irreps(task.cartesian_tensor)  # e.g. 1x0e+1x2e
         self.pooling, self.num_gates = pooling, num_gates
@@ -111,12 +111,14 @@ class TensorReadoutBlock(nn.Module):
             warnings.warn(f"{task.name}: irreps {missing} cannot be produced from node irreps {self.irreps_in}; "
                           "they are predicted as zero (raise max_ell)")
 
-    def forward(self, x: torch.Tensor, data) -> torch.Tensor:
-        # x: (num_nodes, encoder irreps dim); data: the PyG batch -> (num_graphs, irreps_out.dim)
+    def forward(self, x: torch.Tensor, data, edges: dict | None = None) -> torch.Tensor:
+        # x: (num_nodes, encoder irreps dim); data: the PyG batch; edges: EdgeGeometryBlock's output, shared by the
+        # model's readouts (computed here when absent) -> (num_graphs, irreps_out.dim)
         if self.environment is not None:
-            vectors = edge_vectors(data).to(x.dtype)
-            x = torch.cat([x, self.environment(vectors, radial_lengths(data, vectors), data[keys.EDGE_INDEX][0],
-                                               len(x))], 1)
+            if edges is None:
+                edges = self.edge_geometry(data, x.dtype)
+            x = torch.cat([x, self.environment.from_harmonics(edges["sh"], edges["lengths"], edges["center"],
+                                                              len(x))], 1)
         x = self.input_norm(x)
         h = self.invariant(x[:, self.scalar_index])  # (num_nodes, hidden)
         if self.quadratic is not None:

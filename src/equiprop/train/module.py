@@ -14,7 +14,7 @@ from equiprop.data.errors import ConfigError, check_choice
 from equiprop.data.graph import atoms_per_graph
 from equiprop.data.tasks import TaskSpec, resolve_task, resolve_tasks
 from equiprop.nn.base import Encoder, describe
-from equiprop.nn.blocks import MAX_Z, FeatureDropoutBlock
+from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
 from equiprop.nn.heads import build_head
 from equiprop.data.tensor_ops import invariant_mask
 from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss, tensor_task_loss
@@ -88,6 +88,9 @@ class MultiTaskModel(L.LightningModule):
         self.tasks: dict[str, TaskSpec] = resolve_tasks(tasks)
         self.heads = nn.ModuleDict({name: build_head(t, encoder.irreps_out, environment_channels, encoder.cutoff)
                                     for name, t in self.tasks.items()})
+        ells = sorted({l for head in self.heads.values() if getattr(head, "environment", None) is not None
+                       for l in head.environment.ells})
+        self.edge_geometry = EdgeGeometryBlock(ells) if ells else None
         self.feature_dropout = FeatureDropoutBlock(encoder.irreps_out, dropout)
         self.normalizer = TaskNormalizer(self.tasks)
         names = list(self.tasks)
@@ -160,16 +163,23 @@ class MultiTaskModel(L.LightningModule):
             self.train_label_counts = dict(counts)
 
     # -- forward --------------------------------------------------------------------------------------------------
-    def forward(self, batch, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Normalised model-space predictions {task: (num_graphs, *shape)} (logits for binary tasks)."""
-        features = self.feature_dropout(self.encoder(batch))
-        return {name: self.heads[name](features, batch)
-                for name in (tasks if tasks is not None else self.tasks)}
+    def forward(self, batch, tasks: list[str] | None = None, features: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Normalised model-space predictions {task: (num_graphs, *shape)} (logits for binary tasks).
+        ``features``: the encoder's output for ``batch`` when already computed (ensemble members that share one
+        frozen encoder run it once)."""
+        features = self.feature_dropout(self.encoder(batch) if features is None else features)
+        names = list(tasks if tasks is not None else self.tasks)
+        # edge vectors and harmonics once per forward for every tensor readout that reads the neighbour shell
+        geometric = any(getattr(self.heads[n], "environment", None) is not None for n in names)
+        edges = self.edge_geometry(batch, features.dtype) if geometric else None
+        return {name: self.heads[name](features, batch, edges) for name in names}
 
-    def predict_physical(self, batch, tasks: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def predict_physical(self, batch, tasks: list[str] | None = None, features: torch.Tensor | None = None
+                         ) -> dict[str, torch.Tensor]:
         """Predictions in physical units (tensors Cartesian; binary: probability) of ``tasks`` (default: all)."""
         num_atoms = atoms_per_graph(batch)  # extensive (sum-pooled) tasks scale with the structure's atoms
-        return {n: self.normalizer.to_physical(n, y, num_atoms) for n, y in self(batch, tasks).items()}
+        return {n: self.normalizer.to_physical(n, y, num_atoms) for n, y in self(batch, tasks, features).items()}
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         present = [n for n in self.tasks if bool(batch[keys.mask_key(n)].any())]

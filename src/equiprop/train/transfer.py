@@ -12,17 +12,23 @@ import torch
 from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import TaskSpec
 from equiprop.nn.base import describe
+from equiprop.train.export import restore_backbone
 
 FINETUNE_MODES = ("all", "frozen_encoder", "last_layers")
 
 
 def read_pretrained(path: str) -> dict:
+    """The checkpoint to start from: a path, or a shipped model's name (its first member, ``equiprop.shipped``)."""
+    from equiprop.shipped import first_member
+
+    path = first_member(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"init_from: checkpoint not found: {path}") from None
     if "equiprop" not in checkpoint:
         raise ConfigError(f"init_from: {path} is not an equiprop checkpoint")
+    checkpoint["path"] = path
     return checkpoint
 
 
@@ -45,7 +51,7 @@ def load_pretrained(model, path: str) -> list[str]:
     the pretrained model. Returns the names of the reused tasks."""
     pretrained = read_pretrained(path)
     check_encoder(pretrained, model.encoder, path)
-    state = pretrained["state_dict"]
+    state = restore_backbone(pretrained["equiprop"], pretrained["state_dict"], model.encoder, pretrained["path"])
     model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
     model.species_seen.copy_(state["species_seen"])
     defined = pretrained["equiprop"]["tasks"]  # compared as TaskSpecs: fields added later take their defaults

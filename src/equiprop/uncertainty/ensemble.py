@@ -76,6 +76,8 @@ class UncertainPredictor(CheckedPredictions):
         self.allow_unseen_elements = first.allow_unseen_elements
         self.std_scale = dict(std_scale or {})
         self.draws = [self.mc_samples if self.mc_samples and self._dropout(m) else 1 for m in members]
+        self.shared_encoder = len(members) > 1 and all(same_frozen_encoder(first.model.encoder, m.model.encoder)
+                                                       for m in members[1:])
         if self.mc_samples and not any(d > 1 for d in self.draws):
             self.notices.append(f"mc_samples={self.mc_samples} ignored: no member was trained with model.dropout")
 
@@ -105,6 +107,8 @@ class UncertainPredictor(CheckedPredictions):
     def samples(self, batch) -> dict[str, np.ndarray]:
         """{output: (draws, num_graphs, *user_shape)} physical predictions of every member and dropout draw."""
         draws: dict[str, list[np.ndarray]] = {}
+        # members with one frozen encoder (a shipped model's head sets on SevenNet) run it once per batch
+        features = self.members[0].model.encoder(batch) if self.shared_encoder else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             for member, n in zip(self.members, self.draws):
@@ -113,15 +117,15 @@ class UncertainPredictor(CheckedPredictions):
                     block.sampling = True
                 try:
                     for _ in range(n):
-                        for name, value in self._physical(member, batch).items():
+                        for name, value in self._physical(member, batch, features).items():
                             draws.setdefault(name, []).append(value)
                 finally:
                     if block is not None:
                         block.sampling = False
         return {name: np.stack(values) for name, values in draws.items()}
 
-    def _physical(self, member: Predictor, batch) -> dict[str, np.ndarray]:
-        physical = member.model.predict_physical(batch, member.output_tasks)
+    def _physical(self, member: Predictor, batch, features=None) -> dict[str, np.ndarray]:
+        physical = member.model.predict_physical(batch, member.output_tasks, features)
         if "elastic_tensor" in physical:
             physical["K_Voigt"] = voigt_bulk_modulus(physical["elastic_tensor"])
             physical["G_Voigt"] = voigt_shear_modulus(physical["elastic_tensor"])
@@ -164,6 +168,17 @@ class UncertainPredictor(CheckedPredictions):
         return self.members[0].checked_graphs(structures, checked)
 
 
+def same_frozen_encoder(a, b) -> bool:
+    """Whether two encoders compute the same features: same class and configuration, no trainable weight (a frozen
+    pretrained encoder), equal tensors."""
+    from equiprop.nn.base import describe
+
+    if describe(a) != describe(b) or any(p.requires_grad for p in (*a.parameters(), *b.parameters())):
+        return False
+    state_a, state_b = a.state_dict(), b.state_dict()
+    return state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
 def _value(array: np.ndarray):
     return float(array) if np.ndim(array) == 0 else np.asarray(array)
 
@@ -189,9 +204,12 @@ def read_manifest(path: str | Path) -> dict:
 
 def load_predictor(paths, mc_samples: int | None = None, batch_size: int = 32, allow_unseen_elements: bool = False,
                    seed: int = 0, warn: bool = True) -> UncertainPredictor:
-    """An ``UncertainPredictor`` from checkpoint paths (one or more .ckpt: a deep ensemble) or one manifest .json
-    (its members, MC samples and variance scales; ``mc_samples`` overrides the manifest's)."""
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    """An ``UncertainPredictor`` from checkpoint paths (one or more .ckpt: a deep ensemble), one manifest .json
+    (its members, MC samples and variance scales; ``mc_samples`` overrides the manifest's) or a shipped model's name
+    (``equiprop models``)."""
+    from equiprop.shipped import resolve_all
+
+    paths = resolve_all(paths)  # a shipped model's name -> its manifest
     std_scale, manifest_samples = None, 0
     if len(paths) == 1 and Path(paths[0]).suffix == ".json":
         manifest = read_manifest(paths[0])

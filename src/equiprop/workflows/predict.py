@@ -75,7 +75,9 @@ def check_output(path: Path) -> None:
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="equiprop predict", description="Predict properties of crystals.")
-    parser.add_argument("--checkpoint", nargs="+", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a shipped pretrained model by name (`equiprop models`), e.g. equiprop-mp-v1")
+    source.add_argument("--checkpoint", nargs="+",
                         help="a checkpoint written by `equiprop fit`; several (a deep ensemble) or one ensemble "
                              "manifest .json (`equiprop calibrate`) add <task>_std columns")
     parser.add_argument("--mc-samples", type=int, default=None,
@@ -88,6 +90,12 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--allow-failures", action="store_true",
                         help="exit 0 when some inputs fail (they are still rows with status 'failed')")
     args = parser.parse_args(argv)
+    if args.model is not None:
+        from equiprop.shipped import resolve
+
+        if not Path(resolve(args.model)).name == "model.json":
+            parser.error(f"--model takes a shipped model's name (`equiprop models`); for a file use --checkpoint")
+        args.checkpoint = [args.model]
     if Path(args.output).suffix not in (".csv", ".json"):
         parser.error("--output must end in .csv or .json")
     return args

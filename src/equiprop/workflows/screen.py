@@ -39,6 +39,7 @@ from equiprop.screening.inputs import InputPlan, expand
 from equiprop.screening.pipeline import META, run_stage, value_columns
 from equiprop.screening.predictor import load_stage_predictor, output_shapes
 from equiprop.screening.selection import load_selection, reduce_values, select
+from equiprop.shipped import resolve_all
 from equiprop.workflows.predict import check_output
 
 
@@ -46,8 +47,11 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="equiprop screen", description="Two-stage, resumable screening.")
     parser.add_argument("--input", nargs="+", required=True,
                         help="folders, globs, CIF/POSCAR/extxyz files, ASE databases (.db) or bundled:NAME")
-    parser.add_argument("--phase1", nargs="+", required=True, help="Phase-1 checkpoint(s): an ensemble")
-    parser.add_argument("--phase2", nargs="+", default=[], help="Phase-2 checkpoint(s), for the chosen candidates")
+    parser.add_argument("--phase1", nargs="+", required=True,
+                        help="Phase-1 checkpoint(s) (an ensemble), a manifest .json or a shipped model's name")
+    parser.add_argument("--phase2", nargs="+", default=[],
+                        help="Phase-2 checkpoint(s), manifest or shipped model (e.g. equiprop-mp-v1), for the "
+                             "chosen candidates")
     parser.add_argument("-c", "--config", help="YAML recipe with a selection: section (default: choose all)")
     parser.add_argument("--output", required=True, help="OUT.csv or OUT.parquet (needs pyarrow)")
     parser.add_argument("--workdir", help="work folder for chunks and resuming (default: OUT.work beside OUT)")
@@ -159,6 +163,8 @@ def screen(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     check_output(output)
     check_parquet(output)
+    # a shipped model's name -> its manifest, so that resuming compares the files behind it
+    args.phase1, args.phase2 = resolve_all(args.phase1), resolve_all(args.phase2)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)  # workers (if any) run one thread each
     p1 = load_stage_predictor(args.phase1, args.batch_size, args.allow_unseen_elements, args.mc_samples, "phase 1")
     p2 = load_stage_predictor(args.phase2, args.batch_size, args.allow_unseen_elements, args.mc_samples,

@@ -1,0 +1,131 @@
+"""Models that ship with equiprop, loaded by name, offline: ``equiprop-mp-v1``.
+
+    equiprop models                                            # what ships: tasks with units, data, test metrics, size
+    equiprop predict --model equiprop-mp-v1 --input my_cifs/ --output out.csv
+    from equiprop import load_predictor; load_predictor("equiprop-mp-v1").predict([structure])
+    equiprop screen ... --phase2 equiprop-mp-v1
+    model: {init_from: equiprop-mp-v1, ...}                    # transfer to a new task, in a recipe
+
+A shipped model is a folder ``checkpoints/<name>/`` of the source tree holding ``model.json`` (an ensemble manifest,
+``equiprop.uncertainty.ensemble``, plus what the model card and ``equiprop models`` show), weights-only member
+checkpoints and ``README.md`` (the model card). The package reaches it as ``equiprop/shipped_models`` (a link to
+``checkpoints/`` in a checkout, a copy inside a wheel). The pretrained backbone is not copied: each member records its
+name and the sha256 of the weights file the installed ``sevenn`` ships (``equiprop.train.export``).
+
+Everywhere a name is accepted, a path keeps working: a value that names an existing file is a path; otherwise a
+shipped model's name; anything else is a one-line error listing the shipped models.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from equiprop.data.errors import ConfigError, DataError
+
+SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped_models"
+MODEL_FILE = "model.json"
+
+
+def shipped_models() -> dict[str, Path]:
+    """{name: folder} of every shipped model (a folder of ``SHIPPED_ROOT`` holding a model.json)."""
+    if not SHIPPED_ROOT.is_dir():
+        return {}
+    return {p.name: p for p in sorted(SHIPPED_ROOT.iterdir()) if (p / MODEL_FILE).is_file()}
+
+
+def looks_like_name(value) -> bool:
+    """A bare word (no folder, no file suffix such as .ckpt/.json) that is not an existing file."""
+    text = str(value)
+    return not Path(text).exists() and "/" not in text and Path(text).suffix not in (".ckpt", ".json", ".pt")
+
+
+def resolve(value: str | Path) -> str:
+    """A shipped model's name -> its model.json (an ensemble manifest); a path -> itself."""
+    if not looks_like_name(value):
+        return str(value)
+    models = shipped_models()
+    if str(value) not in models:
+        known = ", ".join(models) or "none found under " + str(SHIPPED_ROOT)
+        raise ConfigError(f"{value!r} is neither a file nor a shipped model (shipped models: {known})")
+    return str(models[str(value)] / MODEL_FILE)
+
+
+def resolve_all(values) -> list[str]:
+    return [resolve(v) for v in ([values] if isinstance(values, (str, Path)) else values)]
+
+
+def first_member(value: str | Path) -> str:
+    """The checkpoint a transfer starts from: a checkpoint path as given; for a shipped model (or any ensemble
+    manifest) its first member, the seed named first in the card."""
+    path = Path(resolve(value))
+    if path.suffix != ".json":
+        return str(path)
+    try:
+        members = json.loads(path.read_text())["members"]
+        return str(path.parent / members[0])
+    except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
+        raise DataError(str(path), f"not a manifest with members ({type(err).__name__})", "bad manifest") from None
+
+
+def model_info(name: str) -> dict:
+    """The model.json of a shipped model (DataError naming the file if unreadable)."""
+    path = Path(resolve(name))
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(str(path), f"unreadable model description ({type(err).__name__})", "bad model") from None
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def describe_models() -> str:
+    """The table ``equiprop models`` prints."""
+    models = shipped_models()
+    if not models:
+        return f"no shipped models found under {SHIPPED_ROOT}"
+    blocks = []
+    for name, folder in models.items():
+        info = model_info(name)
+        lines = [f"{name}: {info.get('description', '')}",
+                 f"  backbone: {describe_backbone(info.get('backbone'))}",
+                 f"  members: {len(info.get('members', []))} (deep ensemble; every output has a std in its units)",
+                 f"  training data: {info.get('training_data', {}).get('summary', 'see the model card')}",
+                 f"  size: {folder_size(folder) / 1e6:.1f} MB in {folder}",
+                 f"  model card: {folder / 'README.md'}",
+                 f"  {'task':<16} {'units':<14} {'test MAE':>10} {'median baseline':>16} {'1-sigma':>8}  metric"]
+        for task, row in info.get("test_metrics", {}).items():
+            lines.append(f"  {task:<16} {row.get('units', ''):<14} {_num(row.get('mae')):>10} "
+                         f"{_num(row.get('median_mae')):>16} {_num(row.get('within_1sigma')):>8}  {row.get('metric', '')}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def describe_backbone(backbone: dict | None) -> str:
+    if not backbone:
+        return "none (all weights in the members)"
+    return (f"{backbone['model']} from the installed {backbone['package']} {backbone.get('version', '')} "
+            f"(weights file sha256 {backbone['sha256'][:12]}..., not copied)")
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def models_command(argv: list[str]) -> int:
+    if argv and argv[0] not in ("-h", "--help"):
+        name = argv[0]
+        print(json.dumps(model_info(name), indent=1))
+        return 0
+    if argv:
+        print("usage: equiprop models [NAME]   (no name: the table of shipped models; NAME: its model.json)")
+        return 0
+    print(describe_models())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(models_command(sys.argv[1:]))
