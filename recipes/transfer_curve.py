@@ -4,6 +4,9 @@
     equiprop fit -c recipes/pretrain_ef_eg.yaml
     python recipes/transfer_curve.py --pretrained checkpoints/pretrain_ef_eg/best.ckpt --task K_VRH \
         --sizes 50 100 200 400 all --seeds 0 1 2 --out transfer_curve [--trainer.max_epochs=60]
+    # from the shipped model, to a task it never saw (its K_VRH readout as the new readout's start)
+    python recipes/transfer_curve.py --shipped equiprop-mp-v1 --init-head K_VRH --recipe recipes/transfer_phonons.yaml \
+        --task phdos_peak --sizes 50 100 200 all --seeds 0 1 2 --out docs/results/transfer_curve_shipped_phonons
     # from a pretrained universal potential (SevenNet-0 in the sevenn wheel)
     python recipes/transfer_curve.py --foundation 7net-0 --task K_VRH --out transfer_curve_foundation \
         [--models scratch frozen fine-tuned from-scratch]
@@ -55,11 +58,25 @@ def foundation(base: dict, name: str) -> dict:
                                        1.0)}
 
 
+def shipped(base: dict, name: str, init_head: str | None) -> dict:
+    """From the shipped model (its encoder, and the readout of ``init_head`` as the new task's starting point) vs
+    the same frozen SevenNet-0 features with a fresh readout vs our equivariant encoder from scratch."""
+    base = dict(base, model={k: v for k, v in base["model"].items() if k not in ("init_from", "init_heads")})
+    scratch_encoder = load_recipe(HERE / "quickstart.yaml")["model"]["encoder"]
+    scratch = set_dotted(set_dotted(base, "model.encoder", scratch_encoder), "data.cutoff", 4.5)
+    from_shipped = set_dotted(base, "model.init_from", name)
+    return {"scratch": scratch, "SevenNet-0": base,
+            name: set_dotted(from_shipped, "model.init_heads", "__TASK__") if init_head else from_shipped}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pretrained", help="an equiprop checkpoint to transfer from")
     source.add_argument("--foundation", help="a pretrained potential to transfer from (7net-0, 7net-l3i5)")
+    source.add_argument("--shipped", help="a shipped model to transfer from (equiprop-mp-v1); the recipe's encoder "
+                                          "must be the model's (frozen SevenNet-0)")
+    parser.add_argument("--init-head", help="with --shipped: the shipped task whose readout the new task starts from")
     parser.add_argument("--models", nargs="+", help="which of the compared models to run (default: all but "
                         "from-scratch with --foundation)")
     parser.add_argument("--task", default="K_VRH")
@@ -69,7 +86,13 @@ def main():
     parser.add_argument("--out", default="transfer_curve")
     args, overrides = parser.parse_known_args()
     base = load_recipe(args.recipe)
-    models = own_pretrained(base, args.pretrained) if args.pretrained else foundation(base, args.foundation)
+    if args.shipped:
+        models = shipped(base, args.shipped, args.init_head)
+        for recipe in models.values():  # the readout mapping names the study's task
+            if recipe["model"].get("init_heads") == "__TASK__":
+                recipe["model"]["init_heads"] = {args.task: args.init_head}
+    else:
+        models = own_pretrained(base, args.pretrained) if args.pretrained else foundation(base, args.foundation)
     chosen = args.models or [m for m in models if m != "from-scratch"]
     unknown = set(chosen) - set(models)
     if unknown:

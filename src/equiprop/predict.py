@@ -40,7 +40,9 @@ What is refused, and how it is reported:
 from __future__ import annotations
 
 import inspect
+import json
 import warnings
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -295,10 +297,12 @@ def build_model(path, checkpoint: dict):
         raise DataError(str(path), f"corrupted weights: non-finite values in {len(corrupted)} tensors (e.g. "
                                    f"{', '.join(corrupted[:3])})", "bad checkpoint")
     try:  # only registered encoder classes: never import an arbitrary class named in a file
-        encoder = build_encoder(meta["encoder"])
+        # an encoder that is wholly the pretrained backbone (no weight of its own in the file) can be shared
+        untouched = meta.get("backbone") and not any(k.startswith("encoder.") for k in state)
+        encoder = backbone_encoder(meta) if untouched else build_encoder(meta["encoder"])
         # init_from is not replayed: the checkpoint already holds the fine-tuned weights
         accepted = set(inspect.signature(MultiTaskModel.__init__).parameters) - {"self", "encoder", "tasks",
-                                                                                "init_from"}
+                                                                                "init_from", "init_heads"}
         hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k in accepted}
         model = MultiTaskModel(encoder, tasks=list(meta["tasks"].values()), **hparams)
     except (ConfigError, KeyError, TypeError, ValueError) as err:
@@ -312,6 +316,20 @@ def build_model(path, checkpoint: dict):
         raise DataError(str(path), f"weights do not fit the model it describes ({first_line})",
                         "bad checkpoint") from None
     return model
+
+
+_BACKBONE_ENCODERS: "weakref.WeakValueDictionary[str, object]" = weakref.WeakValueDictionary()
+
+
+def backbone_encoder(meta: dict):
+    """One encoder instance for every checkpoint whose encoder is the untouched pretrained backbone (the members of
+    a shipped ensemble): the potential is built once, and ``UncertainPredictor`` runs it once per batch."""
+    key = json.dumps([meta["encoder"], meta["backbone"].get("sha256")], sort_keys=True, default=str)
+    encoder = _BACKBONE_ENCODERS.get(key)
+    if encoder is None:
+        encoder = build_encoder(meta["encoder"])
+        _BACKBONE_ENCODERS[key] = encoder
+    return encoder
 
 
 def non_finite_weights(state_dict: dict) -> list[str]:

@@ -97,3 +97,24 @@ def test_mismatches_are_clear_errors(pretrained, tmp_path):
     tuned.species_seen[8] = False
     _fit(tuned, _data(tmp_path, PRETRAIN_TASKS), tmp_path, "tuned_all")
     assert bool(tuned.species_seen[8])
+
+
+def test_init_heads_starts_a_new_task_from_a_pretrained_readout(pretrained, tmp_path):
+    path, source = pretrained
+    tuned = MultiTaskModel(EquivariantEncoder(**ENCODER), ["Ef", "K_VRH"], init_from=str(path),
+                           init_heads={"K_VRH": "G_VRH"})
+    assert tuned.reused_tasks == ["Ef"]  # K_VRH is not reused (another task); only its readout's weights start there
+    for k, v in source.heads["G_VRH"].state_dict().items():
+        assert torch.equal(tuned.heads["K_VRH"].state_dict()[k], v)
+    checkpoint = _fit(tuned, _data(tmp_path, PRETRAIN_TASKS + ["K_VRH"]), tmp_path, "tuned_heads")
+    predictor = Predictor.from_checkpoint(checkpoint)  # a checkpoint of such a fit predicts without init_* replayed
+    assert "K_VRH" in predictor.output_tasks
+    with pytest.raises(ConfigError, match="does not fit 'eps_electronic'"):
+        MultiTaskModel(EquivariantEncoder(**ENCODER), ["eps_electronic"], init_from=str(path),
+                       init_heads={"eps_electronic": "G_VRH"})
+    with pytest.raises(ConfigError, match="has no task 'K_VRH'"):
+        MultiTaskModel(EquivariantEncoder(**ENCODER), ["G_Voigt"], init_from=str(path), init_heads={"G_Voigt": "K_VRH"})
+    with pytest.raises(ConfigError, match="reuses its own head already"):
+        MultiTaskModel(EquivariantEncoder(**ENCODER), ["Eg"], init_from=str(path), init_heads={"Eg": "Ef"})
+    with pytest.raises(ConfigError, match="init_heads needs model.init_from"):
+        MultiTaskModel(EquivariantEncoder(**ENCODER), ["K_VRH"], init_heads={"K_VRH": "G_VRH"})

@@ -28,7 +28,6 @@ weights: the control that shows what pretraining gives).
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import warnings
 from functools import lru_cache
@@ -40,6 +39,7 @@ from e3nn import o3
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.graph import edge_vectors
+from equiprop.data.symmetry import inversion_partners
 from equiprop.nn.base import Encoder
 from equiprop.nn.feature_cache import FeatureCache, structure_keys, weights_digest
 
@@ -51,11 +51,9 @@ READOUT_MODULES = ("reduce_input_to_hidden", "reduce_hidden_to_energy", "rescale
 
 @lru_cache(maxsize=8)
 def _file_sha256(path: str, size: int, mtime: float) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    from equiprop.data.dataset import file_digest
+
+    return file_digest(path)
 
 
 def file_sha256(path) -> str:
@@ -109,6 +107,7 @@ class FoundationEncoder(Encoder):
     """
 
     full_neighbor_list = True  # the potential was trained on all neighbours within its cutoff
+    inversion_shortcut = True  # skip the inverted pass for centrosymmetric crystals (_inverted_pass); off: measure
     runtime_args = ("cache_features", "cache_dir")
 
     def __init__(self, model: FoundationModel = "7net-0",
@@ -289,13 +288,35 @@ class FoundationEncoder(Encoder):
 
     def _features(self, data, prefixes: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
         vectors, species = edge_vectors(data), self._species_index(data)
-        signs = (1.0, -1.0) if self.parity else (1.0,)
-        passes = [self._pass_features(data, s * vectors, species, prefixes[i] if prefixes else [])
-                  for i, s in enumerate(signs)]
         if not self.parity:
-            return torch.cat(passes[0], dim=1)
-        (s_plus, t_plus), (s_minus, t_minus) = passes
+            return torch.cat(self._pass_features(data, vectors, species, prefixes[0] if prefixes else []), dim=1)
+        s_plus, t_plus = self._pass_features(data, vectors, species, prefixes[0] if prefixes else [])
+        if prefixes or not self.inversion_shortcut:
+            s_minus, t_minus = self._pass_features(data, -vectors, species, prefixes[1] if prefixes else [])
+        else:
+            s_minus, t_minus = self._inverted_pass(data, vectors, species, s_plus, t_plus)
         return torch.cat([(s_plus + s_minus) / 2, (t_plus + t_minus) / 2, (t_plus - t_minus) / 2], dim=1)
+
+    def _inverted_pass(self, data, vectors, species, scalars, tensors) -> list[torch.Tensor]:
+        """[scalars, tensors] of the potential on the inverted crystal. For a centrosymmetric crystal atom i of the
+        inverted crystal sees exactly the neighbours atom p(i) sees in the crystal, so its features are f(x)[p]
+        (no second pass); the potential runs only on the structures without an inversion centre."""
+        partner = inversion_partners(data)
+        centred = partner >= 0
+        out = [scalars[partner.clamp(min=0)], tensors[partner.clamp(min=0)]]
+        if bool(centred.all()):
+            return out
+        keep = ~centred  # atoms of the structures that need the inverted pass
+        index = torch.cumsum(keep.long(), 0) - 1  # old node -> new node among the kept atoms
+        edges = keep[data[keys.EDGE_INDEX][0]]
+        batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else torch.zeros_like(index)
+        sub = {keys.EDGE_INDEX: index[data[keys.EDGE_INDEX][:, edges]],
+               keys.ATOMIC_NUMBERS: data[keys.ATOMIC_NUMBERS][keep],
+               keys.BATCH: torch.unique(batch[keep], return_inverse=True)[1]}
+        minus = self._pass_features(sub, -vectors[edges], species[keep], [])
+        for part, value in zip(out, minus):
+            part[keep] = value
+        return out
 
     # -- forward, with the cache of frozen work ---------------------------------------------------------------------
     def forward(self, data) -> torch.Tensor:  # -> (num_nodes, irreps_out.dim)

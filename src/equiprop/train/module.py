@@ -47,7 +47,10 @@ class MultiTaskModel(L.LightningModule):
         weight_decay: AdamW weight decay (not applied to the task log-variances).
         scheduler: "cosine" (to 1% of lr over max_epochs), "plateau" (on val/loss) or "none".
         plateau_patience: epochs without improvement before the plateau schedule halves the lr.
-        init_from: pretrained checkpoint: its encoder and the heads of identically defined tasks are reused.
+        init_from: pretrained checkpoint, or a shipped model's name (``equiprop models``; its first member): its
+            encoder and the heads of identically defined tasks are reused.
+        init_heads: with init_from, new tasks whose readout starts from a pretrained task's readout,
+            ``{new_task: pretrained_task}`` (e.g. ``{phdos_peak: K_VRH}``); their normalisation comes from this data.
         finetune: what trains after init_from: "all", "frozen_encoder" or "last_layers".
         trainable_layers: with finetune="last_layers", how many of the last interaction blocks train.
         encoder_lr_factor: learning rate of the (trainable) encoder relative to ``lr``.
@@ -65,7 +68,8 @@ class MultiTaskModel(L.LightningModule):
     def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: Weighting = "uncertainty",
                  task_weights: dict[str, float] | None = None, loss: Loss = "mse", lr: float = 2e-3,
                  weight_decay: float = 0.0, scheduler: Scheduler = "cosine", plateau_patience: int = 5,
-                 init_from: str | None = None, finetune: Finetune = "all", trainable_layers: int = 1,
+                 init_from: str | None = None, init_heads: dict[str, str] | None = None,
+                 finetune: Finetune = "all", trainable_layers: int = 1,
                  encoder_lr_factor: float = 1.0, isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0,
                  warmup_epochs: float = 0.0, environment_channels: int = 0, dropout: float = 0.0):
         super().__init__()
@@ -107,7 +111,9 @@ class MultiTaskModel(L.LightningModule):
                 self.register_buffer(f"isotropic_{name}", invariant, persistent=False)  # (irreps dim,) 0e entries
         self.register_buffer("species_seen", torch.zeros(MAX_Z + 1, dtype=torch.bool))  # elements of the fit data
         self.pretrained_label_counts: dict[str, int | None] = {}  # of the reused heads, set by load_pretrained
-        self.reused_tasks = load_pretrained(self, init_from) if init_from else []
+        if init_heads and not init_from:
+            raise ConfigError("model.init_heads needs model.init_from (the checkpoint the heads come from)")
+        self.reused_tasks = load_pretrained(self, init_from, init_heads or {}) if init_from else []
         self.frozen = frozen_parameters(self, finetune, trainable_layers) if init_from else []
         for p in self.frozen:
             p.requires_grad_(False)

@@ -46,9 +46,10 @@ def check_encoder(pretrained: dict, encoder, path: str) -> None:
                           "Use the pretrained values (cutoff in data.cutoff, irreps/max_ell/layers in the encoder).")
 
 
-def load_pretrained(model, path: str) -> list[str]:
+def load_pretrained(model, path: str, init_heads: dict[str, str] | None = None) -> list[str]:
     """Copy encoder weights and the heads (with their normalisation and weighting) of tasks defined identically in
-    the pretrained model. Returns the names of the reused tasks."""
+    the pretrained model, and start the readouts of ``init_heads`` ({new task: pretrained task}) from the named
+    pretrained readouts (weights only). Returns the names of the reused tasks."""
     pretrained = read_pretrained(path)
     check_encoder(pretrained, model.encoder, path)
     state = restore_backbone(pretrained["equiprop"], pretrained["state_dict"], model.encoder, pretrained["path"])
@@ -66,7 +67,26 @@ def load_pretrained(model, path: str) -> list[str]:
         key = f"weighting.log_variance.{name}"
         if key in state and hasattr(model.weighting, "log_variance"):
             model.weighting.log_variance[name].data.copy_(state[key])
+    for new, source in (init_heads or {}).items():
+        start_head_from(model, new, source, state, path, reused)
     return reused
+
+
+def start_head_from(model, new: str, source: str, state: dict, path: str, reused: list[str]) -> None:
+    """The readout of task ``new`` starts from the pretrained readout of ``source`` (same readout class and shapes)."""
+    if new not in model.tasks:
+        raise ConfigError(f"model.init_heads: {new!r} is not one of this model's tasks {sorted(model.tasks)}")
+    if new in reused:
+        raise ConfigError(f"model.init_heads: {new!r} is defined as in {path} and reuses its own head already")
+    prefix = f"heads.{source}."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise ConfigError(f"model.init_heads: {path} has no task {source!r} to start {new!r} from")
+    try:
+        model.heads[new].load_state_dict(weights)
+    except RuntimeError as err:
+        raise ConfigError(f"model.init_heads: the readout of {source!r} does not fit {new!r} (a "
+                          f"{model.tasks[new].kind} task): {str(err).strip().splitlines()[0][:200]}") from None
 
 
 def frozen_parameters(model, mode: str, trainable_layers: int) -> list:

@@ -1,0 +1,137 @@
+"""Speed of the pretrained path: a shipped model predicting CIF files from a cold start, and SevenNet featurisation.
+
+    python benchmarks/pretrained.py [--model equiprop-mp-v1] [--cifs 100] [--structures 256] [--repeats 2]
+
+1. ``equiprop predict --model NAME`` on N CIF files (written from the bundled data's test split, crystals the model
+   never saw) from a cold start: a new process with an empty feature cache, timed as a user's shell would time it
+   (wall clock, start-up and imports included); ``equiprop --help`` and ``import equiprop.cli`` alone beside it.
+2. Featurisation (FoundationEncoder, frozen SevenNet-0, batch 32) in structures/s on the bundled data: with the
+   parity pass as before (the potential on the crystal and on its inversion), with the inversion shortcut
+   (centrosymmetric crystals skip the inverted pass), and without parity (one pass).
+Prints a table; goals (issue 16): 100 CIFs <= 20 s wall, featurisation >= 2x the ~15 structures/s measured before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED = REPO / "src" / "equiprop" / "data" / "bundled" / "default.json.gz"
+BEFORE = 15.0  # structures/s of featurisation before this work (issue 16; benchmarks/speed.py foundation_uncached)
+
+
+def bundled_records(ids: list[str] | None = None) -> list[dict]:
+    records = json.loads(gzip.open(BUNDLED).read())["records"]
+    if ids is None:
+        return records
+    wanted = set(ids)
+    return [r for r in records if r["id"] in wanted]
+
+
+def write_cifs(folder: Path, count: int, model: str) -> list[Path]:
+    from pymatgen.core import Lattice, Structure
+    from pymatgen.io.cif import CifWriter
+
+    from equiprop.shipped import SHIPPED_ROOT
+
+    test_ids = (SHIPPED_ROOT / model / "split" / "test.txt").read_text().split()
+    paths = []
+    for record in bundled_records(test_ids)[:count]:
+        path = folder / f"{record['id']}.cif"
+        CifWriter(Structure(Lattice(record["cell"]), record["numbers"], record["frac"])).write_file(path)
+        paths.append(path)
+    return paths
+
+
+def timed(command: list[str], env: dict) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    return elapsed
+
+
+def cold_start(model: str, count: int, repeats: int) -> list[tuple[str, str]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "cifs"
+        folder.mkdir()
+        paths = write_cifs(folder, count, model)
+        for label, command in [("import equiprop.cli", [sys.executable, "-c", "import equiprop.cli"]),
+                               ("equiprop --help", [sys.executable, "-m", "equiprop.cli", "--help"]),
+                               (f"equiprop predict --model {model}, {len(paths)} CIFs",
+                                [sys.executable, "-m", "equiprop.cli", "predict", "--model", model, "--input",
+                                 str(folder), "--output", str(Path(tmp) / "out.csv")])]:
+            times = []
+            for _ in range(repeats):
+                env = dict(os.environ, EQUIPROP_CACHE=tempfile.mkdtemp(dir=tmp))  # cold: an empty feature cache
+                times.append(timed(command, env))
+            rows.append((label, " / ".join(f"{t:.1f} s" for t in times)))
+    return rows
+
+
+def featurisation(count: int, repeats: int) -> list[tuple[str, str]]:
+    import torch
+    from torch_geometric.data import Batch
+
+    from equiprop.data.graph import record_to_graph
+    from equiprop.data.record import CrystalRecord
+    from equiprop.data.symmetry import inversion_permutation
+    from equiprop.nn import FoundationEncoder
+
+    records = bundled_records()[:count]
+    crystals = [CrystalRecord(r["id"], np.array(r["cell"]), np.array(r["frac"]) @ np.array(r["cell"]), r["numbers"])
+                for r in records]
+    centred = sum(inversion_permutation(c.cell, np.array(r["frac"]), np.array(c.numbers)) is not None
+                  for c, r in zip(crystals, records))
+    batches = [Batch.from_data_list([record_to_graph(c, {}, 5.0) for c in crystals[i:i + 32]])
+               for i in range(0, len(crystals), 32)]
+    rows = []
+    for label, parity, shortcut in [("parity, two passes (before)", True, False),
+                                    ("parity, inversion shortcut", True, True), ("no parity (one pass)", False, True)]:
+        encoder = FoundationEncoder(parity=parity, cache_features=False)
+        encoder.inversion_shortcut = shortcut
+        best = 0.0
+        with torch.no_grad():
+            encoder(batches[0])  # warm-up
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for batch in batches:
+                    encoder(batch)
+                best = max(best, len(crystals) / (time.perf_counter() - start))
+        rows.append((f"featurisation: {label}", f"{best:.1f} structures/s ({best / BEFORE:.2f}x the ~{BEFORE:.0f}/s "
+                                                 "before)"))
+    rows.append(("centrosymmetric crystals among them", f"{centred} of {len(crystals)}"))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="equiprop-mp-v1")
+    parser.add_argument("--cifs", type=int, default=100)
+    parser.add_argument("--structures", type=int, default=256, help="bundled structures to featurise")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    import torch
+
+    rows = cold_start(args.model, args.cifs, args.repeats) + featurisation(args.structures, args.repeats)
+    width = max(len(label) for label, _ in rows)
+    print(f"{'measurement':<{width}}  result   (torch threads {torch.get_num_threads()}, {os.cpu_count()} cores)")
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Rebuild the shipped model ``equiprop-mp-v1`` (``checkpoints/equiprop-mp-v1/``) from a fresh clone.
+
+    python scripts/build_shipped_model.py                 # 5 seeds, ~50 min on 2 CPU cores (featurisation ~7 min)
+    python scripts/build_shipped_model.py --seeds 0 1 2 3 4 --recipe recipes/equiprop_mp_v1.yaml --name equiprop-mp-v1
+
+Steps, each reusing what an earlier (interrupted) run finished:
+1. ``equiprop ensemble -c RECIPE --seeds ...``: one training per seed (``checkpoints/<run>_s<seed>/best.ckpt``; the
+   same seed gives the same weights), then the per-task std scales fitted on the validation split and the calibration
+   report on the test split (``checkpoints/<run>_ensemble_calibration.md``).
+2. Export: each member as a weights-only checkpoint whose SevenNet-0 weights are referenced by the sha256 of the
+   file the installed ``sevenn`` ships (``equiprop.train.export``), the split's structure ids (``split/*.txt``), ``model.json``.
+3. The test-split table of the exported ensemble's mean beside the training median, the isotropic oracle (tensors)
+   and the invariant baseline (``recipes/baseline_invariant.yaml``'s model on the same data and split, seed 0),
+   written to ``test_metrics.md``/``.csv`` in the model folder and summarised in ``model.json``.
+The model card (``README.md`` in the folder) is written by hand from these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DESCRIPTION = ("formation energy, band gap, bulk and shear moduli, dielectric (electronic, total), elastic and "
+               "piezoelectric tensors of inorganic crystals; frozen SevenNet-0 features, deep ensemble of head sets")
+
+
+def train_and_calibrate(recipe: str, seeds: list[int], run: str) -> tuple[list[str], Path]:
+    from equiprop.workflows.calibrate import ensemble_command
+
+    manifest = Path("checkpoints") / f"{run}_ensemble.json"
+    members = [Path("checkpoints") / f"{run}_s{s}" / "best.ckpt" for s in seeds]
+    stale = manifest.exists() and json.loads(manifest.read_text()).get("members") != [
+        str(Path(f"{run}_s{s}") / "best.ckpt") for s in seeds]
+    if not manifest.exists() or stale or not all(m.exists() for m in members):
+        ensemble_command(["-c", recipe, "--seeds", *map(str, seeds), "--trainer.enable_progress_bar=false"])
+    return [str(m) for m in members], manifest
+
+
+def export_members(members: list[str], seeds: list[int], out: Path) -> list[str]:
+    from equiprop.nn.base import build_encoder
+    from equiprop.train.export import export_weights
+
+    names = []
+    encoder = None
+    for path, seed in zip(members, seeds):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        meta = checkpoint["equiprop"]
+        meta["encoder"]["init_args"]["cache_features"] = False  # predictions of new structures: no disk cache
+        encoder = encoder or build_encoder(meta["encoder"])
+        name = f"member_s{seed}.ckpt"
+        torch.save(export_weights(checkpoint, encoder), out / name)
+        names.append(name)
+    return names
+
+
+def split_ids_file(datamodule, out: Path) -> dict:
+    from equiprop.workflows.scoreboard_inputs import split_ids
+
+    ids = split_ids(datamodule)
+    (out / "split").mkdir(exist_ok=True)
+    for part, values in ids.items():  # IdListSplit reads these: recipes can train and test on the same crystals
+        (out / "split" / f"{part}.txt").write_text("\n".join(sorted(values)) + "\n")
+    return {k: len(v) for k, v in ids.items()}
+
+
+class EnsembleMean:
+    """The exported ensemble as a model for the scoreboard: mean physical (Cartesian) prediction of the members."""
+
+    def __init__(self, predictor):
+        self.predictor, self.tasks = predictor, predictor.tasks
+
+    @torch.no_grad()
+    def predict_physical(self, batch) -> dict:
+        members = self.predictor.members
+        features = members[0].model.encoder(batch) if self.predictor.shared_encoder else None
+        outputs = [m.model.predict_physical(batch, m.output_tasks, features) for m in members]
+        return {name: torch.stack([o[name] for o in outputs]).mean(0) for name in outputs[0]}
+
+
+def invariant_baseline(recipe: str, baseline_recipe: str, run: str):
+    """The invariant model trained on the recipe's data and split (seed 0), reused when already trained."""
+    from equiprop.train.cli import run_lightning_cli
+
+    best = Path("checkpoints") / f"{run}_invariant_s0" / "best.ckpt"
+    if not best.exists():
+        merged = yaml.safe_load(Path(baseline_recipe).read_text())
+        merged["data"] = yaml.safe_load(Path(recipe).read_text())["data"]
+        config = Path("checkpoints") / f"{run}_invariant.yaml"
+        config.write_text(yaml.safe_dump(merged, sort_keys=False))
+        run_lightning_cli(["fit", "-c", str(config), f"--run_name={run}_invariant_s0", "--seed_everything=0",
+                           "--trainer.enable_progress_bar=false"])
+    return best
+
+
+def test_table(model_folder: Path, members: list[str], baseline: Path | None, recipe: str):
+    from equiprop.uncertainty import load_predictor
+    from equiprop.workflows.scoreboard import scoreboard_rows, write_csv, write_markdown
+    from equiprop.workflows.scoreboard_inputs import Run, load_run, saved_config, task_results
+    from equiprop.workflows.calibrate import members_datamodule
+
+    predictor = load_predictor(str(model_folder / "model.json"), batch_size=64, warn=False)
+    datamodule, config, check = members_datamodule(members[0], recipe)
+    run = Run(Path(members[0]), Path(config), EnsembleMean(predictor), datamodule, 0, "", check)
+    base = load_run(baseline, recipe) if baseline is not None else None
+    rows = scoreboard_rows(task_results(run, base))
+    meta = {"model": str(model_folder), "members": len(predictor.members), "data_config": config,
+            "baseline_checkpoint": str(baseline), "split_check": check}
+    write_csv(rows, meta, model_folder / "test_metrics.csv")
+    write_markdown(rows, [], meta, model_folder / "test_metrics.md", [])
+    return rows, datamodule
+
+
+def summary_metrics(rows, calibration: dict, units: dict) -> dict:
+    from equiprop.workflows.scoreboard import INVARIANT, MEDIAN, MODEL, ORACLE
+
+    summary = {}
+    for row in rows:
+        main = row.metric in ("mae", "component_mae")
+        if not main or row.task not in units:
+            continue
+        recal = (calibration.get(row.task) or {}).get("test_recalibrated", {})
+        summary[row.task] = {"units": row.units, "metric": row.metric, "n_test": row.n_test,
+                             "mae": row.values.get(MODEL), "median_mae": row.values.get(MEDIAN),
+                             "invariant_mae": row.values.get(INVARIANT), "isotropic_oracle_mae":
+                                 row.values.get(ORACLE), "within_1sigma": recal.get("within_1sigma"),
+                             "within_2sigma": recal.get("within_2sigma")}
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/equiprop_mp_v1.yaml")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--name", default="equiprop-mp-v1")
+    parser.add_argument("--baseline-recipe", default="recipes/baseline_invariant.yaml")
+    parser.add_argument("--no-baseline", action="store_true", help="leave the invariant baseline out of the table")
+    args = parser.parse_args()
+    from equiprop.workflows.scoreboard_inputs import git_state
+
+    run = yaml.safe_load(Path(args.recipe).read_text()).get("run_name") or Path(args.recipe).stem
+    members, manifest_path = train_and_calibrate(args.recipe, args.seeds, run)
+    ensemble = json.loads(manifest_path.read_text())
+    out = Path("checkpoints") / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    names = export_members(members, args.seeds, out)
+    first = torch.load(out / names[0], map_location="cpu", weights_only=True)["equiprop"]
+    backbone = {k: v for k, v in first["backbone"].items() if k != "dropped_tensors"}
+    model = {"format": ensemble["format"], "name": args.name, "description": DESCRIPTION,
+             "members": names, "mc_samples": 0, "std_scale": ensemble["std_scale"],
+             "std_scale_fitted_on": ensemble["std_scale_fitted_on"], "units": ensemble["units"],
+             "backbone": backbone,
+             "tasks": {n: {"units": t["units"], "kind": t["kind"], "description": t.get("description", ""),
+                           "parametrization": t.get("parametrization", "linear")} for n, t in first["tasks"].items()},
+             "built_by": {"command": shlex.join(["python", "scripts/build_shipped_model.py", *sys.argv[1:]]),
+                          "recipe": args.recipe, "seeds": args.seeds, **git_state(REPO)}}
+    (out / "model.json").write_text(json.dumps(model, indent=1))  # loadable now; metrics are added below
+    baseline = None if args.no_baseline else invariant_baseline(args.recipe, args.baseline_recipe, run)
+    rows, datamodule = test_table(out, members, baseline, args.recipe)
+    counts = split_ids_file(datamodule, out)
+    seen = torch.load(out / names[0], map_location="cpu", weights_only=True)["state_dict"]["species_seen"]
+    from ase.data import chemical_symbols
+
+    model["training_data"] = {
+        "summary": f"{sum(counts.values())} Materials Project crystals (equiprop bundled 'default': matminer 0.4.0 "
+                   f"dielectric, elastic, piezoelectric, formation-energy sets; CC BY 4.0), grouped split by chemical "
+                   f"system: {counts['train']} train / {counts['val']} val / {counts['test']} test",
+        "split": "GroupedSplit(val_fraction=0.1, test_fraction=0.1, seed=0); ids in split/{train,val,test}.txt",
+        "label_counts": datamodule.report["label_counts"],
+        "elements": [chemical_symbols[z] for z in torch.flatnonzero(seen).tolist()]}
+    model["test_metrics"] = summary_metrics(rows, ensemble.get("metrics", {}), model["units"])
+    (out / "model.json").write_text(json.dumps(model, indent=1, default=float))
+    print((out / "test_metrics.md").read_text())
+    from equiprop.shipped import describe_models
+
+    print(describe_models())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
