@@ -135,6 +135,18 @@ def summary_metrics(rows, calibration: dict, units: dict) -> dict:
     return summary
 
 
+def code_state() -> dict:
+    """The commit, and whether the code that builds the model (not docs, not this model's own folder) differs."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else "unknown"
+
+    status = git("status", "--porcelain", "--", "src", "recipes", "scripts", "pyproject.toml")
+    return {"commit": git("rev-parse", "HEAD"), "code_dirty": "unknown" if status == "unknown" else bool(status)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/equiprop_mp_v1.yaml")
@@ -143,8 +155,6 @@ def main() -> int:
     parser.add_argument("--baseline-recipe", default="recipes/baseline_invariant.yaml")
     parser.add_argument("--no-baseline", action="store_true", help="leave the invariant baseline out of the table")
     args = parser.parse_args()
-    from equiprop.workflows.scoreboard_inputs import git_state
-
     run = yaml.safe_load(Path(args.recipe).read_text()).get("run_name") or Path(args.recipe).stem
     members, manifest_path = train_and_calibrate(args.recipe, args.seeds, run)
     ensemble = json.loads(manifest_path.read_text())
@@ -160,7 +170,7 @@ def main() -> int:
              "tasks": {n: {"units": t["units"], "kind": t["kind"], "description": t.get("description", ""),
                            "parametrization": t.get("parametrization", "linear")} for n, t in first["tasks"].items()},
              "built_by": {"command": shlex.join(["python", "scripts/build_shipped_model.py", *sys.argv[1:]]),
-                          "recipe": args.recipe, "seeds": args.seeds, **git_state(REPO)}}
+                          "recipe": args.recipe, "seeds": args.seeds, **code_state()}}
     (out / "model.json").write_text(json.dumps(model, indent=1))  # loadable now; metrics are added below
     baseline = None if args.no_baseline else invariant_baseline(args.recipe, args.baseline_recipe, run)
     rows, datamodule = test_table(out, members, baseline, args.recipe)
