@@ -100,8 +100,7 @@ def featurisation(count: int, repeats: int) -> list[tuple[str, str]]:
     rows = []
     for label, parity, shortcut in [("parity, two passes (before)", True, False),
                                     ("parity, inversion shortcut", True, True), ("no parity (one pass)", False, True)]:
-        encoder = FoundationEncoder(parity=parity, cache_features=False)
-        encoder.inversion_shortcut = shortcut
+        encoder = FoundationEncoder(parity=parity, cache_features=False, inversion_shortcut=shortcut)
         best = 0.0
         with torch.no_grad():
             encoder(batches[0])  # warm-up

@@ -2,7 +2,7 @@
 max_ell 2, with body order raised by the product basis: ``_c2``, ``_c3`` = correlation 2, 3), and the SevenNet-0
 foundation encoder in each transfer mode.
 
-    python benchmarks/speed.py [--batches 12] [--batch-size 32] [--width 64] [--layers 3]
+    python benchmarks/speed.py [--batches 12] [--batch-size 32] [--width 64] [--layers 3] [--environment-channels 8]
 
 Same data (bundled default, all tasks, cutoff 5 Å), same batch size, same scalar width and depth for every model;
 each configuration runs in its own process so peak memory (max RSS) is its own. Prints a table.
@@ -76,7 +76,8 @@ def measure(config: str, args) -> dict:
     train = data.subsets["train"]
     batches = [Batch.from_data_list([train[i] for i in range(k * args.batch_size, (k + 1) * args.batch_size)])
                for k in range(args.batches + 2)]
-    model = MultiTaskModel(build(config, args.width, args.layers, args.cutoff), list(DEFAULT_TASKS))
+    model = MultiTaskModel(build(config, args.width, args.layers, args.cutoff), list(DEFAULT_TASKS),
+                           environment_channels=args.environment_channels)
     model.normalizer.set_stats(data.normalization)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
@@ -111,6 +112,8 @@ def main():
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--layers", type=int, default=3)
     parser.add_argument("--cutoff", type=float, default=5.0)
+    parser.add_argument("--environment-channels", type=int, default=0,
+                        help="neighbour-shell harmonics channels of the tensor readouts (the recipes use 8)")
     parser.add_argument("--configs", nargs="+", default=CONFIGS + FOUNDATION)
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "equiprop_bench_cache"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -122,7 +125,8 @@ def main():
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; bundled default data, cutoff {args.cutoff} Å, batch {args.batch_size}, "
-          f"{args.batches} timed batches (best of {args.repeats} passes), width {args.width}, {args.layers} layers")
+          f"{args.batches} timed batches (best of {args.repeats} passes), width {args.width}, {args.layers} layers, "
+          f"tensor readouts with {args.environment_channels} environment channels")
     rows = []
     for config in args.configs:
         cmd = [sys.executable, __file__, "--one", config] + [f"--{k.replace('_', '-')}={v}" for k, v in vars(

@@ -53,7 +53,9 @@ def export_members(members: list[str], seeds: list[int], out: Path) -> list[str]
     for path, seed in zip(members, seeds):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         meta = checkpoint["equiprop"]
-        meta["encoder"]["init_args"]["cache_features"] = False  # predictions of new structures: no disk cache
+        # how the shipped model runs (not what it computes): new structures are not cached on disk, and
+        # centrosymmetric crystals skip the inverted pass (same features up to float rounding)
+        meta["encoder"]["init_args"].update(cache_features=False, inversion_shortcut=True)
         encoder = encoder or build_encoder(meta["encoder"])
         name = f"member_s{seed}.ckpt"
         torch.save(export_weights(checkpoint, encoder), out / name)

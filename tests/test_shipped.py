@@ -7,7 +7,6 @@ Regenerate the references after a deliberate change of the model:
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -126,7 +125,15 @@ def test_a_wheel_carries_the_shipped_model(tmp_path):
     for file in [MODEL_FILE, "README.md", *info["members"]]:
         assert f"equiprop/shipped_models/{NAME}/{file}" in names
     assert not [n for n in names if "shipped_models/" in n and "_s0/" in n]  # no training output
-    shutil.rmtree(tmp_path / "build", ignore_errors=True)
+    unpacked = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(unpacked)
+    probe = ("import equiprop, equiprop.shipped as s; from equiprop.shipped import resolve, first_member; "
+             f"print(equiprop.__file__); print(resolve('{NAME}')); print(first_member('{NAME}'))")
+    found = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=str(unpacked)))
+    assert found.returncode == 0, found.stderr[-2000:]
+    for line in found.stdout.split():  # the installed copy, not the source tree, finds the model by name
+        assert line.startswith(str(unpacked)), found.stdout
 
 
 @pytest.mark.integration

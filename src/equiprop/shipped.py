@@ -36,9 +36,10 @@ def shipped_models() -> dict[str, Path]:
 
 
 def looks_like_name(value) -> bool:
-    """A bare word (no folder, no file suffix such as .ckpt/.json) that is not an existing file."""
+    """A bare word (no folder, no file suffix such as .ckpt/.json) that is not an existing file (a folder of that
+    name, such as checkpoints/equiprop-mp-v1 seen from checkpoints/, is no checkpoint: the name wins)."""
     text = str(value)
-    return not Path(text).exists() and "/" not in text and Path(text).suffix not in (".ckpt", ".json", ".pt")
+    return not Path(text).is_file() and "/" not in text and Path(text).suffix not in (".ckpt", ".json", ".pt")
 
 
 def resolve(value: str | Path) -> str:
