@@ -186,7 +186,7 @@ def main() -> int:
                    f"system: {counts['train']} train / {counts['val']} val / {counts['test']} test",
         "split": "GroupedSplit(val_fraction=0.1, test_fraction=0.1, seed=0); ids in split/{train,val,test}.txt",
         "label_counts": datamodule.report["label_counts"],
-        "elements": [chemical_symbols[z] for z in torch.flatnonzero(seen).tolist()]}
+        "elements": [chemical_symbols[z] for z in torch.nonzero(seen).flatten().tolist()]}
     model["test_metrics"] = summary_metrics(rows, ensemble.get("metrics", {}), model["units"])
     (out / "model.json").write_text(json.dumps(model, indent=1, default=float))
     print((out / "test_metrics.md").read_text())
