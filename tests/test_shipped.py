@@ -28,7 +28,7 @@ REFERENCES = REPO / "tests" / "references" / "equiprop_mp_v1.json"
 
 def test_the_name_resolves_to_the_shipped_manifest_and_paths_stay_paths(tmp_path):
     assert NAME in shipped_models()
-    assert Path(resolve(NAME)) == (FOLDER / MODEL_FILE).resolve()
+    assert Path(resolve(NAME)).resolve() == (FOLDER / MODEL_FILE).resolve()
     checkpoint = tmp_path / "best.ckpt"
     checkpoint.write_bytes(b"")
     assert resolve(str(checkpoint)) == str(checkpoint)  # an existing file is always a path

@@ -124,7 +124,9 @@ def test_transfer_modes_freeze_what_they_say(records):
 
 def test_partial_finetune_from_cache_equals_full_computation(records, tmp_path):
     batch = _batch(records)
-    reference = FoundationEncoder(transfer="finetune", cache_features=False)(batch)
+    # the cached prefix path runs both passes: compare with both passes (the inversion shortcut agrees only to the
+    # precision of the input's symmetry, ~1e-5 on these rounded coordinates: tests/nn/test_inversion_shortcut.py)
+    reference = FoundationEncoder(transfer="finetune", cache_features=False, inversion_shortcut=False)(batch)
     partial = FoundationEncoder(transfer="finetune", trainable_layers=1, cache_dir=str(tmp_path))
     first, second = partial(batch), partial(batch)  # the second call reads the frozen layers from the cache
     assert partial.feature_cache().hits == len(records) and torch.allclose(first, reference, atol=1e-5)
