@@ -163,6 +163,10 @@ def main() -> int:
     out = Path("checkpoints") / args.name
     out.mkdir(parents=True, exist_ok=True)
     names = export_members(members, args.seeds, out)
+    for suffix in (".md", ".csv"):  # the calibration report ships beside the model it describes
+        report = manifest_path.with_name(manifest_path.stem + "_calibration" + suffix)
+        if report.exists():
+            (out / f"calibration{suffix}").write_text(report.read_text())
     first = torch.load(out / names[0], map_location="cpu", weights_only=True)["equiprop"]
     backbone = {k: v for k, v in first["backbone"].items() if k != "dropped_tensors"}
     model = {"format": ensemble["format"], "name": args.name, "description": DESCRIPTION,
