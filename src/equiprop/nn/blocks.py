@@ -251,7 +251,7 @@ class CGConvBlock(nn.Module):
 class EnvironmentHarmonicsBlock(nn.Module):
     """Edges -> per-atom geometric features ``channels x l`` for each requested l (natural parity (-1)^l):
     the neighbour directions' spherical harmonics Y^l(r_ij), weighted by learned radial functions, averaged over each
-    atom's neighbours.
+    atom's neighbours. The harmonics come from ``EdgeGeometryBlock`` (computed once per forward for every readout).
 
     Tensor readouts use them for irreps the encoder's features do not carry well: an atom at a cubic site has no
     l=2 feature at all, so products of l<=2 features cannot give the 4e (cubic) part of its elastic tensor, while the
@@ -263,27 +263,18 @@ class EnvironmentHarmonicsBlock(nn.Module):
         from equiprop.nn.radial import RadialEmbeddingBlock
 
         self.ells, self.channels = sorted(set(ells)), channels
-        self.irreps_sh = o3.Irreps([(1, (l, (-1) ** l)) for l in self.ells])
-        self.irreps_out = o3.Irreps([(channels, ir) for _, ir in self.irreps_sh])
-        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+        self.irreps_out = o3.Irreps([(channels, (l, (-1) ** l)) for l in self.ells])
         self.radial = RadialEmbeddingBlock(cutoff, num_basis)
         self.weights = nn.Linear(num_basis, channels * len(self.ells))
 
-    def forward(self, vectors: torch.Tensor, lengths: torch.Tensor, center: torch.Tensor, num_nodes: int
-                ) -> torch.Tensor:
-        # vectors: (num_edges, 3); lengths: (num_edges,) in cutoff units (graph.radial_lengths); center: (num_edges,)
-        # -> (num_nodes, irreps_out.dim)
-        sh = self.sh(vectors)  # (num_edges, irreps_sh.dim)
-        by_l = {l: sh[:, sl] for l, sl in zip(self.ells, self.irreps_sh.slices())}
-        return self.from_harmonics(by_l, lengths, center, num_nodes)
-
-    def from_harmonics(self, sh_by_l: dict[int, torch.Tensor], lengths: torch.Tensor, center: torch.Tensor,
-                       num_nodes: int) -> torch.Tensor:
-        # sh_by_l: {l: (num_edges, 2l+1)} normalised harmonics computed once per forward (EdgeGeometryBlock)
+    def forward(self, edges: dict, num_nodes: int) -> torch.Tensor:
+        # edges: EdgeGeometryBlock's output ({"lengths", "center", "sh": {l: (num_edges, 2l+1)}}) -> (num_nodes,
+        # irreps_out.dim)
+        lengths, center = edges["lengths"], edges["center"]
         weights = self.weights(self.radial(lengths)).reshape(len(lengths), len(self.ells), -1)
         parts = []
         for k, l in enumerate(self.ells):
-            per_edge = weights[:, k, :, None] * sh_by_l[l][:, None, :]  # (num_edges, channels, 2l+1)
+            per_edge = weights[:, k, :, None] * edges["sh"][l][:, None, :]  # (num_edges, channels, 2l+1)
             parts.append(scatter(per_edge, center, dim=0, dim_size=num_nodes, reduce="mean").flatten(1))
         return torch.cat(parts, dim=1)
 

@@ -117,8 +117,7 @@ class TensorReadoutBlock(nn.Module):
         if self.environment is not None:
             if edges is None:
                 edges = self.edge_geometry(data, x.dtype)
-            x = torch.cat([x, self.environment.from_harmonics(edges["sh"], edges["lengths"], edges["center"],
-                                                              len(x))], 1)
+            x = torch.cat([x, self.environment(edges, len(x))], 1)
         x = self.input_norm(x)
         h = self.invariant(x[:, self.scalar_index])  # (num_nodes, hidden)
         if self.quadratic is not None:
