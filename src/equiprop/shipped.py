@@ -100,7 +100,8 @@ def describe_models() -> str:
                  f"  {'task':<16} {'units':<14} {'test MAE':>10} {'median baseline':>16} {'1-sigma':>8}  metric"]
         for task, row in info.get("test_metrics", {}).items():
             lines.append(f"  {task:<16} {row.get('units', ''):<14} {_num(row.get('mae')):>10} "
-                         f"{_num(row.get('median_mae')):>16} {_num(row.get('within_1sigma')):>8}  {row.get('metric', '')}")
+                         f"{_num(row.get('median_mae')):>16} {_num(row.get('within_1sigma')):>8}  "
+                         f"{row.get('metric', '')}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -41,6 +41,29 @@ def fit_and_test(recipe: dict, task: str | dict, n_train: int | None, seed: int,
             "n_train": len(datamodule.subsets["train"]), "epochs": trainer.current_epoch}
 
 
+MEDIAN = "training-median"  # the honest floor of every curve: the median of the N training labels, predicted for all
+
+
+def median_baseline(recipe: dict, task: str | dict, n_train: int | None, seed: int, workdir: Path,
+                    overrides: list[str] = ()) -> dict:
+    """Test MAE of the component-wise median of the same N training labels a fit of ``recipe`` would see (no fit)."""
+    from equiprop.data import keys
+    from equiprop.workflows.scoreboard_inputs import physical_labels, training_labels
+
+    run = dict(recipe, seed_everything=seed, run_name=str(workdir.relative_to("checkpoints")))
+    run = set_dotted(set_dotted(run, "data.tasks", [task]), "data.split", split_config(n_train, seed))
+    _, model, datamodule = build_run(run, list(overrides), workdir)
+    datamodule.setup("test")
+    name = task["name"] if isinstance(task, dict) else task
+    spec = datamodule.tasks[name]
+    median = np.median(training_labels(datamodule, name), axis=0)
+    true = [physical_labels(spec, batch[keys.label_key(name)][batch[keys.mask_key(name)]])
+            for batch in datamodule.test_dataloader()]
+    errors = np.abs(np.concatenate(true) - median)
+    return {"mae": float(errors.mean()), "metric": "component_mae" if spec.kind == "tensor" else "mae",
+            "units": spec.units, "n_train": len(datamodule.subsets["train"]), "epochs": 0}
+
+
 def done_runs(path: Path) -> set[tuple]:
     if not path.exists():
         return set()
@@ -63,6 +86,13 @@ def run_study(models: dict[str, dict], task: str | dict, sizes: list[str], seeds
     table = out.with_suffix(".csv")
     done = done_runs(table)
     task_name = task["name"] if isinstance(task, dict) else task
+    for size in sizes:  # the baseline row of each (N, seed): no training, the first model's data and split
+        for seed in seeds:
+            if (MEDIAN, str(size), str(seed)) not in done:
+                workdir = Path("checkpoints") / out.stem / f"{MEDIAN}_n{size}_s{seed}"
+                result = median_baseline(next(iter(models.values())), task, None if size == "all" else int(size),
+                                         seed, workdir, overrides)
+                append_row(table, {"model": MEDIAN, "requested": size, "seed": seed, "task": task_name, **result})
     for name, recipe in models.items():
         for size in sizes:
             for seed in seeds:
