@@ -72,3 +72,45 @@ def test_partial_finetune_trains_only_the_last_layer(data, tmp_path):
     _fit(model, data, tmp_path, epochs=1)
     changed = {k.split("_", 1)[0] for k, v in encoder.potential.state_dict().items() if not torch.equal(before[k], v)}
     assert changed == {"4"}
+
+
+def test_physics_priors_train_save_and_predict(data, tmp_path):
+    """A fit with every prior: the Ef references are fitted on the training split, gains train, and a loaded
+    checkpoint predicts what the trained model does (the priors travel with it)."""
+    tasks = ["Ef", "Eg", "K_VRH", {"name": "eps_electronic", "parametrization": "spd_log"},
+             {"name": "elastic_tensor", "parametrization": "spd_log"}]
+    data = MultiTaskDataModule(sources=[BundledDataset("tiny")], tasks=tasks, cutoff=5.0,
+                               split=RandomSplit(0.2, 0.2, seed=0), batch_size=8, cache_dir=str(tmp_path / "graphs"))
+    encoder = FoundationEncoder(transfer="frozen", cache_dir=str(tmp_path / "features"))
+    priors = {"Ef": "potential_energy", "K_VRH": "potential_bulk_modulus", "eps_electronic": "penn",
+              "elastic_tensor": "potential_stiffness"}
+    model = MultiTaskModel(encoder, tasks, lr=3e-3, priors=priors)
+    trainer = _fit(model, data, tmp_path, epochs=1)
+    references = model.priors.reference_energies
+    assert int((references != 0).sum()) >= 5 and bool(references[[8, 14]].ne(0).any())
+    assert all(not torch.equal(g, torch.ones_like(g)) for g in model.priors.gains.values())
+    trainer.save_checkpoint(tmp_path / "priors.ckpt")
+    predictor = Predictor.from_checkpoint(tmp_path / "priors.ckpt")
+    assert torch.equal(predictor.model.priors.reference_energies, references)
+    structures = [data.dataset[i] for i in range(4)]
+    from torch_geometric.data import Batch
+
+    with torch.no_grad():
+        expected = model.eval().predict_physical(Batch.from_data_list(structures))
+    loaded = predictor.predict_graphs(structures)
+    for i in range(4):
+        assert loaded[i]["Ef"] == pytest.approx(float(expected["Ef"][i]), rel=1e-5)
+        assert loaded[i]["K_VRH"] == pytest.approx(float(expected["K_VRH"][i]), rel=1e-5)
+
+
+def test_gamma_phonon_descriptors_run_inside_a_trainer(tmp_path):
+    """Forces by autograd inside validation and prediction (no_grad / inference mode): this crashed every fit."""
+    data = MultiTaskDataModule(sources=[BundledDataset("tiny")], tasks=["K_VRH"], cutoff=5.0,
+                               split=RandomSplit(0.2, 0.2, seed=0), batch_size=8, cache_dir=str(tmp_path / "graphs"))
+    encoder = FoundationEncoder(transfer="frozen", descriptors=["gamma_phonons"], cache_dir=str(tmp_path / "f"))
+    trainer = _fit(MultiTaskModel(encoder, ["K_VRH"], lr=3e-3), data, tmp_path, epochs=1)
+    trainer.save_checkpoint(tmp_path / "phonons.ckpt")
+    predictor = Predictor.from_checkpoint(tmp_path / "phonons.ckpt")
+    with torch.inference_mode():
+        predictions = predictor.predict_graphs([data.dataset[i] for i in range(3)])
+    assert all(p["K_VRH"] > 0 for p in predictions)

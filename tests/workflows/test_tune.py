@@ -166,3 +166,25 @@ def test_a_metric_that_is_never_logged_stops_the_search_naming_the_logged_ones(t
     assert main(["tune", "-c", str(path), "--n-trials", "3", *FEW_BATCHES]) == 2
     err = capsys.readouterr().err.strip()
     assert "tune.metric: 'val/Eg/mae' was never logged; logged: " in err and "val/Ef/mae" in err
+
+
+def test_head_shape_and_structured_choices_reach_the_trials(tmp_path, monkeypatch):
+    """Head width/depth and list/mapping choices (descriptor sets, priors): stored as JSON strings in the study,
+    decoded into each trial's recipe, and the fit builds that head."""
+    monkeypatch.chdir(tmp_path)
+    recipe = dict(RECIPE, run_name="heads_tune")
+    recipe["tune"] = dict(RECIPE["tune"], search_space={
+        "model.head_hidden": {"type": "categorical", "choices": [8, 16]},
+        "model.head_layers": {"type": "int", "low": 0, "high": 2},
+        "model.task_weights": {"type": "categorical", "choices": [{"Ef": 1.0}, {"Ef": 2.0, "eps_electronic": 0.5}]}})
+    recipe["model"] = dict(RECIPE["model"], weighting="fixed")
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["tune", "-c", "tune.yaml", "--n-trials", "2", "--trainer.max_epochs=1"]) == 0
+    study = optuna.load_study(study_name="heads_tune",
+                              storage=f"sqlite:///{tmp_path / 'checkpoints' / 'heads_tune' / 'optuna.db'}")
+    for t in study.trials:
+        used = load_recipe(tmp_path / "checkpoints" / "heads_tune" / f"trial_{t.number:03d}" / "recipe.yaml")
+        assert used["model"]["task_weights"] in ({"Ef": 1.0}, {"Ef": 2.0, "eps_electronic": 0.5})
+        assert isinstance(t.params["model.task_weights"], str)
+        assert used["model"]["head_hidden"] == t.params["model.head_hidden"]
+        assert used["model"]["head_layers"] == t.params["model.head_layers"]

@@ -34,14 +34,15 @@ class ScalarReadoutBlock(nn.Module):
     slower under Adam, and frozen-feature heads underfit: matbench_phonons fold 0, 68.7 vs 43.7 cm^-1.)
     """
 
-    def __init__(self, irreps_in: o3.Irreps, pooling: str = "mean", hidden: int = 64):
+    def __init__(self, irreps_in: o3.Irreps, pooling: str = "mean", hidden: int = 64, layers: int = 1):
         super().__init__()
         self.irreps_in, self.irreps_out, self.pooling = o3.Irreps(irreps_in), o3.Irreps("1x0e"), pooling
         scalars = [i for (mul, ir), sl in zip(self.irreps_in, self.irreps_in.slices()) if ir == o3.Irrep("0e")
                    for i in range(sl.start, sl.stop)]
         self.register_buffer("scalar_index", torch.as_tensor(scalars, dtype=torch.long), persistent=False)
         self.select = nn.Linear(len(scalars), hidden)
-        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.mlp = nn.Sequential(*[m for _ in range(layers) for m in (nn.SiLU(), nn.Linear(hidden, hidden))],
+                                 nn.SiLU(), nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor, data, edges: dict | None = None) -> torch.Tensor:
         # x: (num_nodes, irreps_in.dim); data: the PyG batch the features belong to; edges: unused (no geometry)
@@ -64,7 +65,8 @@ class TensorReadoutBlock(nn.Module):
     """
 
     def __init__(self, irreps_in: o3.Irreps, task: TaskSpec, pooling: str = "mean", hidden: int = 64,
-                 num_gates: int = 4, quadratic_mul: int = 8, environment_channels: int = 0, cutoff: float = 5.0):
+                 num_gates: int = 4, quadratic_mul: int = 8, environment_channels: int = 0, cutoff: float = 5.0,
+                 layers: int = 1):
         super().__init__()
         self.environment = self.edge_geometry = None
         if environment_channels:  # geometric l-features of the neighbour shell for every l>0 output of the task
@@ -83,7 +85,7 @@ class TensorReadoutBlock(nn.Module):
             raise ValueError(f"{task.name}: the tensor readout needs 0e features, node irreps are {self.irreps_in}")
         self.register_buffer("scalar_index", scalars.reshape(-1), persistent=False)
         self.invariant = nn.Sequential(nn.Linear(len(self.scalar_index), hidden), nn.SiLU(),
-                                       nn.Linear(hidden, hidden), nn.SiLU())
+                                       *[m for _ in range(layers) for m in (nn.Linear(hidden, hidden), nn.SiLU())])
         self.isotropic = nn.ModuleDict()  # output slice -> linear map of the invariant MLP
         self.mix, self.gates = nn.ModuleDict(), nn.ModuleDict()
         for k, ((mul, ir), sl) in enumerate(zip(self.irreps_out, self.irreps_out.slices())):
@@ -147,9 +149,11 @@ def _channel_index(irreps: o3.Irreps, ir: o3.Irrep) -> torch.Tensor:
     return torch.as_tensor(rows, dtype=torch.long).reshape(len(rows), ir.dim)
 
 
-def build_head(task: TaskSpec, irreps_in: o3.Irreps, environment_channels: int = 0, cutoff: float = 5.0) -> nn.Module:
-    """The readout a task needs: a tensor readout for tensors, a scalar readout otherwise (binary: a logit)."""
+def build_head(task: TaskSpec, irreps_in: o3.Irreps, environment_channels: int = 0, cutoff: float = 5.0,
+               hidden: int = 64, layers: int = 1) -> nn.Module:
+    """The readout a task needs: a tensor readout for tensors, a scalar readout otherwise (binary: a logit).
+    ``hidden``: width of its invariant MLP; ``layers``: hidden-to-hidden layers of that MLP."""
     if task.kind == "tensor":
-        return TensorReadoutBlock(irreps_in, task, task.pooling, environment_channels=environment_channels,
-                                  cutoff=cutoff)
-    return ScalarReadoutBlock(irreps_in, task.pooling)
+        return TensorReadoutBlock(irreps_in, task, task.pooling, hidden=hidden, cutoff=cutoff, layers=layers,
+                                  environment_channels=environment_channels)
+    return ScalarReadoutBlock(irreps_in, task.pooling, hidden=hidden, layers=layers)

@@ -16,6 +16,7 @@ from equiprop.data.tasks import TaskSpec, resolve_task, resolve_tasks
 from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
 from equiprop.nn.heads import build_head
+from equiprop.nn.priors import PhysicsPriors
 from equiprop.data.tensor_ops import invariant_mask
 from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss, tensor_task_loss
 from equiprop.train.metrics import TaskMetrics, voigt_bulk_modulus, voigt_shear_modulus
@@ -31,6 +32,8 @@ Weighting = Literal["uncertainty", "fixed"]
 Loss = Literal["mse", "mae", "huber"]
 Scheduler = Literal["cosine", "plateau", "none"]
 Finetune = Literal["all", "frozen_encoder", "last_layers"]
+PriorName = Literal["potential_energy", "potential_stiffness", "potential_bulk_modulus", "potential_shear_modulus",
+                    "penn"]  # nn.priors.PRIOR_QUANTITY
 assert set(Loss.__args__) == set(REGRESSION_LOSSES)
 
 
@@ -63,6 +66,13 @@ class MultiTaskModel(L.LightningModule):
         dropout: probability of dropping each irrep of the encoder's per-atom features before the readouts, in
             training; a model trained with it predicts with Monte-Carlo-dropout uncertainty (``mc_samples`` in
             ``equiprop predict`` / ``equiprop.uncertainty``; 0: off).
+        priors: ``{task: prior}``: the task's head learns a correction to a physical estimate of the pretrained
+            potential (``potential_energy``, ``potential_stiffness``, ``potential_bulk_modulus``,
+            ``potential_shear_modulus``) or of Penn's model (``penn``); see ``equiprop.nn.priors``.
+        prior_potential: the pretrained potential the priors run (``7net-0``).
+        prior_relaxed_ion: stiffness priors relax the atoms at each strain (slower; clamped-ion otherwise).
+        head_hidden: width of every readout's invariant MLP.
+        head_layers: hidden-to-hidden layers of that MLP (depth of the heads).
     """
 
     def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: Weighting = "uncertainty",
@@ -71,7 +81,9 @@ class MultiTaskModel(L.LightningModule):
                  init_from: str | None = None, init_heads: dict[str, str] | None = None,
                  finetune: Finetune = "all", trainable_layers: int = 1,
                  encoder_lr_factor: float = 1.0, isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0,
-                 warmup_epochs: float = 0.0, environment_channels: int = 0, dropout: float = 0.0):
+                 warmup_epochs: float = 0.0, environment_channels: int = 0, dropout: float = 0.0,
+                 priors: dict[str, PriorName] | None = None, prior_potential: str = "7net-0",
+                 prior_relaxed_ion: bool = False, head_hidden: int = 64, head_layers: int = 1):
         super().__init__()
         for option, value, choices in (("model.weighting", weighting, Weighting), ("model.loss", loss, Loss),
                                        ("model.scheduler", scheduler, Scheduler),
@@ -90,13 +102,18 @@ class MultiTaskModel(L.LightningModule):
         self.save_hyperparameters(ignore=["encoder"])
         self.encoder = encoder
         self.tasks: dict[str, TaskSpec] = resolve_tasks(tasks)
-        self.heads = nn.ModuleDict({name: build_head(t, encoder.irreps_out, environment_channels, encoder.cutoff)
-                                    for name, t in self.tasks.items()})
+        if head_hidden < 1 or head_layers < 0:
+            raise ConfigError(f"model.head_hidden must be >= 1 and model.head_layers >= 0, got {head_hidden}, "
+                              f"{head_layers}")
+        self.heads = nn.ModuleDict({name: build_head(t, encoder.irreps_out, environment_channels, encoder.cutoff,
+                                                     head_hidden, head_layers) for name, t in self.tasks.items()})
         ells = sorted({l for head in self.heads.values() if getattr(head, "environment", None) is not None
                        for l in head.environment.ells})
         self.edge_geometry = EdgeGeometryBlock(ells) if ells else None
         self.feature_dropout = FeatureDropoutBlock(encoder.irreps_out, dropout)
         self.normalizer = TaskNormalizer(self.tasks)
+        self.priors = PhysicsPriors(self.tasks, priors, prior_potential, prior_relaxed_ion,
+                                    cache_dir=getattr(encoder, "cache_dir", None)) if priors else None
         names = list(self.tasks)
         self.weighting = UncertaintyWeighting(names) if weighting == "uncertainty" else FixedWeighting(
             names, task_weights)
@@ -162,6 +179,19 @@ class MultiTaskModel(L.LightningModule):
         self.normalizer.set_stats(datamodule.normalization)
         self.species_seen[species] = True
         self.encoder.set_avg_num_neighbors(statistics["avg_num_neighbors"])
+        self._fit_priors(datamodule)
+
+    def _fit_priors(self, datamodule) -> None:
+        """Elemental references of ``potential_energy`` priors, by least squares on the training split."""
+        if self.priors is None:
+            return
+        from torch_geometric.loader import DataLoader
+
+        for name in [n for n, p in self.priors.priors.items() if p == "potential_energy"]:
+            loader = DataLoader(datamodule.subsets["train"], batch_size=64, shuffle=False)
+            fit = self.priors.fit_references(loader, name)
+            print(f"priors: {name} references of {fit['elements']} elements fitted on {fit['labels']} training "
+                  f"labels; the prior alone: MAE {fit['mae']:.4f} {self.tasks[name].units}")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         counts = checkpoint.get("equiprop", {}).get("train_label_counts")
@@ -169,17 +199,25 @@ class MultiTaskModel(L.LightningModule):
             self.train_label_counts = dict(counts)
 
     # -- forward --------------------------------------------------------------------------------------------------
-    def forward(self, batch, tasks: list[str] | None = None, features: torch.Tensor | None = None
-                ) -> dict[str, torch.Tensor]:
+    def forward(self, batch, tasks: list[str] | None = None, features: torch.Tensor | None = None,
+                rows: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Normalised model-space predictions {task: (num_graphs, *shape)} (logits for binary tasks).
         ``features``: the encoder's output for ``batch`` when already computed (ensemble members that share one
-        frozen encoder run it once)."""
+        frozen encoder run it once). ``rows``: per task, the structures whose prediction is used (a prior is
+        estimated only there; training passes the label masks)."""
         features = self.feature_dropout(self.encoder(batch) if features is None else features)
         names = list(tasks if tasks is not None else self.tasks)
         # edge vectors and harmonics once per forward for every tensor readout that reads the neighbour shell
         geometric = any(getattr(self.heads[n], "environment", None) is not None for n in names)
         edges = self.edge_geometry(batch, features.dtype) if geometric else None
-        return {name: self.heads[name](features, batch, edges) for name in names}
+        out = {name: self.heads[name](features, batch, edges) for name in names}
+        if self.priors is None:
+            return out
+        gap = self.priors.penn_gap_task
+        extra = {gap: self.heads[gap](features, batch, edges)} if gap and gap not in out and any(
+            self.priors.priors.get(n) == "penn" for n in names) else {}
+        with_priors = self.priors.apply(batch, {**out, **extra}, self.normalizer, rows)
+        return {name: with_priors[name] for name in names}
 
     def predict_physical(self, batch, tasks: list[str] | None = None, features: torch.Tensor | None = None
                          ) -> dict[str, torch.Tensor]:
@@ -189,7 +227,8 @@ class MultiTaskModel(L.LightningModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         present = [n for n in self.tasks if bool(batch[keys.mask_key(n)].any())]
-        predictions = self(batch, present)  # heads of absent tasks are not even run: exactly zero gradient
+        rows = {n: self._rows_used(batch, n) for n in present} if self.priors is not None else None
+        predictions = self(batch, present, rows=rows)  # heads of absent tasks are not even run: zero gradient
         num_atoms = atoms_per_graph(batch)
         losses = {}
         for name in present:
@@ -217,6 +256,15 @@ class MultiTaskModel(L.LightningModule):
         self.log(f"{stage}/loss", plain, batch_size=batch.num_graphs, prog_bar=True, sync_dist=stage != "train")
         self.log(f"{stage}/weighted_loss", total, batch_size=batch.num_graphs, sync_dist=stage != "train")
         return total
+
+    def _rows_used(self, batch, name: str) -> torch.Tensor:
+        """(num_graphs,) bool: structures whose prediction of ``name`` a step uses (its labels, and those of the
+        tasks a derived metric compares it with)."""
+        mask = batch[keys.mask_key(name)].clone()
+        for source, reference, _ in DERIVED.values():
+            if source == name and reference in self.tasks:
+                mask |= batch[keys.mask_key(reference)]
+        return mask
 
     def _update_metrics(self, stage: str, name: str, pred_norm: torch.Tensor, target_model: torch.Tensor,
                         num_atoms: torch.Tensor) -> None:

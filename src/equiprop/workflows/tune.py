@@ -26,6 +26,7 @@ Outputs in ``checkpoints/<run_name>/``: trials.csv, best_recipe.yaml, optimisati
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -65,9 +66,12 @@ class EpochTimer(L.Callback):
 
 
 def suggest(trial, name: str, spec: dict):
-    """One value for ``name`` from a search-space entry: categorical, int, float (log), or int_list (one int per l)."""
+    """One value for ``name`` from a search-space entry: categorical, int, float (log), or int_list (one int per l).
+    Categorical choices may be lists or mappings (descriptor sets, priors): Optuna stores them as JSON strings."""
     kind = spec.get("type")
     if kind == "categorical":
+        if any(isinstance(c, (list, dict)) for c in spec["choices"]):
+            return json.loads(trial.suggest_categorical(name, [json.dumps(c, sort_keys=True) for c in spec["choices"]]))
         return trial.suggest_categorical(name, spec["choices"])
     if kind == "int":
         return trial.suggest_int(name, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False))

@@ -1,0 +1,247 @@
+"""Physics priors: a task's head predicts a correction to a physical estimate instead of the whole quantity.
+
+``model.priors: {task: prior}``. For each such task the prediction in model space is ``g * prior + scale * head``
+(normalised space: ``head + g * normalise(prior)``), with a learnable gain g per irrep block (one for a scalar),
+initialised at 1, so a head starts from the estimate and learns what the physics misses. The gain of each l>0 block
+multiplies a whole irrep, and the normaliser shifts only 0e: tensors stay exactly equivariant.
+
+Priors (the estimates come from the frozen pretrained potential, ``potential_physics``, cached per structure):
+
+- ``potential_energy`` (a scalar task in eV/atom, e.g. Ef): the potential's energy per atom minus elemental reference
+  energies ``sum_e x_e mu_e``. The references are fitted by least squares on the training split's labelled
+  structures, ``E_pot/atom - Ef ~ sum_e x_e mu_e``, at the start of a fit, and stored with the model. Fitted rather
+  than the potential's own elemental ground states: those need a relaxed structure of every element, which the data
+  here does not hold, and the fit also absorbs the potential's systematic error per element (and any correction
+  scheme of the labels, e.g. MP2020's anion corrections).
+- ``potential_stiffness`` (the elastic tensor ``ijkl=jikl=klij``): the potential's stiffness (clamped-ion, or
+  relaxed-ion with ``prior_relaxed_ion``) as the head's starting tensor. With ``parametrization: spd_log`` the
+  correction is in log space: ``C = expm(g logm(C_pot) + dL)`` (eigenvalues of C_pot floored at 1 GPa first, so a
+  mechanically unstable estimate still has a log).
+- ``potential_bulk_modulus`` / ``potential_shear_modulus`` (log-scalar K/G tasks in GPa, or MatBench's log10(GPa)):
+  the Voigt-Reuss-Hill modulus of that stiffness, in log10.
+- ``penn`` (dielectric ``ij=ji`` tensors, or the refractive index): Penn's model ``eps = 1 + (hbar w_p / E_P)^2``
+  with the valence-electron plasma energy from composition and volume and the Penn gap
+  ``E_P = Eg_pred + E_0``, Eg_pred the model's own band-gap prediction (detached; the task named by ``penn_gap_task``,
+  when the model has it) and E_0 learnable (starts at 4 eV).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch_geometric.utils import scatter
+
+from equiprop.data import keys
+from equiprop.data.errors import ConfigError
+from equiprop.data.graph import atoms_per_graph
+from equiprop.data.tasks import TaskSpec
+from equiprop.data.tensor_ops import from_mandel_torch, to_mandel_torch
+from equiprop.nn.blocks import MAX_Z
+
+PRIOR_QUANTITY = {"potential_energy": "energy", "potential_stiffness": "stiffness",
+                  "potential_bulk_modulus": "stiffness", "potential_shear_modulus": "stiffness", "penn": None}
+PLASMA_EV = 37.133  # hbar * sqrt(n e^2 / (eps0 m_e)) in eV for n = 1 electron per Å^3
+STIFFNESS_FLOOR = 1.0  # GPa: smallest eigenvalue of a stiffness estimate before its log
+PENN_OFFSET = 4.0  # eV: starting E_0 of the Penn gap
+
+
+def valence_electrons() -> torch.Tensor:
+    """(MAX_Z + 1,) valence electrons per element: s+d electrons of groups 1-12, s+p of 13-18 (group - 10), 3 for
+    lanthanides and actinides, 2 for He (the convention of Phillips-Van Vechten/Penn-model estimates)."""
+    from pymatgen.core import Element
+
+    table = torch.zeros(MAX_Z + 1, dtype=torch.float64)
+    for z in range(1, MAX_Z + 1):
+        element = Element.from_Z(z)
+        group = element.group
+        table[z] = 2 if z == 2 else 3 if (element.is_lanthanoid or element.is_actinoid) else (
+            group if group <= 12 else group - 10)
+    return table
+
+
+def check_prior(task: TaskSpec, prior: str) -> None:
+    """One-line ConfigError when ``prior`` cannot serve ``task``."""
+    if prior not in PRIOR_QUANTITY:
+        raise ConfigError(f"model.priors: unknown prior {prior!r} for {task.name}; available: {sorted(PRIOR_QUANTITY)}")
+    log_modulus = (task.kind == "log_scalar" and task.units == "GPa") or (
+        task.kind == "scalar" and task.units == "log10(GPa)")
+    fits = {"potential_energy": task.kind == "scalar" and task.units == "eV/atom",
+            "potential_stiffness": task.formula == "ijkl=jikl=klij",
+            "potential_bulk_modulus": log_modulus, "potential_shear_modulus": log_modulus,
+            "penn": task.formula == "ij=ji" or (task.kind == "scalar" and task.name == "refractive_index")}[prior]
+    if not fits:
+        raise ConfigError(f"model.priors: {prior!r} cannot serve task {task.name!r} ({task.kind}, {task.units}, "
+                          f"formula {task.formula}); see equiprop.nn.priors")
+
+
+def hill_moduli(stiffness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 6, 6) Voigt stiffness (GPa) -> Voigt-Reuss-Hill bulk and shear moduli (n,), GPa."""
+    c = stiffness
+    compliance = torch.linalg.inv(c)
+    diag, off = [0, 1, 2], [(0, 1), (0, 2), (1, 2)]
+    c_d, c_o = c[:, diag, diag].sum(1), sum(c[:, i, j] for i, j in off)
+    s_d, s_o = compliance[:, diag, diag].sum(1), sum(compliance[:, i, j] for i, j in off)
+    c_s, s_s = c[:, [3, 4, 5], [3, 4, 5]].sum(1), compliance[:, [3, 4, 5], [3, 4, 5]].sum(1)
+    k_voigt, k_reuss = (c_d + 2 * c_o) / 9, 1 / (s_d + 2 * s_o)
+    g_voigt, g_reuss = (c_d - c_o + 3 * c_s) / 15, 15 / (4 * s_d - 4 * s_o + 3 * s_s)
+    return (k_voigt + k_reuss) / 2, (g_voigt + g_reuss) / 2
+
+
+def floored_stiffness(voigt: torch.Tensor) -> torch.Tensor:
+    """(n, 6, 6) Voigt stiffness with the Mandel eigenvalues floored at STIFFNESS_FLOOR GPa (rotation-covariant)."""
+    mandel = to_mandel_torch(_voigt_to_cartesian_torch(voigt))
+    w, v = torch.linalg.eigh(mandel)
+    mandel = (v * w.clamp(min=STIFFNESS_FLOOR).unsqueeze(1)) @ v.transpose(1, 2)
+    return _cartesian_to_voigt_torch(from_mandel_torch(mandel))
+
+
+def _voigt_to_cartesian_torch(voigt: torch.Tensor) -> torch.Tensor:  # (n, 6, 6) -> (n, 3, 3, 3, 3)
+    from equiprop.data.tasks import VOIGT_INDEX
+
+    index = torch.as_tensor(VOIGT_INDEX, device=voigt.device)
+    return voigt[:, index[:, :, None, None], index[None, None, :, :]]
+
+
+def _cartesian_to_voigt_torch(c: torch.Tensor) -> torch.Tensor:  # (n, 3, 3, 3, 3) -> (n, 6, 6)
+    from equiprop.data.tasks import VOIGT_PAIRS
+
+    rows = torch.as_tensor(VOIGT_PAIRS, device=c.device)
+    return c[:, rows[:, 0, None], rows[:, 1, None], rows[None, :, 0], rows[None, :, 1]]
+
+
+class PhysicsPriors(nn.Module):
+    """The priors of a model's tasks (see the module docstring); ``apply`` adds them to the heads' outputs."""
+
+    def __init__(self, tasks: dict[str, TaskSpec], priors: dict[str, str], potential: str = "7net-0",
+                 relaxed_ion: bool = False, penn_gap_task: str = "Eg", cache_dir: str | None = None):
+        super().__init__()
+        unknown = set(priors) - set(tasks)
+        if unknown:
+            raise ConfigError(f"model.priors names tasks the model does not have: {sorted(unknown)}")
+        for name, prior in priors.items():
+            check_prior(tasks[name], prior)
+        self.tasks, self.priors = tasks, dict(priors)
+        self.potential, self.relaxed_ion, self.cache_dir = potential, relaxed_ion, cache_dir
+        self.penn_gap_task = penn_gap_task if penn_gap_task in tasks else None
+        self.gains = nn.ParameterDict({name: nn.Parameter(torch.ones(_blocks(tasks[name]))) for name in priors})
+        if "potential_energy" in self.priors.values():
+            self.register_buffer("reference_energies", torch.zeros(MAX_Z + 1, dtype=torch.float64))  # eV per atom
+        if "penn" in self.priors.values():
+            self.penn_offset = nn.Parameter(torch.tensor(math.log(math.expm1(PENN_OFFSET))))  # softplus -> E_0, eV
+            self.register_buffer("valence", valence_electrons(), persistent=False)
+        self._physics = None
+
+    def quantities(self) -> set[str]:
+        return {self._quantity(p) for p in self.priors.values() if PRIOR_QUANTITY[p]}
+
+    def _quantity(self, prior: str) -> str | None:
+        quantity = PRIOR_QUANTITY[prior]
+        return f"{quantity}_relaxed" if quantity == "stiffness" and self.relaxed_ion else quantity
+
+    @property
+    def physics(self):
+        if self._physics is None:  # built on first use: a model without priors never loads the potential
+            from equiprop.nn.potential_physics import PotentialPhysics
+
+            self._physics = PotentialPhysics(self.potential, [], self.cache_dir)
+        return self._physics
+
+    # -- fitted state ----------------------------------------------------------------------------------------------
+    def fit_references(self, loader, task: str) -> dict:
+        """Least-squares elemental references for the ``potential_energy`` prior of ``task`` from a loader of
+        training batches: E_pot/atom - label ~ sum_e x_e mu_e. Returns the fit's residual MAE, eV/atom."""
+        rows, targets, elements = [], [], set()
+        for batch in loader:
+            mask = batch[keys.mask_key(task)].bool()
+            if not mask.any():
+                continue
+            energy = self.physics.quantity(batch, "energy", mask)[mask, 0]
+            fractions = self._fractions(batch)[mask]
+            rows.append(fractions)
+            targets.append(energy - batch[keys.label_key(task)][mask].double().flatten())
+            elements |= set(torch.nonzero(fractions.sum(0)).flatten().tolist())
+        x, y = torch.cat(rows), torch.cat(targets)
+        used = sorted(elements)
+        a = x[:, used]
+        ridge = 1e-8 * torch.eye(len(used), dtype=torch.float64)  # elements that always co-occur stay finite
+        mu = torch.linalg.solve(a.T @ a + ridge, a.T @ y)
+        self.reference_energies.zero_()
+        self.reference_energies[used] = mu
+        return {"labels": len(y), "elements": len(used), "mae": float((a @ mu - y).abs().mean())}
+
+    def _fractions(self, batch) -> torch.Tensor:  # -> (num_graphs, MAX_Z + 1) atomic fractions
+        numbers, index = batch[keys.ATOMIC_NUMBERS], batch[keys.BATCH]
+        counts = torch.zeros(int(batch.num_graphs), MAX_Z + 1, dtype=torch.float64, device=numbers.device)
+        counts.index_put_((index, numbers), torch.ones_like(numbers, dtype=torch.float64), accumulate=True)
+        return counts / counts.sum(1, keepdim=True)
+
+    # -- estimates in each task's model space ----------------------------------------------------------------------
+    def estimate(self, name: str, batch, rows: torch.Tensor, predictions: dict, normalizer) -> torch.Tensor:
+        """Model-space prior of task ``name`` for the structures of ``batch`` (zero outside ``rows``)."""
+        prior, task = self.priors[name], self.tasks[name]
+        if prior == "potential_energy":
+            energy = self.physics.quantity(batch, "energy", rows)[:, 0]
+            return energy - self._fractions(batch) @ self.reference_energies
+        if prior == "penn":
+            return self._penn(batch, task, predictions, normalizer)
+        voigt = self.physics.quantity(batch, self._quantity(prior), rows).reshape(-1, 6, 6)
+        voigt = torch.where(rows.view(-1, 1, 1), voigt, 100.0 * torch.eye(6, dtype=voigt.dtype))  # any SPD filler
+        voigt = floored_stiffness(voigt)
+        if prior == "potential_stiffness":
+            cartesian = _voigt_to_cartesian_torch(voigt)
+            if task.parametrization == "spd_log":
+                w, v = torch.linalg.eigh(to_mandel_torch(cartesian))
+                return from_mandel_torch((v * torch.log(w).unsqueeze(1)) @ v.transpose(1, 2))
+            return cartesian
+        bulk, shear = hill_moduli(voigt)
+        return torch.log10((bulk if prior == "potential_bulk_modulus" else shear).clamp(min=STIFFNESS_FLOOR))
+
+    def _penn(self, batch, task: TaskSpec, predictions: dict, normalizer) -> torch.Tensor:
+        electrons = scatter(self.valence[batch[keys.ATOMIC_NUMBERS]], batch[keys.BATCH], dim=0,
+                            dim_size=int(batch.num_graphs), reduce="sum")
+        volume = torch.linalg.det(batch[keys.CELL].double()).abs()
+        plasma = PLASMA_EV * torch.sqrt(electrons / volume)  # eV
+        gap = torch.nn.functional.softplus(self.penn_offset).double()
+        if self.penn_gap_task is not None:
+            eg = predictions.get(self.penn_gap_task)
+            if eg is not None:
+                gap = gap + normalizer.to_physical(self.penn_gap_task, eg.detach()).double().clamp(min=0.0)
+        chi = (plasma / gap) ** 2  # eps - 1
+        if task.kind == "scalar":  # refractive index
+            return torch.sqrt(1.0 + chi)
+        eye = torch.eye(3, dtype=torch.float64, device=chi.device)
+        if task.parametrization == "spd_log":
+            return torch.log(chi).view(-1, 1, 1) * eye
+        return (1.0 + chi).view(-1, 1, 1) * eye
+
+    # -- applied to the heads' outputs -----------------------------------------------------------------------------
+    def apply(self, batch, predictions: dict[str, torch.Tensor], normalizer,
+              rows: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Normalised predictions with each prior added (``rows``: per task, the structures that need it, default
+        all; the model-space Penn prior reads the gap task's prediction from ``predictions`` when present)."""
+        out = dict(predictions)
+        num_atoms = atoms_per_graph(batch)
+        for name in [n for n in self.priors if n in predictions]:
+            pred = predictions[name]
+            need = rows.get(name) if rows is not None else None
+            need = torch.ones(len(pred), dtype=torch.bool, device=pred.device) if need is None else need.bool()
+            if not need.any():
+                continue
+            model = self.estimate(name, batch, need, predictions, normalizer).to(pred.dtype)
+            prior = normalizer.normalise(name, model, num_atoms)  # (n,) or (n, irreps dim)
+            prior = torch.where(need.view(-1, *[1] * (prior.ndim - 1)), prior, torch.zeros_like(prior))
+            out[name] = pred + prior * self._gain(name).to(pred.dtype)
+        return out
+
+    def _gain(self, name: str) -> torch.Tensor:
+        task, gain = self.tasks[name], self.gains[name]
+        if task.kind != "tensor":
+            return gain[0]
+        sizes = [ir.dim for mul, ir in task.cartesian_tensor for _ in range(mul)]
+        return torch.repeat_interleave(gain, torch.as_tensor(sizes, device=gain.device))
+
+
+def _blocks(task: TaskSpec) -> int:
+    return sum(mul for mul, _ in task.cartesian_tensor) if task.kind == "tensor" else 1
