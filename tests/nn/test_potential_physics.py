@@ -106,7 +106,7 @@ def test_stiffness_rotates_with_the_crystal(physics):
     rotated = Structure(Lattice(zno.lattice.matrix @ rotation.T), zno.species, zno.frac_coords)
     both = physics.quantity(_batch([zno, rotated]), "stiffness").reshape(-1, 6, 6).numpy()
     expected = cartesian_to_voigt(np.einsum("ia,jb,kc,ld,abcd->ijkl", *[rotation] * 4, voigt_to_cartesian(both[0])))
-    assert np.abs(both[1] - expected).max() < 0.05
+    assert np.abs(both[1] - expected).max() < 0.2  # GPa: float32 potential, ±0.5 % finite differences
 
 
 def test_rows_and_cache(physics):

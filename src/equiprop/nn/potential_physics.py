@@ -83,7 +83,7 @@ class PotentialPhysics:
         rows, fresh = [], {}
         for key, graph in zip(names, graphs):
             row = self.cache.get(key)
-            if row is None:
+            if row is None or not bool(torch.isfinite(row).all()):  # a row cached before the one-atom fix: redo it
                 row = fresh[key] = torch.tensor(self.compute(graph), dtype=torch.float64)
             rows.append(row)
         self.cache.put(fresh)  # one shard per batch
@@ -241,7 +241,9 @@ class PotentialPhysics:
         phonon = self._phonopy_forces(graph, primitive="auto")
         phonon.run_qpoints([[0.0, 0.0, 0.0]])
         frequencies = np.sort(phonon.qpoints.frequencies[0]) * THZ_IN_CM1  # imaginary: negative
-        optical = frequencies[3:] if graph.num_nodes > 1 else np.zeros(1)
+        # phonopy's primitive cell may hold one atom even when the given cell holds more (a conventional fcc cell):
+        # then there is no optical mode, and its mean is 0, not the mean of nothing
+        optical = frequencies[3:] if len(frequencies) > 3 else np.zeros(1)
         return [float(frequencies.max()) / 1000, float(optical.mean()) / 1000, float(frequencies.min()) / 1000]
 
     def force_constants(self, graph) -> torch.Tensor:  # -> (3n, 3n) Γ force constants of the cell's atoms, eV/Å^2
