@@ -65,7 +65,7 @@ def test_priors_reject_tasks_they_cannot_serve():
         PhysicsPriors(resolve_tasks(["Ef"]), {"Eg": "penn"})
 
 
-def test_penn_prior_is_isotropic_in_model_space(tiny_entries):
+def test_penn_prior_is_isotropic_and_follows_the_formula(tiny_entries):
     from pymatgen.core import Structure
     from torch_geometric.data import Batch
 
@@ -75,12 +75,15 @@ def test_penn_prior_is_isotropic_in_model_space(tiny_entries):
 
     tasks = resolve_tasks([{"name": "eps_electronic", "parametrization": "spd_log"}, "Eg"])
     priors = PhysicsPriors(tasks, {"eps_electronic": "penn"})
-    graphs = [record_to_graph(from_pymatgen(Structure.from_dict(e["structure"]), f"t{i}"), {}, 5.0)
-              for i, e in enumerate(tiny_entries[:3])]
-    batch = Batch.from_data_list(graphs)
-    normalizer = TaskNormalizer(tasks)
+    structure = Structure.from_dict(tiny_entries[0]["structure"])
+    graph = record_to_graph(from_pymatgen(structure, "t0"), {}, 5.0)
+    batch = Batch.from_data_list([graph] * 3)  # one crystal, three predicted gaps
     gap = torch.tensor([0.0, 1.0, 3.0])  # normalised = physical with identity statistics
-    prior = priors.estimate("eps_electronic", batch, torch.ones(3, dtype=torch.bool), {"Eg": gap}, normalizer)
-    eps = 1 + torch.exp(prior[:, 0, 0])
+    with torch.no_grad():
+        prior = priors.estimate("eps_electronic", batch, torch.ones(3, dtype=torch.bool), {"Eg": gap},
+                                TaskNormalizer(tasks))
     assert torch.allclose(prior, prior[:, :1, :1] * torch.eye(3, dtype=prior.dtype))
-    assert float(eps[0].detach()) > 1.0
+    electrons = sum(int(valence_electrons()[site.specie.Z]) for site in structure)
+    plasma = PLASMA_EV * np.sqrt(electrons / structure.volume)
+    expected = 2 * np.log(plasma / (gap.double().numpy() + 4.0))  # log(eps - 1), E_0 starts at 4 eV
+    assert prior[:, 0, 0].numpy() == pytest.approx(expected, rel=1e-6)

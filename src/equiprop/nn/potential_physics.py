@@ -78,14 +78,14 @@ class PotentialPhysics:
         self.quantity_caches: dict[str, FeatureCache] = {}
 
     def descriptors(self, data) -> torch.Tensor:  # -> (num_graphs, size), cached per structure
-        graphs = _plain_graphs(data)
         names = structure_keys(data)
-        rows, fresh = [], {}
-        for key, graph in zip(names, graphs):
-            row = self.cache.get(key)
-            if row is None or not bool(torch.isfinite(row).all()):  # a row cached before the one-atom fix: redo it
-                row = fresh[key] = torch.tensor(self.compute(graph), dtype=torch.float64)
-            rows.append(row)
+        rows = [self.cache.get(key) for key in names]
+        stale = [i for i, row in enumerate(rows)  # missing, or cached NaN before the one-atom fix: (re)computed
+                 if row is None or not bool(torch.isfinite(row).all())]
+        graphs = _plain_graphs(data) if stale else []
+        fresh = {}
+        for i in stale:
+            rows[i] = fresh[names[i]] = torch.tensor(self.compute(graphs[i]), dtype=torch.float64)
         self.cache.put(fresh)  # one shard per batch
         return torch.stack(rows)
 
@@ -132,7 +132,12 @@ class PotentialPhysics:
         return out
 
     def _batch_energies(self, batch, copies: torch.Tensor) -> torch.Tensor:
-        """copies: (C, num_edges, 3) edge vectors of the whole batch -> (C, num_graphs) energies, eV."""
+        """copies: (C, num_edges, 3) edge vectors of the whole batch -> (C, num_graphs) energies, eV (one batched
+        pass per chunk of copies)."""
+        chunk = max(1, MAX_EDGES_PER_CHUNK // max(batch[keys.EDGE_INDEX].shape[1], 1))
+        if copies.shape[0] > chunk:
+            return torch.cat([self._batch_energies(batch, copies[k:k + chunk])
+                              for k in range(0, copies.shape[0], chunk)])
         n, e, g = batch.num_nodes, batch[keys.EDGE_INDEX].shape[1], int(batch.num_graphs)
         c = copies.shape[0]
         offsets = (torch.arange(c) * n).repeat_interleave(e)
@@ -206,23 +211,8 @@ class PotentialPhysics:
 
     # -- energies of many copies of one graph with modified edge vectors ----------------------------------------------
     def _energies(self, graph, copies: torch.Tensor) -> torch.Tensor:
-        """copies: (C, num_edges, 3) edge vectors -> (C,) energies, eV (one batched pass per chunk of copies)."""
-        n, e = graph.num_nodes, graph[keys.EDGE_INDEX].shape[1]
-        chunk = max(1, MAX_EDGES_PER_CHUNK // max(e, 1))
-        species = self.runner._species_index(graph)
-        out = []
-        for start in range(0, copies.shape[0], chunk):
-            part = copies[start:start + chunk]
-            c = part.shape[0]
-            offsets = (torch.arange(c) * n).repeat_interleave(e)
-            batched = Data(atomic_numbers=graph[keys.ATOMIC_NUMBERS].repeat(c),
-                           edge_index=graph[keys.EDGE_INDEX].repeat(1, c) + offsets,
-                           batch=torch.arange(c).repeat_interleave(n), num_nodes=n * c)
-            d = self.runner._graph_dict(batched, part.reshape(-1, 3))
-            self.runner._run_layers(d, self.runner._embed(d, species.repeat(c)), 0, self.runner.num_layers)
-            atomic = self.runner.atomic_energies(d)
-            out.append(torch.zeros(c, dtype=atomic.dtype).index_add(0, batched.batch, atomic))
-        return torch.cat(out)
+        """copies: (C, num_edges, 3) edge vectors of one graph -> (C,) energies, eV."""
+        return self._batch_energies(Batch.from_data_list([graph]), copies)[:, 0]
 
     def bulk_modulus(self, graph) -> list[float]:
         with torch.no_grad():

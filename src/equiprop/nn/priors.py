@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch_geometric.utils import scatter
@@ -37,7 +38,7 @@ from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.data.graph import atoms_per_graph
 from equiprop.data.tasks import TaskSpec
-from equiprop.data.tensor_ops import from_mandel_torch, to_mandel_torch
+from equiprop.data.tensor_ops import MANDEL_WEIGHTS, from_mandel_torch
 from equiprop.nn.blocks import MAX_Z
 
 PRIOR_QUANTITY = {"potential_energy": "energy", "potential_stiffness": "stiffness",
@@ -89,26 +90,16 @@ def hill_moduli(stiffness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (k_voigt + k_reuss) / 2, (g_voigt + g_reuss) / 2
 
 
+def mandel_weights(like: torch.Tensor) -> torch.Tensor:
+    """(6, 6) factors that turn a Voigt stiffness matrix into its Mandel matrix (sqrt(2) per shear index)."""
+    return torch.as_tensor(np.outer(MANDEL_WEIGHTS, MANDEL_WEIGHTS), dtype=like.dtype, device=like.device)
+
+
 def floored_stiffness(voigt: torch.Tensor) -> torch.Tensor:
     """(n, 6, 6) Voigt stiffness with the Mandel eigenvalues floored at STIFFNESS_FLOOR GPa (rotation-covariant)."""
-    mandel = to_mandel_torch(_voigt_to_cartesian_torch(voigt))
-    w, v = torch.linalg.eigh(mandel)
-    mandel = (v * w.clamp(min=STIFFNESS_FLOOR).unsqueeze(1)) @ v.transpose(1, 2)
-    return _cartesian_to_voigt_torch(from_mandel_torch(mandel))
-
-
-def _voigt_to_cartesian_torch(voigt: torch.Tensor) -> torch.Tensor:  # (n, 6, 6) -> (n, 3, 3, 3, 3)
-    from equiprop.data.tasks import VOIGT_INDEX
-
-    index = torch.as_tensor(VOIGT_INDEX, device=voigt.device)
-    return voigt[:, index[:, :, None, None], index[None, None, :, :]]
-
-
-def _cartesian_to_voigt_torch(c: torch.Tensor) -> torch.Tensor:  # (n, 3, 3, 3, 3) -> (n, 6, 6)
-    from equiprop.data.tasks import VOIGT_PAIRS
-
-    rows = torch.as_tensor(VOIGT_PAIRS, device=c.device)
-    return c[:, rows[:, 0, None], rows[:, 1, None], rows[None, :, 0], rows[None, :, 1]]
+    weights = mandel_weights(voigt)
+    w, v = torch.linalg.eigh(voigt * weights)
+    return (v * w.clamp(min=STIFFNESS_FLOOR).unsqueeze(1)) @ v.transpose(1, 2) / weights
 
 
 class PhysicsPriors(nn.Module):
@@ -132,9 +123,6 @@ class PhysicsPriors(nn.Module):
             self.penn_offset = nn.Parameter(torch.tensor(math.log(math.expm1(PENN_OFFSET))))  # softplus -> E_0, eV
             self.register_buffer("valence", valence_electrons(), persistent=False)
         self._physics = None
-
-    def quantities(self) -> set[str]:
-        return {self._quantity(p) for p in self.priors.values() if PRIOR_QUANTITY[p]}
 
     def _quantity(self, prior: str) -> str | None:
         quantity = PRIOR_QUANTITY[prior]
@@ -190,11 +178,11 @@ class PhysicsPriors(nn.Module):
         voigt = torch.where(rows.view(-1, 1, 1), voigt, 100.0 * torch.eye(6, dtype=voigt.dtype))  # any SPD filler
         voigt = floored_stiffness(voigt)
         if prior == "potential_stiffness":
-            cartesian = _voigt_to_cartesian_torch(voigt)
+            mandel = voigt * mandel_weights(voigt)
             if task.parametrization == "spd_log":
-                w, v = torch.linalg.eigh(to_mandel_torch(cartesian))
-                return from_mandel_torch((v * torch.log(w).unsqueeze(1)) @ v.transpose(1, 2))
-            return cartesian
+                w, v = torch.linalg.eigh(mandel)
+                mandel = (v * torch.log(w).unsqueeze(1)) @ v.transpose(1, 2)
+            return from_mandel_torch(mandel)  # (n, 3, 3, 3, 3) model-space Cartesian tensor
         bulk, shear = hill_moduli(voigt)
         return torch.log10((bulk if prior == "potential_bulk_modulus" else shear).clamp(min=STIFFNESS_FLOOR))
 

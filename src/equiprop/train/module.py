@@ -16,7 +16,7 @@ from equiprop.data.tasks import TaskSpec, resolve_task, resolve_tasks
 from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
 from equiprop.nn.heads import build_head
-from equiprop.nn.priors import PhysicsPriors
+from equiprop.nn.priors import PRIOR_QUANTITY, PhysicsPriors
 from equiprop.data.tensor_ops import invariant_mask
 from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss, tensor_task_loss
 from equiprop.train.metrics import TaskMetrics, voigt_bulk_modulus, voigt_shear_modulus
@@ -35,6 +35,7 @@ Finetune = Literal["all", "frozen_encoder", "last_layers"]
 PriorName = Literal["potential_energy", "potential_stiffness", "potential_bulk_modulus", "potential_shear_modulus",
                     "penn"]  # nn.priors.PRIOR_QUANTITY
 assert set(Loss.__args__) == set(REGRESSION_LOSSES)
+assert set(PriorName.__args__) == set(PRIOR_QUANTITY)
 
 
 class MultiTaskModel(L.LightningModule):
