@@ -88,3 +88,27 @@ def test_subset_without_the_shared_folder_is_a_one_line_error(recipe, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert message.format(tmp=tmp_path) in err and "\n" not in err
     assert not (tmp_path / "checkpoints").exists()  # nothing trained
+
+
+def test_seeds_train_one_member_each_and_the_fold_predicts_their_mean(recipe, tmp_path, monkeypatch, shared_data,
+                                                                       capsys):
+    monkeypatch.chdir(tmp_path)
+    data = str(shared_data / "matbench" / "matbench_phonons.json.gz")
+    args = ["matbench", "--task", "matbench_phonons", "-c", str(recipe), "--data-path", data, "--folds", "1", *FAST]
+    assert main(args + ["--seeds", "0", "1"]) == 0
+    fold = tmp_path / "checkpoints" / "mb" / "matbench_phonons" / "fold_1"
+    members = [json.loads((fold / f"seed_{s}" / "predictions.json").read_text()) for s in (0, 1)]
+    ensemble = json.loads((fold / "predictions.json").read_text())
+    assert members[0]["predictions"] != members[1]["predictions"]  # different initialisations
+    assert members[0]["targets"] == members[1]["targets"] == ensemble["targets"]  # the same test ids and labels
+    some = next(iter(ensemble["predictions"]))
+    assert ensemble["predictions"][some] == pytest.approx(
+        (members[0]["predictions"][some] + members[1]["predictions"][some]) / 2)
+    mae = sum(abs(v - ensemble["targets"][k]) for k, v in ensemble["predictions"].items()) / ensemble["n_test"]
+    assert ensemble["mae"] == pytest.approx(mae) and ensemble["member_mae"] == [m["mae"] for m in members]
+    assert "members' MAE (seeds 0 1)" in capsys.readouterr().out
+
+    # a third seed later: the two members are kept, the ensemble is recomputed from all three
+    assert main(args + ["--seeds", "0", "1", "2"]) == 0
+    assert "fold 1 seed 0: finished earlier, kept" in capsys.readouterr().out
+    assert json.loads((fold / "predictions.json").read_text())["seeds"] == [0, 1, 2]

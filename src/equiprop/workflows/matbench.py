@@ -3,9 +3,12 @@
     equiprop matbench --task matbench_phonons -c recipes/matbench.yaml [--folds 0 1 2 3 4] [--trainer.* ...]
     equiprop matbench --task matbench_log_kvrh -c recipes/matbench.yaml --subset    (MatBench-subset protocol)
     equiprop matbench ... --run_name=my_variant --model.lr=0.001    (a variant of a recipe, in its own folder)
+    equiprop matbench ... --seeds 0 1 2 3 4      (a deep ensemble per fold: one fit per seed, the mean predicts)
 
 Each fold trains on that fold's training ids only (validation carved out of them, seeded) and predicts its test ids.
-Finished folds (``fold_<k>/predictions.json``) are kept and skipped on re-run. For complete tasks, once all five
+Finished folds (``fold_<k>/predictions.json``) are kept and skipped on re-run. With ``--seeds`` each fold trains
+one member per seed (``fold_<k>/seed_<s>/``; same split and validation ids, different initialisation and batch
+order), and the fold's prediction is the members' mean; the report gives the members' own MAEs beside it. For complete tasks, once all five
 folds are finished, ``results.json.gz`` is written with matbench's own ``MatbenchBenchmark`` (which validates only
 complete tasks) and scored with ``MatbenchBenchmark.from_file``; subset runs write ``subset_results.json`` instead
 (not a leaderboard result).
@@ -77,13 +80,16 @@ def source_config(task: str, subset: bool, data_path: str | None, shared: Path |
 
 
 def run_fold(recipe: dict, task: str, fold: int, subset: bool, source: dict, overrides: list[str],
-             fold_dir: Path) -> dict:
-    """Train on the fold's training ids, predict its test ids: {"predictions": {id: value}, "mae": float}."""
+             fold_dir: Path, seed: int | None = None) -> dict:
+    """Train on the fold's training ids, predict its test ids: {"predictions": {id: value}, "mae": float}.
+    ``seed`` replaces the recipe's training seed; the validation ids stay those of the recipe's seed."""
     label_task = MATBENCH_TASKS[task][0]
     split = {"class_path": "equiprop.data.splits.MatbenchFoldSplit",
              "init_args": {"task": task, "fold": fold, "val_fraction": recipe.get("matbench", {}).get(
                  "val_fraction", 0.1), "seed": recipe.get("seed_everything", 0), "restrict_to_present": subset}}
     fold_recipe = {k: v for k, v in recipe.items() if k != "matbench"}
+    if seed is not None:
+        fold_recipe["seed_everything"] = seed
     for key, value in {"data.sources": [source], "data.tasks": [label_task], "data.split": split,
                        "run_name": str(fold_dir.relative_to("checkpoints"))}.items():
         fold_recipe = set_dotted(fold_recipe, key, value)
@@ -93,18 +99,44 @@ def run_fold(recipe: dict, task: str, fold: int, subset: bool, source: dict, ove
     if best:
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
     model.eval()
-    predictions, errors = {}, []
+    predictions, truth = {}, {}
     task_spec = model.tasks[label_task]
     with torch.no_grad():
         for batch in datamodule.test_dataloader():
             values = model.predict_physical(batch)[label_task]
             targets = task_spec.from_model(batch[keys.label_key(label_task)].numpy())
             for structure_id, value, target in zip(batch[keys.STRUCTURE_ID], values.tolist(), targets):
-                predictions[structure_id] = value
-                errors.append(abs(value - float(target)))
-    return {"predictions": predictions, "mae": float(np.mean(errors)), "units": task_spec.units,
+                predictions[structure_id], truth[structure_id] = value, float(target)
+    errors = [abs(predictions[i] - truth[i]) for i in predictions]
+    return {"predictions": predictions, "targets": truth, "mae": float(np.mean(errors)), "units": task_spec.units,
             "n_train": len(datamodule.subsets["train"]), "n_val": len(datamodule.subsets["val"]),
             "n_test": len(predictions), "best_checkpoint": best}
+
+
+def finished_run(path: Path, train, label: str) -> dict:
+    """The result stored at ``path`` (a predictions.json), else ``train()``'s, written last and atomically: the
+    file's presence means the run is complete."""
+    if path.exists():
+        print(f"{label}: finished earlier, kept ({path})")
+    else:
+        result = train()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, path)
+    return json.loads(path.read_text())
+
+
+def ensemble_result(members: dict[int, dict]) -> dict:
+    """A fold's deep-ensemble result from its members' (one per seed, same test ids): the mean prediction per test
+    id, its MAE, and the members' own MAEs."""
+    first = next(iter(members.values()))
+    targets = first["targets"]
+    ids = list(first["predictions"])
+    mean = {i: float(np.mean([m["predictions"][i] for m in members.values()])) for i in ids}
+    return {**{k: first[k] for k in ("units", "n_train", "n_val", "n_test")}, "predictions": mean, "targets": targets,
+            "mae": float(np.mean([abs(mean[i] - targets[i]) for i in ids])),
+            "seeds": sorted(members), "member_mae": [members[s]["mae"] for s in sorted(members)],
+            "best_checkpoint": [members[s]["best_checkpoint"] for s in sorted(members)]}
 
 
 def official_record(task: str, folds: dict[int, dict], data_path: str | None, out: Path) -> dict:
@@ -140,6 +172,8 @@ def matbench_command(argv: list[str]) -> int:
     parser.add_argument("-c", "--config", required=True, help="a fit recipe (model, trainer, batch size, cutoff)")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--subset", action="store_true", help="MatBench-subset protocol on local structures")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="one member per seed and fold; the fold predicts the members' mean (deep ensemble)")
     parser.add_argument("--data-path", help="the task's orient='split' JSON(.gz) (default: <shared>/matbench/"
                         "<task>.json.gz if present, else $MATMINER_DATA or matminer's download)")
     parser.add_argument("--shared", default=os.environ.get(SHARED_ENV),
@@ -156,15 +190,16 @@ def matbench_command(argv: list[str]) -> int:
     source = source_config(args.task, args.subset, data_path, shared)
     finished = {}
     for fold in args.folds:
-        path = run_dir / f"fold_{fold}" / "predictions.json"
-        if path.exists():
-            print(f"fold {fold}: finished earlier, kept ({path})")
-        else:
-            result = run_fold(recipe, args.task, fold, args.subset, source, overrides, run_dir / f"fold_{fold}")
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result))
-            os.replace(tmp, path)  # written last and atomically: its presence means the fold is complete
-        finished[fold] = json.loads(path.read_text())
+        fold_dir = run_dir / f"fold_{fold}"
+        if not args.seeds:
+            finished[fold] = finished_run(fold_dir / "predictions.json", lambda: run_fold(
+                recipe, args.task, fold, args.subset, source, overrides, fold_dir), f"fold {fold}")
+            continue
+        members = {seed: finished_run(fold_dir / f"seed_{seed}" / "predictions.json", lambda seed=seed: run_fold(
+            recipe, args.task, fold, args.subset, source, overrides, fold_dir / f"seed_{seed}", seed),
+            f"fold {fold} seed {seed}") for seed in args.seeds}
+        (fold_dir / "predictions.json").write_text(json.dumps(ensemble_result(members)))  # always from these seeds
+        finished[fold] = json.loads((fold_dir / "predictions.json").read_text())
     on_disk = {int(p.parent.name.removeprefix("fold_")): json.loads(p.read_text())
                for p in run_dir.glob("fold_*/predictions.json")}
     if not args.subset and sorted(on_disk) == [0, 1, 2, 3, 4]:  # matbench validates complete tasks only
@@ -176,12 +211,18 @@ def matbench_command(argv: list[str]) -> int:
 
 def report(task: str, folds: dict, subset: bool, shared: Path | None, run_dir: Path, on_disk: list[int]) -> str:
     units = next(iter(folds.values()))["units"]
+    seeds = next(iter(folds.values())).get("seeds")
+    members = f"  members' MAE (seeds {' '.join(map(str, seeds))})" if seeds else ""
     lines = [f"{task}{' (MatBench-subset protocol: NOT a leaderboard result)' if subset else ''}",
-             f"{'fold':>4} {'train':>6} {'val':>5} {'test':>5} {'MAE':>10}  units"]
+             f"{'fold':>4} {'train':>6} {'val':>5} {'test':>5} {'MAE':>10}  units{members}"]
     lines += [f"{k:>4} {r['n_train']:>6} {r['n_val']:>5} {r['n_test']:>5} {r['mae']:>10.4g}  {units}"
+              + ("  " + " ".join(f"{m:.4g}" for m in r["member_mae"]) if seeds else "")
               for k, r in sorted(folds.items())]
-    mean = float(np.mean([r["mae"] for r in folds.values()]))
-    lines.append(f"mean MAE over {len(folds)} folds: {mean:.4g} {units}")
+    maes = [r["mae"] for r in folds.values()]
+    stderr = float(np.std(maes, ddof=1) / np.sqrt(len(maes))) if len(maes) > 1 else float("nan")
+    mean = float(np.mean(maes))
+    lines.append(f"mean MAE over {len(folds)} folds: {mean:.4g} ± {stderr:.2g} (standard error) {units}"
+                 + (f"; members alone {np.mean([r['member_mae'] for r in folds.values()]):.4g}" if seeds else ""))
     if subset:
         import pandas as pd
 
