@@ -1,5 +1,5 @@
-"""The shipped model equiprop-mp-v1: found by name, listed, loaded offline with its backbone checked, and guarded
-by reference predictions (tests/references/equiprop_mp_v1.json, as MACE keeps tests/references).
+"""The shipped models equiprop-mp-v1 and -v2: found by name, listed, loaded offline with their backbone checked, and
+guarded by reference predictions (tests/references/equiprop_mp_v*.json, as MACE keeps tests/references).
 
 Regenerate the references after a deliberate change of the model:
     EQUIPROP_UPDATE_REFERENCES=1 pytest tests/test_shipped.py -k reference
@@ -21,14 +21,20 @@ from equiprop.shipped import MODEL_FILE, describe_models, first_member, resolve,
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "equiprop-mp-v1"
-FOLDER = REPO / "checkpoints" / NAME
+NAMES = ["equiprop-mp-v1", "equiprop-mp-v2"]  # v2: v1 + physics priors (Ef from the potential's energy; Penn eps_inf)
 EXAMPLES = sorted((REPO / "examples" / "cifs").glob("*.cif"))
-REFERENCES = REPO / "tests" / "references" / "equiprop_mp_v1.json"
+
+
+FOLDER = REPO / "checkpoints" / NAME
+
+
+def references(name: str) -> Path:
+    return REPO / "tests" / "references" / f"{name.replace('-', '_')}.json"
 
 
 def test_the_name_resolves_to_the_shipped_manifest_and_paths_stay_paths(tmp_path):
     assert NAME in shipped_models()
-    assert Path(resolve(NAME)).resolve() == (FOLDER / MODEL_FILE).resolve()
+    assert Path(resolve(NAME)).resolve() == (REPO / "checkpoints" / NAME / MODEL_FILE).resolve()
     checkpoint = tmp_path / "best.ckpt"
     checkpoint.write_bytes(b"")
     assert resolve(str(checkpoint)) == str(checkpoint)  # an existing file is always a path
@@ -38,12 +44,15 @@ def test_the_name_resolves_to_the_shipped_manifest_and_paths_stay_paths(tmp_path
     assert Path(first_member(NAME)).name == "member_s0.ckpt"
 
 
-def test_the_folder_is_small_weights_only_and_references_its_backbone():
-    info = json.loads((FOLDER / MODEL_FILE).read_text())
+@pytest.mark.parametrize("name", NAMES)
+def test_the_folder_is_small_weights_only_and_references_its_backbone(name):
+    assert name in shipped_models()
+    folder = REPO / "checkpoints" / name
+    info = json.loads((folder / MODEL_FILE).read_text())
     assert len(info["members"]) >= 5 and set(info["std_scale"]) >= {"Ef", "Eg", "K_VRH", "piezo_tensor"}
-    size = sum(p.stat().st_size for p in FOLDER.rglob("*") if p.is_file())
-    assert size <= 20e6, f"{FOLDER} holds {size / 1e6:.1f} MB"
-    member = torch.load(FOLDER / info["members"][0], map_location="cpu", weights_only=True)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size <= 20e6, f"{folder} holds {size / 1e6:.1f} MB"
+    member = torch.load(folder / info["members"][0], map_location="cpu", weights_only=True)
     assert set(member) == {"equiprop", "hyper_parameters", "state_dict"}  # no optimiser or loop state
     assert not [k for k in member["state_dict"] if k.startswith("encoder.potential.")]
     backbone = member["equiprop"]["backbone"]
@@ -56,16 +65,13 @@ def test_models_lists_tasks_with_units_data_metrics_and_size():
         assert needle in text
 
 
-@pytest.fixture(scope="module")
-def predictor():
+@pytest.mark.integration
+@pytest.mark.parametrize("name", NAMES)
+def test_predictions_match_the_stored_references(name):
     pytest.importorskip("sevenn", reason="the foundation extra is not installed: pip install 'equiprop[foundation]'")
     from equiprop import load_predictor
 
-    return load_predictor(NAME)
-
-
-@pytest.mark.integration
-def test_predictions_match_the_stored_references(predictor):
+    predictor, stored = load_predictor(name), references(name)
     from equiprop.data.record import read_structure_file
 
     records = [r for path in EXAMPLES for r in read_structure_file(path)]
@@ -73,10 +79,10 @@ def test_predictions_match_the_stored_references(predictor):
     assert all(f"{task}_std" in row for row in rows for task in predictor.output_tasks)  # every output has a std
     values = [{k: np.asarray(v).tolist() for k, v in row.items()} for row in rows]
     if os.environ.get("EQUIPROP_UPDATE_REFERENCES"):
-        REFERENCES.parent.mkdir(exist_ok=True)
-        REFERENCES.write_text(json.dumps({"model": NAME, "structures": [p.name for p in EXAMPLES],
+        stored.parent.mkdir(exist_ok=True)
+        stored.write_text(json.dumps({"model": name, "structures": [p.name for p in EXAMPLES],
                                           "predictions": values}, indent=1))
-    reference = json.loads(REFERENCES.read_text())
+    reference = json.loads(stored.read_text())
     assert reference["structures"] == [p.name for p in EXAMPLES]
     for name, ours, theirs in zip(reference["structures"], values, reference["predictions"]):
         assert set(ours) == set(theirs), name
@@ -121,9 +127,10 @@ def test_a_wheel_carries_the_shipped_model(tmp_path):
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next(tmp_path.glob("equiprop-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    info = json.loads((FOLDER / MODEL_FILE).read_text())
-    for file in [MODEL_FILE, "README.md", *info["members"]]:
-        assert f"equiprop/shipped_models/{NAME}/{file}" in names
+    for name in NAMES:
+        info = json.loads((REPO / "checkpoints" / name / MODEL_FILE).read_text())
+        for file in [MODEL_FILE, "README.md", *info["members"]]:
+            assert f"equiprop/shipped_models/{name}/{file}" in names
     assert not [n for n in names if "shipped_models/" in n and "_s0/" in n]  # no training output
     unpacked = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(unpacked)

@@ -64,3 +64,23 @@ def test_labels_and_masks_on_graphs(records):
             np.testing.assert_allclose(graph[keys.label_key("eps_electronic")][0].numpy(),
                                        record.labels["eps_electronic"], rtol=1e-6)
         assert graph[keys.label_key("eps_electronic")].shape == (1, 3, 3)
+
+
+def test_a_task_named_like_an_index_batches_unchanged(records, tmp_path):
+    """PyG offsets keys containing "index" by the node count; a label or mask key never is (refractive_index crashed
+    the matbench_dielectric run with int masks, and would have shifted its labels)."""
+    from equiprop.data.dataset import GraphDataset
+
+    tasks = resolve_tasks(["refractive_index", {"name": "x_index", "kind": "tensor", "formula": "ij=ji",
+                                                "key": "x_index", "units": "dimensionless"}])
+    labelled = [type(r)(r.id, r.cell, r.positions, r.numbers, labels={"refractive_index": 1.5 + i,
+                                                                       "x_index": np.eye(3) * (2.0 + i)})
+                for i, r in enumerate(records[:5])]
+    graphs = [record_to_graph(r, tasks, cutoff=5.0) for r in labelled]
+    GraphDataset(graphs).save_to(tmp_path / "graphs.pt")
+    for batch in (Batch.from_data_list(graphs), Batch.from_data_list(list(GraphDataset.load_from(tmp_path / "graphs.pt")))):
+        assert batch[keys.mask_key("refractive_index")].dtype == torch.bool
+        assert batch[keys.mask_key("refractive_index")].tolist() == [True] * 5
+        np.testing.assert_allclose(batch[keys.label_key("refractive_index")].numpy(), [1.5, 2.5, 3.5, 4.5, 5.5])
+        assert batch[keys.label_key("x_index")].shape == (5, 3, 3)
+        np.testing.assert_allclose(batch[keys.label_key("x_index")][:, 0, 0].numpy(), [2.0, 3.0, 4.0, 5.0, 6.0])

@@ -17,7 +17,7 @@ from torch_geometric.data import Data, InMemoryDataset
 
 from equiprop.data import keys
 from equiprop.data.errors import DataError, SkipLog
-from equiprop.data.graph import record_to_graph
+from equiprop.data.graph import CrystalGraph, record_to_graph
 from equiprop.data.record import CrystalRecord
 from equiprop.data.tasks import TaskSpec
 
@@ -52,7 +52,7 @@ class GraphDataset(InMemoryDataset):
     def load_from(cls, path: Path) -> "GraphDataset":
         data, slices = torch.load(path, weights_only=True)  # tensors, lists and str only: nothing is unpickled
         dataset = cls()
-        dataset.data, dataset.slices = Data.from_dict(data), slices
+        dataset.data, dataset.slices = CrystalGraph.from_dict(data), slices
         return dataset
 
 

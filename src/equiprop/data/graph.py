@@ -86,9 +86,25 @@ def graph_edges(record: CrystalRecord, cutoff: float, max_neighbors: int | None 
     return (*_edges(record, pairs, cutoff, max_neighbors, note), radius)
 
 
+class CrystalGraph(Data):
+    """A PyG ``Data`` whose per-structure labels and masks batch as they are: PyG offsets every key containing "index"
+    by the node count and concatenates it along its last dimension (and treats keys containing "batch" as batch
+    vectors), which would corrupt the labels of a task named e.g. ``refractive_index``."""
+
+    def __inc__(self, key: str, value, *args, **kwargs):
+        if key.startswith((keys.LABEL_PREFIX, keys.MASK_PREFIX)):
+            return 0
+        return super().__inc__(key, value, *args, **kwargs)
+
+    def __cat_dim__(self, key: str, value, *args, **kwargs):
+        if key.startswith((keys.LABEL_PREFIX, keys.MASK_PREFIX)):
+            return 0
+        return super().__cat_dim__(key, value, *args, **kwargs)
+
+
 def record_to_graph(record: CrystalRecord, tasks: dict[str, TaskSpec], cutoff: float,
                     max_neighbors: int | None = None, min_neighbors: int = 1) -> Data:
-    """A PyG ``Data`` holding structure, edges, and per-task model-space labels with masks.
+    """A ``CrystalGraph`` holding structure, edges, and per-task model-space labels with masks.
 
     Every atom gets at least ``min_neighbors`` neighbours: where the cutoff gives fewer, this structure's radius is
     extended (``extended_radius``) and its edge-length scale records by how much.
@@ -110,7 +126,7 @@ def record_to_graph(record: CrystalRecord, tasks: dict[str, TaskSpec], cutoff: f
         value = task.to_model(record.labels[name]) if present else np.zeros(task.model_shape)
         data[keys.label_key(name)] = torch.as_tensor(value, dtype=torch.get_default_dtype()).unsqueeze(0)
         data[keys.mask_key(name)] = torch.tensor([present])
-    return Data(num_nodes=record.num_atoms, **data)
+    return CrystalGraph(num_nodes=record.num_atoms, **data)
 
 
 def edge_vectors(data) -> torch.Tensor:
