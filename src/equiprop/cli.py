@@ -28,7 +28,7 @@ USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VAL
 
   fit|validate|test   LightningCLI on a recipe (see recipes/); `equiprop fit --help` lists every option
   predict             properties of new structures (CIF/POSCAR/extxyz) in physical units
-  models              the pretrained models that ship with equiprop (equiprop-mp-v1): tasks, data, test metrics
+  models              the pretrained models that ship with equiprop (equiprop-mp-v1, -v2): tasks, data, test metrics
   tune                Optuna search (max_ell, irreps, ...) declared in the recipe's tune: section
   matbench            official MatBench folds, one training each, results in matbench's record format
   ensemble            one training per seed, then calibration: a deep ensemble with a manifest (members, scales)

@@ -1,4 +1,4 @@
-"""Models that ship with equiprop, loaded by name, offline: ``equiprop-mp-v1``.
+"""Models that ship with equiprop, loaded by name, offline: ``equiprop-mp-v1``, ``equiprop-mp-v2``.
 
     equiprop models                                            # what ships: tasks with units, data, test metrics, size
     equiprop predict --model equiprop-mp-v1 --input my_cifs/ --output out.csv
