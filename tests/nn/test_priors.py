@@ -41,7 +41,7 @@ def test_floor_keeps_a_stable_stiffness_and_lifts_an_unstable_one():
     unstable = _isotropic(160.0, -5.0)  # negative shear: not positive definite
     floored = floored_stiffness(unstable)
     from equiprop.data.tensor_ops import to_mandel
-    from equiprop.data.tasks import voigt_to_cartesian
+    from equiprop.data.tensor_ops import voigt_to_cartesian
 
     assert np.linalg.eigvalsh(to_mandel(voigt_to_cartesian(floored[0].numpy()))).min() == pytest.approx(1.0)
 

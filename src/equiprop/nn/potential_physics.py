@@ -39,7 +39,7 @@ from torch_geometric.data import Batch, Data
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.data.graph import edge_vectors
-from equiprop.data.tasks import VOIGT_PAIRS
+from equiprop.data.tensor_ops import VOIGT_PAIRS
 from equiprop.nn.feature_cache import FeatureCache, structure_keys
 
 DESCRIPTOR_SIZES = {"bulk_modulus": 2, "gamma_phonons": 3}
