@@ -45,7 +45,7 @@ def train_and_calibrate(recipe: str, seeds: list[int], run: str) -> tuple[list[s
 
 
 def export_members(members: list[str], seeds: list[int], out: Path) -> list[str]:
-    from equiprop.nn.base import build_encoder
+    from equiprop.nn.registry import build_encoder
     from equiprop.train.export import export_weights
 
     names = []
