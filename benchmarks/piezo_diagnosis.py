@@ -19,7 +19,7 @@ from torch_geometric.loader import DataLoader
 
 from pymatgen.core import Lattice, Structure
 
-from equiprop.cli import build_datamodule
+from equiprop.train.run import build_datamodule
 from equiprop.data import keys
 from equiprop.data.symmetry import point_group_rotations, symmetrise
 
