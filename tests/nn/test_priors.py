@@ -7,8 +7,8 @@ import torch
 
 from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import resolve_task, resolve_tasks
-from equiprop.nn.priors import (PLASMA_EV, PhysicsPriors, check_prior, floored_stiffness, hill_moduli,
-                                valence_electrons)
+from equiprop.data.tensor_ops import hill_moduli
+from equiprop.nn.priors import PLASMA_EV, PhysicsPriors, check_prior, floored_stiffness, valence_electrons
 
 
 def _isotropic(bulk, shear):

@@ -123,6 +123,45 @@ def anisotropic_part(t, formula: str):
     return t - isotropic_part(t, formula)
 
 
+# -- scalars of tensors (numpy or torch, the same formula for both) --------------------------------------------------
+def _einsum(t):
+    return torch.einsum if isinstance(t, torch.Tensor) else np.einsum
+
+
+def voigt_bulk_modulus(c):
+    """K_V = C_iijj / 9 of (n, 3, 3, 3, 3) Cartesian stiffness tensors."""
+    return _einsum(c)("niijj->n", c) / 9.0
+
+
+def voigt_shear_modulus(c):
+    """G_V = (3 C_ijij - C_iijj) / 30 of (n, 3, 3, 3, 3) Cartesian stiffness tensors."""
+    einsum = _einsum(c)
+    return (3.0 * einsum("nijij->n", c) - einsum("niijj->n", c)) / 30.0
+
+
+def cartesian_isotropic_scalar(t, rank: int):
+    """The rotation-invariant scalar that summarises (n, 3, ..., 3) Cartesian tensors: trace/3 (rank 2), the Voigt
+    bulk modulus (rank 4); None for odd ranks, which have none worth reporting."""
+    if rank == 2:
+        return _einsum(t)("nii->n", t) / 3.0
+    if rank == 4:
+        return voigt_bulk_modulus(t)
+    return None
+
+
+def hill_moduli(stiffness):
+    """(n, 6, 6) Voigt stiffness (GPa) -> Voigt-Reuss-Hill bulk and shear moduli (n,), GPa (numpy or torch)."""
+    c = stiffness
+    compliance = torch.linalg.inv(c) if isinstance(c, torch.Tensor) else np.linalg.inv(c)
+    diag, off = [0, 1, 2], [(0, 1), (0, 2), (1, 2)]
+    c_d, c_o = c[:, diag, diag].sum(1), sum(c[:, i, j] for i, j in off)
+    s_d, s_o = compliance[:, diag, diag].sum(1), sum(compliance[:, i, j] for i, j in off)
+    c_s, s_s = c[:, [3, 4, 5], [3, 4, 5]].sum(1), compliance[:, [3, 4, 5], [3, 4, 5]].sum(1)
+    k_voigt, k_reuss = (c_d + 2 * c_o) / 9, 1 / (s_d + 2 * s_o)
+    g_voigt, g_reuss = (c_d - c_o + 3 * c_s) / 15, 15 / (4 * s_d - 4 * s_o + 3 * s_s)
+    return (k_voigt + k_reuss) / 2, (g_voigt + g_reuss) / 2
+
+
 # -- Mandel form --------------------------------------------------------------------------------------------------
 def isotropic_weights(shape: tuple) -> np.ndarray:
     """Weights w with sum(w * T) = the isotropic scalar of a user-form tensor T: trace/3 of a 3x3, the Voigt bulk
