@@ -8,7 +8,7 @@ from pathlib import Path
 import equiprop
 
 PACKAGE = Path(equiprop.__file__).parent
-LAYERS = {"data": 0, "nn": 1, "train": 2, "shipped": 2, "predict": 3, "uncertainty": 3, "screening": 3,
+LAYERS = {"data": 0, "nn": 1, "train": 2, "shipped": 2, "predict": 3, "testing": 3, "uncertainty": 3, "screening": 3,
           "workflows": 4, "cli": 5}
 
 
