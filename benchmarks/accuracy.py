@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -50,10 +49,11 @@ def train(recipe: str, seed: int, quick: bool, overrides: list[str]) -> Path:
     """Fit the recipe in a fresh run folder and return its best checkpoint."""
     run_name = f"scoreboard_{Path(recipe).stem}_s{seed}" + ("_quick" if quick else "")
     shutil.rmtree(Path("checkpoints") / run_name, ignore_errors=True)  # else a rerun writes best-v1.ckpt beside
-    command = [sys.executable, "-m", "equiprop.cli", "fit", "-c", recipe, f"--run_name={run_name}",
-               f"--seed_everything={seed}", *(QUICK if quick else []), *overrides]
-    print("$ " + shlex.join(command), flush=True)
-    subprocess.run(command, check=True)
+    from equiprop.train.run import fit
+
+    args = [f"--run_name={run_name}", f"--seed_everything={seed}", *(QUICK if quick else []), *overrides]
+    print("$ " + shlex.join(["equiprop", "fit", "-c", recipe, *args]), flush=True)
+    fit(recipe, args)
     best = Path("checkpoints") / run_name / "best.ckpt"
     if not best.exists():
         raise SystemExit(f"training finished without {best}")

@@ -67,7 +67,7 @@ def write_ids(path: Path, ids: list[str]) -> None:
 
 def fit(args, train_ids: list[str], val_ids: list[str], test_ids: list[str], seed: int, workdir: Path) -> dict:
     """Train from scratch on ``train_ids``; the test MAE and the best checkpoint."""
-    from equiprop.workflows.recipe import build_run, set_dotted
+    from equiprop.train.run import build_run, set_dotted
 
     for name, ids in (("train", train_ids), ("val", val_ids), ("test", test_ids)):
         write_ids(workdir / f"{name}_ids.txt", ids)
@@ -174,7 +174,7 @@ def _rows(table: Path) -> list[dict]:
 
 
 def _datamodule(workdir: Path):
-    from equiprop.cli import build_datamodule
+    from equiprop.train.run import build_datamodule
 
     datamodule = build_datamodule(str(workdir / "recipe.yaml"), [])
     datamodule.setup("fit")

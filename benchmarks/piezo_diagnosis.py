@@ -19,7 +19,7 @@ from torch_geometric.loader import DataLoader
 
 from pymatgen.core import Lattice, Structure
 
-from equiprop.cli import build_datamodule
+from equiprop.train.run import build_datamodule
 from equiprop.data import keys
 from equiprop.data.symmetry import point_group_rotations, symmetrise
 
@@ -99,7 +99,7 @@ def _shipped_model(data, rows, labels, in_range) -> None:
     predictions = predictor.predict_graphs([data.dataset[i] for i in rows])
     pred = np.stack([np.asarray(p[TASK]) for p in predictions])
     if pred.shape[1:] != labels.shape[1:]:  # Voigt (3, 6) out: back to Cartesian
-        from equiprop.data.tasks import voigt_to_cartesian
+        from equiprop.data.tensor_ops import voigt_to_cartesian
 
         pred = np.stack([voigt_to_cartesian(p) for p in pred])
     error = np.abs(pred - labels)

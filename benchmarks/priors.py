@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch_geometric.loader import DataLoader
 
-from equiprop.cli import build_datamodule
+from equiprop.train.run import build_datamodule
 from equiprop.data import keys
 from equiprop.data.tensor_ops import anisotropic_part, isotropic_part
 from equiprop.nn.priors import PhysicsPriors

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from equiprop.workflows.curves import run_study
-from equiprop.workflows.recipe import load_recipe
+from equiprop.train.run import load_recipe
 
 HERE = Path(__file__).resolve().parent
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from equiprop.workflows.recipe import build_run, load_recipe, set_dotted
+from equiprop.train.run import build_run, load_recipe, set_dotted
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("K_VRH", "G_VRH")

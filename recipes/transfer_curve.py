@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from equiprop.workflows.curves import run_study
-from equiprop.workflows.recipe import load_recipe, set_dotted
+from equiprop.train.run import load_recipe, set_dotted
 
 HERE = Path(__file__).resolve().parent
 

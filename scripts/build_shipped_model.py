@@ -45,7 +45,7 @@ def train_and_calibrate(recipe: str, seeds: list[int], run: str) -> tuple[list[s
 
 
 def export_members(members: list[str], seeds: list[int], out: Path) -> list[str]:
-    from equiprop.nn.base import build_encoder
+    from equiprop.nn.registry import build_encoder
     from equiprop.train.export import export_weights
 
     names = []
@@ -89,16 +89,15 @@ class EnsembleMean:
 
 def invariant_baseline(recipe: str, baseline_recipe: str, run: str):
     """The invariant model trained on the recipe's data and split (seed 0), reused when already trained."""
-    from equiprop.train.cli import run_lightning_cli
+    from equiprop.train.run import fit
 
     best = Path("checkpoints") / f"{run}_invariant_s0" / "best.ckpt"
     if not best.exists():
         merged = yaml.safe_load(Path(baseline_recipe).read_text())
         merged["data"] = yaml.safe_load(Path(recipe).read_text())["data"]
-        config = Path("checkpoints") / f"{run}_invariant.yaml"
+        config = Path("checkpoints") / f"{run}_invariant.yaml"  # kept as the record of what trained
         config.write_text(yaml.safe_dump(merged, sort_keys=False))
-        run_lightning_cli(["fit", "-c", str(config), f"--run_name={run}_invariant_s0", "--seed_everything=0",
-                           "--trainer.enable_progress_bar=false"])
+        fit(merged, [f"--run_name={run}_invariant_s0", "--seed_everything=0", "--trainer.enable_progress_bar=false"])
     return best
 
 

@@ -41,36 +41,6 @@ USAGE = """usage: equiprop {fit,validate,test} -c RECIPE.yaml [--trainer.KEY=VAL
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
-def data_section(config_path: str | None) -> dict:
-    """The ``data:`` section of a recipe as init arguments (class_path/init_args unwrapped)."""
-    if config_path is None:
-        return {}
-    from equiprop.workflows.recipe import load_recipe
-
-    section = load_recipe(config_path).get("data", {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"{config_path}: 'data' must be a mapping of MultiTaskDataModule arguments")
-    return section.get("init_args", section) if "class_path" in section else section
-
-
-def build_datamodule(config_path: str | None, overrides: list[str]):
-    """A MultiTaskDataModule from a recipe's data section plus ``--data.KEY=VALUE`` overrides (jsonargparse)."""
-    from jsonargparse import ArgumentParser
-
-    from equiprop.data.datamodule import MultiTaskDataModule
-
-    parser = ArgumentParser(prog="equiprop data summary", exit_on_error=False)
-    parser.add_class_arguments(MultiTaskDataModule, "data")
-    try:
-        parser.set_defaults({f"data.{k}": v for k, v in data_section(config_path).items()})
-        cfg = parser.parse_args(overrides)
-        return parser.instantiate(cfg).data
-    except ConfigError:
-        raise
-    except Exception as err:  # jsonargparse reports unknown keys / bad types as ArgumentError
-        raise ConfigError(f"{config_path or 'command line'}: {err}") from None
-
-
 def data_command(argv: list[str]) -> int:
     if not argv or argv[0] != "summary":
         print(USAGE, file=sys.stderr)
@@ -83,6 +53,8 @@ def data_command(argv: list[str]) -> int:
             if i + 1 >= len(argv):
                 raise ConfigError(f"{flag} needs a file name")
             config, argv = argv[i + 1], argv[:i] + argv[i + 2:]
+    from equiprop.train.run import build_datamodule
+
     datamodule = build_datamodule(config, argv)
     print(datamodule.summary())
     return 0

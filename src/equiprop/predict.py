@@ -53,9 +53,9 @@ from torch_geometric.data import Batch
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord, from_ase, from_pymatgen
-from equiprop.nn.base import build_encoder
+from equiprop.nn.registry import build_encoder
 from equiprop.train.export import restore_backbone
-from equiprop.train.metrics import voigt_bulk_modulus, voigt_shear_modulus
+from equiprop.data.tensor_ops import voigt_bulk_modulus, voigt_shear_modulus
 
 # what torch.load(weights_only=True) raises on files that are not (whole) checkpoints: empty (EOFError), truncated
 # or not a zip (RuntimeError, BadZipFile), plain text (KeyError, UnicodeDecodeError), ...

@@ -5,8 +5,8 @@ from e3nn import o3
 
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.symmetry import rotate_tensor
-from equiprop.data.tasks import (BUILTIN_TASKS, TaskSpec, cartesian_to_voigt, project_symmetric, resolve_task,
-                                 resolve_tasks, voigt_to_cartesian)
+from equiprop.data.tasks import BUILTIN_TASKS, TaskSpec, resolve_task, resolve_tasks
+from equiprop.data.tensor_ops import cartesian_to_voigt, project_symmetric, voigt_to_cartesian
 
 
 def test_every_builtin_task_states_its_units():

@@ -6,7 +6,8 @@ from e3nn import o3
 
 from equiprop.data.errors import ConfigError
 from equiprop.nn import ENCODER_REGISTRY, EquivariantEncoder, build_encoder, describe
-from equiprop.nn.base import Encoder, encoder_class
+from equiprop.nn.base import Encoder
+from equiprop.nn.registry import encoder_class
 
 
 def test_builtin_encoders_are_registered_and_rebuild_from_their_metadata():

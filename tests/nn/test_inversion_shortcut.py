@@ -70,7 +70,7 @@ def test_shortcut_equals_running_the_potential_on_the_inverted_crystal(structure
     batch = _batch([make[s]() for s in structures])
     encoder = FoundationEncoder(cache_features=False)
     with torch.no_grad():
-        vectors, species = edge_vectors(batch), encoder._species_index(batch)
+        vectors, species = edge_vectors(batch), encoder.species_index(batch)
         plus = encoder._pass_features(batch, vectors, species, [])
         reference = encoder._pass_features(batch, -vectors, species, [])
         shortcut = encoder._inverted_pass(batch, vectors, species, *plus)

@@ -99,7 +99,7 @@ def test_relaxed_ion_stiffness_is_ase_with_relaxation(physics, calculator):
 def test_stiffness_rotates_with_the_crystal(physics):
     from scipy.spatial.transform import Rotation
 
-    from equiprop.data.tasks import cartesian_to_voigt, voigt_to_cartesian
+    from equiprop.data.tensor_ops import cartesian_to_voigt, voigt_to_cartesian
 
     zno = _zno()
     rotation = Rotation.from_euler("xyz", [0.3, -0.7, 1.1]).as_matrix()

@@ -7,8 +7,8 @@ import torch
 
 from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import resolve_task, resolve_tasks
-from equiprop.nn.priors import (PLASMA_EV, PhysicsPriors, check_prior, floored_stiffness, hill_moduli,
-                                valence_electrons)
+from equiprop.data.tensor_ops import hill_moduli
+from equiprop.nn.priors import PLASMA_EV, PhysicsPriors, check_prior, floored_stiffness, valence_electrons
 
 
 def _isotropic(bulk, shear):
@@ -41,7 +41,7 @@ def test_floor_keeps_a_stable_stiffness_and_lifts_an_unstable_one():
     unstable = _isotropic(160.0, -5.0)  # negative shear: not positive definite
     floored = floored_stiffness(unstable)
     from equiprop.data.tensor_ops import to_mandel
-    from equiprop.data.tasks import voigt_to_cartesian
+    from equiprop.data.tensor_ops import voigt_to_cartesian
 
     assert np.linalg.eigvalsh(to_mandel(voigt_to_cartesian(floored[0].numpy()))).min() == pytest.approx(1.0)
 

@@ -34,7 +34,7 @@ data:
 def test_same_seed_same_weights_and_the_export_predicts_as_the_checkpoint(tmp_path, monkeypatch, tiny_entries):
     from pymatgen.core import Structure
 
-    from equiprop.nn.base import build_encoder
+    from equiprop.nn.registry import build_encoder
     from equiprop.predict import Predictor
     from equiprop.train.export import export_weights
 

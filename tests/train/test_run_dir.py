@@ -109,7 +109,7 @@ def test_checkpoints_are_replaced_atomically_in_the_run_folder(tmp_path):
 
 
 def test_fits_write_through_the_atomic_checkpoint_io(cli_recipe, tmp_path):
-    from equiprop.workflows.recipe import build_run
+    from equiprop.train.run import build_run
 
     trainer, _, _ = build_run(cli_recipe, [], tmp_path / "work")
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)

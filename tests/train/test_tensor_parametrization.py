@@ -13,7 +13,8 @@ from equiprop.data.normalization import compute_stats
 from equiprop.data.record import from_pymatgen
 from equiprop.data.sources.base import SourceResult, add_entry
 from equiprop.data.symmetry import rotate_tensor
-from equiprop.data.tasks import project_symmetric, resolve_task, resolve_tasks
+from equiprop.data.tasks import resolve_task, resolve_tasks
+from equiprop.data.tensor_ops import project_symmetric
 from equiprop.data.tensor_ops import (anisotropic_part, from_mandel, isotropic_part, spd_exp, spd_exp_torch, spd_log,
                                       sym_expm, sym_logm, to_mandel)
 from equiprop.nn import EquivariantEncoder

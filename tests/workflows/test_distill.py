@@ -7,7 +7,8 @@ import pytest
 import yaml
 from ase.data import chemical_symbols
 
-from equiprop.cli import build_datamodule, main
+from equiprop.cli import main
+from equiprop.train.run import build_datamodule
 from equiprop.data import keys
 
 TASKS = ["Ef", "Eg", "K_VRH"]

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from equiprop.data.tasks import voigt_to_cartesian
+from equiprop.data.tensor_ops import voigt_to_cartesian
 from equiprop.workflows.scoreboard import (INVARIANT, K_VOIGT, MEDIAN, MODEL, ORACLE, Row, TaskResults, all_predictions,
                                            goal_checks, lookup, read_rows, scoreboard_rows, seed_summary,
                                            task_rows, write_csv, write_markdown)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from equiprop.cli import main
-from equiprop.workflows.recipe import load_recipe
+from equiprop.train.run import load_recipe
 from equiprop.workflows.tune import make_storage, make_study, tune_command
 
 RECIPE = {

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from equiprop.data import keys
-from equiprop.data.tasks import TaskSpec, change_of_basis
+from equiprop.data.tasks import TaskSpec
+from equiprop.data.tensor_ops import change_of_basis
 
 
 @dataclass

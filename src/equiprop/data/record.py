@@ -250,3 +250,45 @@ def read_extxyz_text(text: str, where: str, source: str) -> list[CrystalRecord]:
         frame_id = str(info.pop("id", info.pop("material_id", f"{Path(where).stem}:{i}")))
         records.append(from_ase(atoms, frame_id, source, labels=info))
     return records
+
+
+# -- structure files a user gives (equiprop predict, suggest, embed, screen) ----------------------------------
+def collect_files(inputs: list[str]) -> list[Path]:
+    """Files given, and every entry of the folders given (one level; dotfiles skipped). Entries that are not
+    structure files are kept, so that reading them reports them rather than dropping them silently."""
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if not p.name.startswith("."))
+        else:
+            files.append(path)
+    return files
+
+
+def failure_row(err: DataError, file: str, record: CrystalRecord | None = None) -> dict:
+    """The row a refused input gets in a prediction table (``equiprop predict``, ``suggest``)."""
+    return {"id": record.id if record is not None else Path(file).stem, "file": file,
+            "formula": record.formula if record is not None else "", "status": "failed", "reason": err.kind,
+            "error": str(err)}
+
+
+def read_inputs(inputs: list[str]) -> list[CrystalRecord | dict]:
+    """Records and failure rows, in input order."""
+    items = []
+    for path in collect_files(inputs):
+        try:
+            if path.is_dir():
+                raise DataError(str(path), "a folder inside an input folder: not searched (give it to --input)",
+                                "folder not searched")
+            if not path.exists():
+                raise DataError(str(path), "no such file", "missing file")
+            if structure_format(path) is None:
+                raise DataError(str(path), "unknown file type (expected .cif, POSCAR/CONTCAR/.vasp or "
+                                           ".xyz/.extxyz)", "unknown file type")
+            for record in read_structure_file(path):
+                record.source = str(path)
+                items.append(record)
+        except DataError as err:
+            items.append(failure_row(err, str(path)))
+    return items

@@ -14,13 +14,11 @@ from functools import lru_cache
 import numpy as np
 
 from equiprop.data.errors import ConfigError, DataError
+from equiprop.data.tensor_ops import PARAMETRIZATIONS, cartesian_tensor, cartesian_to_voigt, project_symmetric, \
+    smallest_eigenvalue, spd_exp, spd_log, voigt_to_cartesian
 
 KINDS = ("scalar", "log_scalar", "binary", "tensor")
 MISSING_STRINGS = {"", "na", "nan", "none", "null", "n/a"}
-
-# Voigt order xx, yy, zz, yz, xz, xy (no factor 2 on shear components)
-VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
-VOIGT_INDEX = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])  # (3, 3) Cartesian pair -> Voigt index
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ class TaskSpec:
             raise ConfigError(f"task {self.name!r}: only level='structure' is supported so far")
         if self.pooling not in ("mean", "sum", "max"):
             raise ConfigError(f"task {self.name!r}: pooling must be 'mean', 'sum' or 'max'")
-        if self.parametrization not in ("linear", "spd_log"):
+        if self.parametrization not in PARAMETRIZATIONS:
             raise ConfigError(f"task {self.name!r}: parametrization must be 'linear' or 'spd_log', "
                               f"got {self.parametrization!r}")
         if self.parametrization == "spd_log" and self.formula not in ("ij=ji", "ijkl=jikl=klij"):
@@ -107,7 +105,7 @@ class TaskSpec:
     def cartesian_tensor(self):
         if self.kind != "tensor":
             raise TypeError(f"task {self.name!r} is not a tensor task")
-        return _cartesian_tensor(self.formula)
+        return cartesian_tensor(self.formula)
 
     # -- labels ---------------------------------------------------------------------------------------------------
     def is_missing(self, value) -> bool:
@@ -152,8 +150,6 @@ class TaskSpec:
         arr = self.symmetrize(self.to_cartesian(arr, where), where)
         self.check_range(arr, where)
         if self.parametrization == "spd_log":
-            from equiprop.data.tensor_ops import smallest_eigenvalue
-
             floor = 1.0 if self.rank == 2 else 0.0  # eps - I, or the Mandel stiffness, must be positive definite
             smallest = smallest_eigenvalue(arr, self.formula)
             if smallest <= floor * (1 + 1e-9):
@@ -211,8 +207,6 @@ class TaskSpec:
         tensors, else unchanged."""
         x = np.asarray(value, dtype=np.float64)
         if self.parametrization == "spd_log":
-            from equiprop.data.tensor_ops import spd_log
-
             return spd_log(x, self.formula)
         return np.log10(x) if self.kind == "log_scalar" else x
 
@@ -220,8 +214,6 @@ class TaskSpec:
         """Physical label from model space; accepts one value or a batch (leading axis)."""
         x = np.asarray(x, dtype=np.float64)
         if self.parametrization == "spd_log":
-            from equiprop.data.tensor_ops import spd_exp
-
             if x.ndim == self.rank:
                 return spd_exp(x, self.formula)
             return np.stack([spd_exp(t, self.formula) for t in x.reshape(-1, *self.model_shape)]).reshape(x.shape)
@@ -240,81 +232,6 @@ def _range_pair(name: str, valid_range) -> tuple[float | None, float | None]:
     if low is not None and high is not None and not low < high:
         raise ConfigError(f"task {name!r}: valid_range needs low < high, got [{low}, {high}]")
     return low, high
-
-
-# -- tensor helpers -----------------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
-def _cartesian_tensor(formula: str):
-    from e3nn.io import CartesianTensor
-
-    return CartesianTensor(formula)
-
-
-def voigt_to_cartesian(voigt: np.ndarray) -> np.ndarray:
-    """(6, 6) -> (3, 3, 3, 3) stiffness, or (3, 6) -> (3, 3, 3) piezo stress tensor (Voigt order xx yy zz yz xz xy)."""
-    voigt = np.asarray(voigt, dtype=np.float64)
-    if voigt.shape == (6, 6):
-        return voigt[VOIGT_INDEX[:, :, None, None], VOIGT_INDEX[None, None, :, :]]
-    if voigt.shape == (3, 6):
-        return voigt[:, VOIGT_INDEX]
-    raise ValueError(f"no Voigt rule for shape {voigt.shape}")
-
-
-def cartesian_to_voigt(t: np.ndarray) -> np.ndarray:
-    t = np.asarray(t, dtype=np.float64)
-    rows, cols = zip(*VOIGT_PAIRS)
-    if t.shape == (3, 3, 3, 3):
-        return t[np.array(rows)[:, None], np.array(cols)[:, None], np.array(rows)[None, :], np.array(cols)[None, :]]
-    if t.shape == (3, 3, 3):
-        return t[:, np.array(rows), np.array(cols)]
-    return t
-
-
-def project_symmetric(arr: np.ndarray, formula: str) -> np.ndarray:
-    """Closest tensor (least squares) obeying the index symmetries of ``formula``, exactly symmetric."""
-    projector, canonical = _symmetric_projector(formula), _canonical_index(formula)
-    flat = projector @ np.asarray(arr, dtype=np.float64).reshape(-1)
-    return flat[canonical].reshape(np.shape(arr))  # equal entries bit for bit, not only to rounding
-
-
-@lru_cache(maxsize=None)
-def change_of_basis(formula: str) -> np.ndarray:
-    """(irreps dim, 3^rank) orthonormal map from a Cartesian tensor to its irreps, built once per formula in float64.
-
-    e3nn recomputes it on every ``from_cartesian``/``to_cartesian`` call (seconds for rank 4); projection,
-    normalisation and the tensor readouts all share this one copy.
-    """
-    import torch
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # e3nn builds the basis in the default dtype
-    try:
-        q = _cartesian_tensor(formula).reduced_tensor_products().change_of_basis.to(torch.float64)
-    finally:
-        torch.set_default_dtype(previous)
-    return q.reshape(q.shape[0], -1).numpy()
-
-
-@lru_cache(maxsize=None)
-def _symmetric_projector(formula: str) -> np.ndarray:
-    """(3^rank, 3^rank) orthogonal projector Q^T Q onto the tensors obeying the formula."""
-    flat_q = change_of_basis(formula)
-    return flat_q.T @ flat_q
-
-
-@lru_cache(maxsize=None)
-def _canonical_index(formula: str) -> np.ndarray:
-    """For each flat index, the smallest flat index of its orbit under the formula's index permutations."""
-    first, *others = formula.split("=")
-    rank = len(first)
-    group, frontier = {tuple(range(rank))}, [tuple(first.index(c) for c in other) for other in others]
-    while frontier:  # closure of the generating permutations
-        perm = frontier.pop()
-        if perm not in group:
-            group.add(perm)
-            frontier += [tuple(perm[g[i]] for i in range(rank)) for g in list(group)]
-    indices = np.arange(3**rank).reshape((3,) * rank)
-    return np.min([indices.transpose(perm).reshape(-1) for perm in group], axis=0)
 
 
 # -- built-in tasks -----------------------------------------------------------------------------------------------

@@ -9,20 +9,97 @@ equivariant and positive definite by construction.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
-
-from equiprop.data.tasks import VOIGT_PAIRS, cartesian_to_voigt, change_of_basis, voigt_to_cartesian, \
-    _cartesian_tensor
 
 # weights of the Mandel form: 1 for normal components, sqrt(2) for shear ones (Voigt order xx yy zz yz xz xy)
 MANDEL_WEIGHTS = np.array([1.0, 1.0, 1.0, 2**0.5, 2**0.5, 2**0.5])
 PARAMETRIZATIONS = ("linear", "spd_log")
+# Voigt order xx, yy, zz, yz, xz, xy (no factor 2 on shear components)
+VOIGT_PAIRS = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+VOIGT_INDEX = np.array([[0, 5, 4], [5, 1, 3], [4, 3, 2]])  # (3, 3) Cartesian pair -> Voigt index
+
+
+# -- Voigt form, index symmetries, irreps -----------------------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def cartesian_tensor(formula: str):
+    from e3nn.io import CartesianTensor
+
+    return CartesianTensor(formula)
+
+
+def voigt_to_cartesian(voigt: np.ndarray) -> np.ndarray:
+    """(6, 6) -> (3, 3, 3, 3) stiffness, or (3, 6) -> (3, 3, 3) piezo stress tensor (Voigt order xx yy zz yz xz xy)."""
+    voigt = np.asarray(voigt, dtype=np.float64)
+    if voigt.shape == (6, 6):
+        return voigt[VOIGT_INDEX[:, :, None, None], VOIGT_INDEX[None, None, :, :]]
+    if voigt.shape == (3, 6):
+        return voigt[:, VOIGT_INDEX]
+    raise ValueError(f"no Voigt rule for shape {voigt.shape}")
+
+
+def cartesian_to_voigt(t: np.ndarray) -> np.ndarray:
+    t = np.asarray(t, dtype=np.float64)
+    rows, cols = zip(*VOIGT_PAIRS)
+    if t.shape == (3, 3, 3, 3):
+        return t[np.array(rows)[:, None], np.array(cols)[:, None], np.array(rows)[None, :], np.array(cols)[None, :]]
+    if t.shape == (3, 3, 3):
+        return t[:, np.array(rows), np.array(cols)]
+    return t
+
+
+def project_symmetric(arr: np.ndarray, formula: str) -> np.ndarray:
+    """Closest tensor (least squares) obeying the index symmetries of ``formula``, exactly symmetric."""
+    projector, canonical = _symmetric_projector(formula), _canonical_index(formula)
+    flat = projector @ np.asarray(arr, dtype=np.float64).reshape(-1)
+    return flat[canonical].reshape(np.shape(arr))  # equal entries bit for bit, not only to rounding
+
+
+@lru_cache(maxsize=None)
+def change_of_basis(formula: str) -> np.ndarray:
+    """(irreps dim, 3^rank) orthonormal map from a Cartesian tensor to its irreps, built once per formula in float64.
+
+    e3nn recomputes it on every ``from_cartesian``/``to_cartesian`` call (seconds for rank 4); projection,
+    normalisation and the tensor readouts all share this one copy.
+    """
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # e3nn builds the basis in the default dtype
+    try:
+        q = cartesian_tensor(formula).reduced_tensor_products().change_of_basis.to(torch.float64)
+    finally:
+        torch.set_default_dtype(previous)
+    return q.reshape(q.shape[0], -1).numpy()
+
+
+@lru_cache(maxsize=None)
+def _symmetric_projector(formula: str) -> np.ndarray:
+    """(3^rank, 3^rank) orthogonal projector Q^T Q onto the tensors obeying the formula."""
+    flat_q = change_of_basis(formula)
+    return flat_q.T @ flat_q
+
+
+@lru_cache(maxsize=None)
+def _canonical_index(formula: str) -> np.ndarray:
+    """For each flat index, the smallest flat index of its orbit under the formula's index permutations."""
+    first, *others = formula.split("=")
+    rank = len(first)
+    group, frontier = {tuple(range(rank))}, [tuple(first.index(c) for c in other) for other in others]
+    while frontier:  # closure of the generating permutations
+        perm = frontier.pop()
+        if perm not in group:
+            group.add(perm)
+            frontier += [tuple(perm[g[i]] for i in range(rank)) for g in list(group)]
+    indices = np.arange(3**rank).reshape((3,) * rank)
+    return np.min([indices.transpose(perm).reshape(-1) for perm in group], axis=0)
 
 
 def invariant_mask(formula: str) -> np.ndarray:
     """(irreps dim,) True on the 0e (rotation-invariant) components of the formula's irreps."""
-    return np.concatenate([np.full(mul * ir.dim, ir.l == 0) for mul, ir in _cartesian_tensor(formula)])
+    return np.concatenate([np.full(mul * ir.dim, ir.l == 0) for mul, ir in cartesian_tensor(formula)])
 
 
 def isotropic_part(t, formula: str):
@@ -44,6 +121,45 @@ def isotropic_part(t, formula: str):
 def anisotropic_part(t, formula: str):
     """The tensor minus its isotropic part: the traceless part of a dielectric tensor."""
     return t - isotropic_part(t, formula)
+
+
+# -- scalars of tensors (numpy or torch, the same formula for both) --------------------------------------------------
+def _einsum(t):
+    return torch.einsum if isinstance(t, torch.Tensor) else np.einsum
+
+
+def voigt_bulk_modulus(c):
+    """K_V = C_iijj / 9 of (n, 3, 3, 3, 3) Cartesian stiffness tensors."""
+    return _einsum(c)("niijj->n", c) / 9.0
+
+
+def voigt_shear_modulus(c):
+    """G_V = (3 C_ijij - C_iijj) / 30 of (n, 3, 3, 3, 3) Cartesian stiffness tensors."""
+    einsum = _einsum(c)
+    return (3.0 * einsum("nijij->n", c) - einsum("niijj->n", c)) / 30.0
+
+
+def cartesian_isotropic_scalar(t, rank: int):
+    """The rotation-invariant scalar that summarises (n, 3, ..., 3) Cartesian tensors: trace/3 (rank 2), the Voigt
+    bulk modulus (rank 4); None for odd ranks, which have none worth reporting."""
+    if rank == 2:
+        return _einsum(t)("nii->n", t) / 3.0
+    if rank == 4:
+        return voigt_bulk_modulus(t)
+    return None
+
+
+def hill_moduli(stiffness):
+    """(n, 6, 6) Voigt stiffness (GPa) -> Voigt-Reuss-Hill bulk and shear moduli (n,), GPa (numpy or torch)."""
+    c = stiffness
+    compliance = torch.linalg.inv(c) if isinstance(c, torch.Tensor) else np.linalg.inv(c)
+    diag, off = [0, 1, 2], [(0, 1), (0, 2), (1, 2)]
+    c_d, c_o = c[:, diag, diag].sum(1), sum(c[:, i, j] for i, j in off)
+    s_d, s_o = compliance[:, diag, diag].sum(1), sum(compliance[:, i, j] for i, j in off)
+    c_s, s_s = c[:, [3, 4, 5], [3, 4, 5]].sum(1), compliance[:, [3, 4, 5], [3, 4, 5]].sum(1)
+    k_voigt, k_reuss = (c_d + 2 * c_o) / 9, 1 / (s_d + 2 * s_o)
+    g_voigt, g_reuss = (c_d - c_o + 3 * c_s) / 15, 15 / (4 * s_d - 4 * s_o + 3 * s_s)
+    return (k_voigt + k_reuss) / 2, (g_voigt + g_reuss) / 2
 
 
 # -- Mandel form --------------------------------------------------------------------------------------------------

@@ -90,20 +90,6 @@ class Encoder(nn.Module):
         return not any(p.requires_grad for p in self.parameters())
 
 
-def encoder_class(path: str) -> type:
-    """A registered encoder class by class path; unknown paths are refused (checkpoints name classes as strings)."""
-    import equiprop.nn  # noqa: F401  registers the built-in encoders
-
-    if path not in ENCODER_REGISTRY:
-        raise ConfigError(f"unknown encoder class {path!r}; registered: {sorted(ENCODER_REGISTRY)}")
-    return ENCODER_REGISTRY[path]
-
-
-def build_encoder(meta: dict) -> Encoder:
-    """Rebuild an encoder from checkpoint metadata ``{"class_path": ..., "init_args": {...}}``."""
-    return encoder_class(meta["class_path"])(**meta["init_args"])
-
-
 def describe(encoder: Encoder) -> dict:
     """Checkpoint metadata of an encoder (inverse of ``build_encoder``)."""
     return {"class_path": class_path(type(encoder)), "init_args": dict(encoder.config)}

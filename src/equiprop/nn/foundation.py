@@ -27,68 +27,24 @@ weights: the control that shows what pretraining gives).
 
 from __future__ import annotations
 
-import copy
-import os
-import warnings
-from functools import lru_cache
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from e3nn import o3
 
 from equiprop.data import keys
-from equiprop.data.errors import ConfigError, DataError
+from equiprop.data.errors import ConfigError
 from equiprop.data.graph import edge_vectors
 from equiprop.data.symmetry import inversion_partners
 from equiprop.nn.base import Encoder
 from equiprop.nn.feature_cache import FeatureCache, structure_keys, weights_digest
+from equiprop.nn.potential import READOUT_MODULES, FoundationModel, PotentialRunner, file_sha256
+from equiprop.nn.potential_physics import PotentialPhysics, descriptor_size
 
-FoundationModel = Literal["7net-0", "7net-l3i5"]
 Descriptor = Literal["bulk_modulus", "gamma_phonons"]  # potential_physics.DESCRIPTOR_SIZES
-FOUNDATION_MODELS = get_args(FoundationModel)
-READOUT_MODULES = ("reduce_input_to_hidden", "reduce_hidden_to_energy", "rescale_atomic_energy")
 
 
-@lru_cache(maxsize=8)
-def _file_sha256(path: str, size: int, mtime: float) -> str:
-    from equiprop.data.dataset import file_digest
-
-    return file_digest(path)
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file, computed once per (path, size, mtime) in a process."""
-    stat = os.stat(path)
-    return _file_sha256(str(path), stat.st_size, stat.st_mtime)
-
-
-def load_potential(name: str, pretrained: bool = True):
-    """A SevenNet model from the installed ``sevenn`` package (its checkpoint ships in the wheel: no download)."""
-    if name not in FOUNDATION_MODELS:
-        raise ConfigError(f"FoundationEncoder: model must be one of {FOUNDATION_MODELS}, got {name!r}")
-    try:
-        from sevenn.util import load_checkpoint, pretrained_name_to_path
-    except ImportError:
-        raise ConfigError("FoundationEncoder needs the optional 'sevenn' package: pip install 'equiprop[foundation]'"
-                          ) from None
-    from pathlib import Path
-
-    path = pretrained_name_to_path(name)  # resolves inside the installed package before any download is tried
-    if not Path(path).is_file():
-        raise ConfigError(f"FoundationEncoder: sevenn has no local checkpoint for {name!r} at {path}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        checkpoint = load_checkpoint(path)
-        if pretrained:
-            model = checkpoint.build_model()
-        else:
-            from sevenn.model_build import build_E3_equivariant_model
-
-            model = build_E3_equivariant_model(copy.deepcopy(checkpoint.config))
-    return model, checkpoint.config
-
-
-class FoundationEncoder(Encoder):
+class FoundationEncoder(PotentialRunner, Encoder):
     """Pretrained SevenNet interaction layers -> per-atom equivariant features (see the module docstring).
 
     Args:
@@ -122,15 +78,9 @@ class FoundationEncoder(Encoder):
         self.inversion_shortcut = inversion_shortcut
         if transfer not in ("frozen", "finetune", "from_scratch"):
             raise ConfigError(f"FoundationEncoder: transfer must be frozen, finetune or from_scratch, got {transfer!r}")
-        self.potential, config = load_potential(model, pretrained=transfer != "from_scratch")
-        if abs(float(cutoff) - float(config["cutoff"])) > 1e-9:
-            raise ConfigError(f"FoundationEncoder {model}: cutoff must be the potential's own {config['cutoff']} Å, "
-                              f"got {cutoff} (set data.cutoff: {config['cutoff']})")
-        self.model_name, self.transfer, self.parity, self.cutoff = model, transfer, parity, float(cutoff)
-        self.num_layers = int(config["num_convolution_layer"])
+        config = self.load(model, pretrained=transfer != "from_scratch", cutoff=cutoff)
+        self.transfer, self.parity = transfer, parity
         self.layer_irreps = [o3.Irreps(ir) for ir in config["irreps_manual"][1:]]  # output of each layer
-        self.layer_names = [[n for n in self.potential._modules if n.startswith(f"{k}_")]
-                            for k in range(self.num_layers)]
         self.scalar_layers = self._check_layers(scalar_layers, list(range(self.num_layers)), "scalar_layers")
         with_tensors = [k for k, ir in enumerate(self.layer_irreps) if ir.lmax > 0]
         self.tensor_layers = self._check_layers(tensor_layers, with_tensors[-1:], "tensor_layers")
@@ -193,8 +143,6 @@ class FoundationEncoder(Encoder):
 
     @property
     def num_descriptors(self) -> int:
-        from equiprop.nn.potential_physics import descriptor_size
-
         return sum(descriptor_size(name) for name in self.descriptor_names)
 
     def layer_modules(self) -> list[torch.nn.Module]:
@@ -211,78 +159,16 @@ class FoundationEncoder(Encoder):
         return {"package": "sevenn", "version": sevenn.__version__, "model": self.model_name,
                 "file": str(path), "sha256": file_sha256(path)}
 
-    # -- running the potential --------------------------------------------------------------------------------------
-    def _species_index(self, data) -> torch.Tensor:
-        numbers = data[keys.ATOMIC_NUMBERS]
-        index = self.potential.z_to_onehot_tensor.to(numbers.device)[numbers]
-        if bool((index < 0).any()):
-            from ase.data import chemical_symbols
-
-            unseen = sorted({chemical_symbols[int(z)] for z in numbers[index < 0]})
-            graphs = data[keys.BATCH][index < 0] if keys.BATCH in data and data[keys.BATCH] is not None else [0]
-            ids = data[keys.STRUCTURE_ID]
-            ids = [ids[int(g)] for g in graphs] if isinstance(ids, (list, tuple)) else [ids]
-            raise DataError(", ".join(sorted(set(map(str, ids)))), f"elements {unseen} are not among the "
-                            f"{len(self.potential.type_map)} species {self.model_name} was trained on",
-                            "element unknown to the potential")
-        return index
-
-    def _graph_dict(self, data, vectors: torch.Tensor) -> dict:
-        import sevenn._keys as KEY
-
-        # a graph whose radius was extended (graph.extended_radius) has edges beyond the potential's cutoff, where
-        # sevenn's envelope is not zero: the potential sees only the neighbours it was trained with
-        within = vectors.detach().norm(dim=-1) < self.cutoff
-        d = {KEY.EDGE_VEC: vectors[within], KEY.EDGE_IDX: data[keys.EDGE_INDEX][:, within],
-             KEY.ATOMIC_NUMBERS: data[keys.ATOMIC_NUMBERS]}
-        d[KEY.BATCH] = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else torch.zeros(
-            data.num_nodes, dtype=torch.long, device=vectors.device)
-        return self.potential._modules["edge_embedding"](d)
-
-    def _embed(self, d: dict, species: torch.Tensor) -> torch.Tensor:
-        import sevenn._keys as KEY
-
-        d[KEY.NODE_FEATURE] = species
-        d[KEY.ATOM_TYPE] = species
-        d = self.potential._modules["onehot_idx_to_onehot"](d)
-        d[KEY.NODE_FEATURE] = d[KEY.NODE_FEATURE].to(self.potential_dtype)  # sevenn's one-hot is float32
-        return self.potential._modules["onehot_to_feature_x"](d)[KEY.NODE_FEATURE]
-
-    def _run_layers(self, d: dict, x: torch.Tensor, start: int, stop: int) -> list[torch.Tensor]:
-        """Outputs of layers [start, stop) given the input x of layer ``start``."""
-        outputs = []
-        d["x"] = x
-        for k in range(start, stop):
-            for name in self.layer_names[k]:
-                d = self.potential._modules[name](d)
-            outputs.append(d["x"])
-        return outputs
-
-    def atomic_energies(self, d: dict) -> torch.Tensor:  # -> (num_nodes,) eV, after the last layer ran on d
-        import sevenn._keys as KEY
-
-        for name in READOUT_MODULES:
-            d = self.potential._modules[name](d)
-        return d[KEY.ATOMIC_ENERGY].reshape(-1)
-
-    def energy(self, data) -> torch.Tensor:  # -> (num_graphs,) total energy, eV: SevenNet's own prediction
-        from torch_geometric.utils import scatter
-
-        d = self._graph_dict(data, edge_vectors(data))
-        self._run_layers(d, self._embed(d, self._species_index(data)), 0, self.num_layers)
-        batch = d["batch"]
-        return scatter(self.atomic_energies(d), batch, dim=0, dim_size=int(batch.max()) + 1, reduce="sum")
-
     def _pass_prefix(self, data, vectors, species) -> list[torch.Tensor]:
         """Outputs of the frozen layers [0, cache_point) for one pass (x or its inversion)."""
-        d = self._graph_dict(data, vectors)
-        return self._run_layers(d, self._embed(d, species), 0, self.cache_point)
+        d = self.graph_dict(data, vectors)
+        return self.run_layers(d, self.embed(d, species), 0, self.cache_point)
 
     def _pass_features(self, data, vectors, species, prefix: list[torch.Tensor]) -> list[torch.Tensor]:
         """[scalars, tensors] of one pass, running the layers after ``prefix`` (and the energy readout if asked)."""
-        d = self._graph_dict(data, vectors)
-        x = prefix[-1] if prefix else self._embed(d, species)
-        outputs = list(prefix) + self._run_layers(d, x, len(prefix), self.num_layers)
+        d = self.graph_dict(data, vectors)
+        x = prefix[-1] if prefix else self.embed(d, species)
+        outputs = list(prefix) + self.run_layers(d, x, len(prefix), self.num_layers)
         scalars = [outputs[k][:, :self.layer_irreps[k].count(o3.Irrep("0e"))] for k in self.scalar_layers]
         if self.energy_feature:
             scalars.append(self.atomic_energies(d).unsqueeze(-1))
@@ -290,7 +176,7 @@ class FoundationEncoder(Encoder):
         return [torch.cat(scalars, dim=1), torch.cat(tensors, dim=1)]
 
     def _features(self, data, prefixes: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
-        vectors, species = edge_vectors(data), self._species_index(data)
+        vectors, species = edge_vectors(data), self.species_index(data)
         if not self.parity:
             return torch.cat(self._pass_features(data, vectors, species, prefixes[0] if prefixes else []), dim=1)
         s_plus, t_plus = self._pass_features(data, vectors, species, prefixes[0] if prefixes else [])
@@ -332,7 +218,7 @@ class FoundationEncoder(Encoder):
         return self._with_descriptors(data, features)
 
     def _prefixes(self, data) -> torch.Tensor:  # -> (num_nodes, passes x prefix dims), frozen layers' outputs
-        vectors, species = edge_vectors(data), self._species_index(data)
+        vectors, species = edge_vectors(data), self.species_index(data)
         signs = (1.0, -1.0) if self.parity else (1.0,)
         return torch.cat([o for s in signs for o in self._pass_prefix(data, s * vectors, species)], dim=1).detach()
 
@@ -378,15 +264,9 @@ class FoundationEncoder(Encoder):
         layer = name.split("_", 1)[0]
         return not (layer.isdigit() and int(layer) >= self.cache_point)
 
-    @property
-    def potential_dtype(self) -> torch.dtype:
-        return next(self.potential.parameters()).dtype
-
     def _with_descriptors(self, data, features: torch.Tensor) -> torch.Tensor:
         if not self.descriptor_names:
             return features
-        from equiprop.nn.potential_physics import PotentialPhysics
-
         if self._physics is None:
             self._physics = PotentialPhysics(self.model_name, self.descriptor_names, self.cache_dir)
         per_graph = self._physics.descriptors(data).to(features)  # (num_graphs, num_descriptors)

@@ -39,8 +39,9 @@ from torch_geometric.data import Batch, Data
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.data.graph import edge_vectors
-from equiprop.data.tasks import VOIGT_PAIRS
+from equiprop.data.tensor_ops import VOIGT_PAIRS
 from equiprop.nn.feature_cache import FeatureCache, structure_keys
+from equiprop.nn.potential import PretrainedPotential
 
 DESCRIPTOR_SIZES = {"bulk_modulus": 2, "gamma_phonons": 3}
 QUANTITY_SIZES = {"energy": 1, "stiffness": 36, "stiffness_relaxed": 36}
@@ -67,12 +68,10 @@ class PotentialPhysics:
     """Descriptors from a frozen pretrained copy of the potential (independent of any fine-tuning)."""
 
     def __init__(self, model: str, names: list[str] = (), cache_dir: str | None = None):
-        from equiprop.nn.foundation import FoundationEncoder
-
         for name in names:
             descriptor_size(name)
         self.names, self.model_name, self.cache_dir = list(names), model, cache_dir
-        self.runner = FoundationEncoder(model, "frozen", parity=False, cache_features=False).eval()
+        self.runner = PretrainedPotential(model)
         self.cache = FeatureCache(cache_dir, {"physics": self.names, "model": model, "strains": STRAINS,
                                               "displacement": DISPLACEMENT})
         self.quantity_caches: dict[str, FeatureCache] = {}
@@ -145,9 +144,9 @@ class PotentialPhysics:
                           edge_index=batch[keys.EDGE_INDEX].repeat(1, c) + offsets,
                           batch=(batch[keys.BATCH].unsqueeze(0) + g * torch.arange(c).unsqueeze(1)).flatten(),
                           num_nodes=n * c)
-        species = self.runner._species_index(batch).repeat(c)
-        d = self.runner._graph_dict(replicated, copies.reshape(-1, 3).to(self.runner.potential_dtype))
-        self.runner._run_layers(d, self.runner._embed(d, species), 0, self.runner.num_layers)
+        species = self.runner.species_index(batch).repeat(c)
+        d = self.runner.graph_dict(replicated, copies.reshape(-1, 3).to(self.runner.potential_dtype))
+        self.runner.run_layers(d, self.runner.embed(d, species), 0, self.runner.num_layers)
         atomic = self.runner.atomic_energies(d)
         return torch.zeros(c * g, dtype=atomic.dtype).index_add(0, replicated.batch, atomic).reshape(c, g)
 

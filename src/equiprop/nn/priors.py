@@ -38,7 +38,7 @@ from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.data.graph import atoms_per_graph
 from equiprop.data.tasks import TaskSpec
-from equiprop.data.tensor_ops import MANDEL_WEIGHTS, from_mandel_torch
+from equiprop.data.tensor_ops import MANDEL_WEIGHTS, from_mandel_torch, hill_moduli
 from equiprop.nn.blocks import MAX_Z
 
 PRIOR_QUANTITY = {"potential_energy": "energy", "potential_stiffness": "stiffness",
@@ -75,19 +75,6 @@ def check_prior(task: TaskSpec, prior: str) -> None:
     if not fits:
         raise ConfigError(f"model.priors: {prior!r} cannot serve task {task.name!r} ({task.kind}, {task.units}, "
                           f"formula {task.formula}); see equiprop.nn.priors")
-
-
-def hill_moduli(stiffness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, 6, 6) Voigt stiffness (GPa) -> Voigt-Reuss-Hill bulk and shear moduli (n,), GPa."""
-    c = stiffness
-    compliance = torch.linalg.inv(c)
-    diag, off = [0, 1, 2], [(0, 1), (0, 2), (1, 2)]
-    c_d, c_o = c[:, diag, diag].sum(1), sum(c[:, i, j] for i, j in off)
-    s_d, s_o = compliance[:, diag, diag].sum(1), sum(compliance[:, i, j] for i, j in off)
-    c_s, s_s = c[:, [3, 4, 5], [3, 4, 5]].sum(1), compliance[:, [3, 4, 5], [3, 4, 5]].sum(1)
-    k_voigt, k_reuss = (c_d + 2 * c_o) / 9, 1 / (s_d + 2 * s_o)
-    g_voigt, g_reuss = (c_d - c_o + 3 * c_s) / 15, 15 / (4 * s_d - 4 * s_o + 3 * s_s)
-    return (k_voigt + k_reuss) / 2, (g_voigt + g_reuss) / 2
 
 
 def mandel_weights(like: torch.Tensor) -> torch.Tensor:

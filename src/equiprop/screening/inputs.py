@@ -66,7 +66,7 @@ class FileList:
 
 def read_file_item(path: Path):
     """The record of one structure file, or why there is none (``equiprop predict``'s reading and checks)."""
-    from equiprop.workflows.predict import read_inputs
+    from equiprop.data.record import read_inputs
 
     if path.is_dir():  # predict would search it; a screen reads folders one level deep, as predict does
         return InputFailure(path.name, str(path), "folder not searched",

@@ -15,26 +15,7 @@ from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, R2Scor
 from torchmetrics.classification import BinaryAccuracy
 
 from equiprop.data.tasks import TaskSpec
-from equiprop.data.tensor_ops import anisotropic_part
-
-
-def voigt_bulk_modulus(c: torch.Tensor) -> torch.Tensor:
-    """K_V = C_iijj / 9 from (n, 3, 3, 3, 3) stiffness tensors."""
-    return torch.einsum("niijj->n", c) / 9.0
-
-
-def voigt_shear_modulus(c: torch.Tensor) -> torch.Tensor:
-    """G_V = (3 C_ijij - C_iijj) / 30 from (n, 3, 3, 3, 3) stiffness tensors."""
-    return (3.0 * torch.einsum("nijij->n", c) - torch.einsum("niijj->n", c)) / 30.0
-
-
-def isotropic_part(t: torch.Tensor, rank: int) -> torch.Tensor | None:
-    """A rotation-invariant summary of each tensor, or None where there is none worth reporting (odd rank)."""
-    if rank == 2:
-        return torch.einsum("nii->n", t) / 3.0
-    if rank == 4:
-        return voigt_bulk_modulus(t)
-    return None
+from equiprop.data.tensor_ops import anisotropic_part, cartesian_isotropic_scalar
 
 
 class TaskMetrics(nn.Module):
@@ -65,8 +46,8 @@ class TaskMetrics(nn.Module):
             anisotropic = anisotropic_part(prediction - target, self.task.formula)  # linear: part of the difference
             m["anisotropic_mae"].update(anisotropic.reshape(len(target), -1).abs().mean(dim=1))
             if "isotropic_mae" in m:
-                m["isotropic_mae"].update(isotropic_part(prediction, self.task.rank),
-                                          isotropic_part(target, self.task.rank))
+                m["isotropic_mae"].update(cartesian_isotropic_scalar(prediction, self.task.rank),
+                                          cartesian_isotropic_scalar(target, self.task.rank))
         else:
             m["mae"].update(prediction, target)
             m["rmse"].update(prediction, target)

@@ -17,9 +17,9 @@ from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
 from equiprop.nn.heads import build_head
 from equiprop.nn.priors import PRIOR_QUANTITY, PhysicsPriors
-from equiprop.data.tensor_ops import invariant_mask
+from equiprop.data.tensor_ops import invariant_mask, voigt_bulk_modulus, voigt_shear_modulus
 from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss, tensor_task_loss
-from equiprop.train.metrics import TaskMetrics, voigt_bulk_modulus, voigt_shear_modulus
+from equiprop.train.metrics import TaskMetrics
 from equiprop.train.normalizer import TaskNormalizer
 from equiprop.train.transfer import frozen_parameters, load_pretrained
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from equiprop.data.tasks import TaskSpec, change_of_basis
+from equiprop.data.tasks import TaskSpec
+
+from equiprop.data.tensor_ops import change_of_basis
 from equiprop.data.tensor_ops import spd_exp_torch
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special, stats
 
-from equiprop.data.tasks import VOIGT_PAIRS
+from equiprop.data.tensor_ops import VOIGT_PAIRS
 
 EXPECTED_WITHIN = {1: float(special.erf(1 / np.sqrt(2))), 2: float(special.erf(2 / np.sqrt(2)))}  # 0.683, 0.954
 LEVELS = np.linspace(0.01, 0.99, 99)  # confidence levels of the central intervals

@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 from equiprop.data.errors import ConfigError, DataError
-from equiprop.data.tasks import VOIGT_PAIRS
+from equiprop.data.tensor_ops import VOIGT_PAIRS, voigt_bulk_modulus, voigt_shear_modulus
 from equiprop.predict import CheckedPredictions, Predictor
-from equiprop.train.metrics import voigt_bulk_modulus, voigt_shear_modulus
 
 STD_SUFFIX = "_std"
 MANIFEST_FORMAT = "equiprop-ensemble-1"

@@ -132,7 +132,7 @@ def _fmt(value) -> str:
 
 def members_datamodule(checkpoint: str, recipe: str | None):
     """The data module a member was trained on (its saved config, else ``recipe``), training split verified."""
-    from equiprop.cli import build_datamodule
+    from equiprop.train.run import build_datamodule
     from equiprop.workflows.scoreboard_inputs import check_training_split, saved_config
 
     config = saved_config(Path(checkpoint)) or (Path(recipe) if recipe else None)
@@ -185,8 +185,7 @@ def default_manifest(checkpoint: str) -> Path:
 
 def ensemble_command(argv: list[str]) -> int:
     """Train the recipe once per seed (reusing finished members), then calibrate them as one ensemble."""
-    from equiprop.train.cli import run_lightning_cli
-    from equiprop.workflows.recipe import load_recipe
+    from equiprop.train.run import fit, load_recipe
 
     parser = argparse.ArgumentParser(prog="equiprop ensemble", description="Train a deep ensemble and calibrate it.")
     parser.add_argument("-c", "--config", required=True, help="the recipe every member is trained with")
@@ -204,8 +203,7 @@ def ensemble_command(argv: list[str]) -> int:
             print(f"equiprop ensemble: seed {seed}: reusing {best}")
         else:
             print(f"equiprop ensemble: seed {seed}: training {best.parent}")
-            run_lightning_cli(["fit", "-c", args.config, f"--seed_everything={seed}", f"--run_name={name}_s{seed}",
-                               *overrides])
+            fit(args.config, [f"--seed_everything={seed}", f"--run_name={name}_s{seed}", *overrides])
             if not best.exists():
                 raise ConfigError(f"seed {seed}: training finished without {best}")
         members.append(str(best))

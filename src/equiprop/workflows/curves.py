@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from equiprop.workflows.recipe import build_run, set_dotted
+from equiprop.train.run import build_run, set_dotted
 
 FIELDS = ["model", "requested", "n_train", "seed", "task", "metric", "mae", "units", "epochs"]
 

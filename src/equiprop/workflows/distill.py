@@ -124,10 +124,8 @@ def parse_arguments(argv: list[str]):
 
 
 def distill_command(argv: list[str]) -> int:
-    from equiprop.cli import build_datamodule
-    from equiprop.train.cli import run_lightning_cli
+    from equiprop.train.run import build_datamodule, fit, load_recipe
     from equiprop.uncertainty import load_predictor
-    from equiprop.workflows.recipe import load_recipe
 
     args, overrides = parse_arguments(argv)
     recipe = load_recipe(args.config)
@@ -175,12 +173,13 @@ def distill_command(argv: list[str]) -> int:
     for name, ids in (("train", train_ids), ("val", split["val"]), ("test", split["test"])):
         split_files[name] = workdir / f"{name}_ids.txt"
         split_files[name].write_text("\n".join(ids) + "\n")
-    config = workdir / "student.yaml"
-    config.write_text(yaml.safe_dump(student_recipe(recipe, pseudo, split_files, run_name), sort_keys=False))
+    student = student_recipe(recipe, pseudo, split_files, run_name)
+    config = workdir / "student.yaml"  # the student's recipe, kept: `equiprop fit -c` on it retrains the student
+    config.write_text(yaml.safe_dump(student, sort_keys=False))
     labelled = Counter(t for d in kept for t in d["labels"])
     print(f"equiprop distill: pool {counts['read']} structures; pseudo-labelled {len(kept)} "
           f"({', '.join(f'{t}: {labelled[t]} [{units[t]}]' for t in tasks)}); skipped {skips.total}"
           + (": " + "; ".join(skips.lines()) if skips.total else ""))
     print(f"equiprop distill: wrote {pseudo}; training the student {run_name} on {config}")
-    run_lightning_cli(["fit", "-c", str(config), *overrides])
+    fit(student, overrides)
     return 0

@@ -22,7 +22,7 @@ from equiprop.data import keys
 from equiprop.data.errors import DataError
 from equiprop.data.record import read_structure_file
 from equiprop.predict import Predictor
-from equiprop.workflows.predict import collect_files
+from equiprop.data.record import collect_files
 
 
 def invariant_features(encoder, batch) -> torch.Tensor:

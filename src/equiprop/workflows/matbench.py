@@ -31,7 +31,7 @@ import torch
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import MATBENCH_TASKS
-from equiprop.workflows.recipe import build_run, load_recipe, set_dotted
+from equiprop.train.run import build_run, load_recipe, set_dotted
 
 SHARED_ENV = "EQUIPROP_SHARED_DATA"  # default of --shared: the folder holding matbench/, matminer-0.4.0/, perov5/
 # task -> (matminer CSV, a task that CSV provides) holding the local structures of the subset protocol

@@ -15,48 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from equiprop.data.errors import ConfigError, DataError, SkipLog
-from equiprop.data.record import CrystalRecord, read_structure_file, structure_format
+from equiprop.data.record import CrystalRecord, failure_row, read_inputs
 from equiprop.uncertainty import STD_SUFFIX, UncertainPredictor, load_predictor
-
-
-def collect_files(inputs: list[str]) -> list[Path]:
-    """Files given, and every entry of the folders given (one level; dotfiles skipped). Entries that are not
-    structure files are kept, so that reading them reports them rather than dropping them silently."""
-    files = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        else:
-            files.append(path)
-    return files
-
-
-def failure(err: DataError, file: str, record: CrystalRecord | None = None) -> dict:
-    return {"id": record.id if record is not None else Path(file).stem, "file": file,
-            "formula": record.formula if record is not None else "", "status": "failed", "reason": err.kind,
-            "error": str(err)}
-
-
-def read_inputs(inputs: list[str]) -> list[CrystalRecord | dict]:
-    """Records and failure rows, in input order."""
-    items = []
-    for path in collect_files(inputs):
-        try:
-            if path.is_dir():
-                raise DataError(str(path), "a folder inside an input folder: not searched (give it to --input)",
-                                "folder not searched")
-            if not path.exists():
-                raise DataError(str(path), "no such file", "missing file")
-            if structure_format(path) is None:
-                raise DataError(str(path), "unknown file type (expected .cif, POSCAR/CONTCAR/.vasp or "
-                                           ".xyz/.extxyz)", "unknown file type")
-            for record in read_structure_file(path):
-                record.source = str(path)
-                items.append(record)
-        except DataError as err:
-            items.append(failure(err, str(path)))
-    return items
 
 
 def check_output(path: Path) -> None:
@@ -120,7 +80,7 @@ def predict_command(argv: list[str]) -> int:
 
 def row(record: CrystalRecord, outcome: dict | DataError) -> dict:
     if isinstance(outcome, DataError):
-        return failure(outcome, record.source, record)
+        return failure_row(outcome, record.source, record)
     return {"id": record.id, "file": record.source, "formula": record.formula, "status": "ok", **outcome}
 
 

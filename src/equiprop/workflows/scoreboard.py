@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from equiprop.data.tensor_ops import anisotropic_part, isotropic_part
+from equiprop.data.tensor_ops import anisotropic_part, isotropic_part, voigt_bulk_modulus
 
 MODEL, INVARIANT, MEDIAN, ORACLE = "model", "invariant_baseline", "training_median", "isotropic_oracle"
 PREDICTORS = (MODEL, INVARIANT, MEDIAN, ORACLE)
@@ -98,11 +98,6 @@ def tensor_errors(pred: np.ndarray, true: np.ndarray, formula: str) -> dict[str,
             "anisotropic_mae": float(per_structure["anisotropic"].mean()),
             "isotropic_median_ae": float(np.median(per_structure["isotropic"])),
             "anisotropic_median_ae": float(np.median(per_structure["anisotropic"]))}
-
-
-def voigt_bulk_modulus(c: np.ndarray) -> np.ndarray:
-    """K_V = C_iijj / 9 of (n, 3, 3, 3, 3) stiffness tensors."""
-    return np.einsum("niijj->n", np.asarray(c, dtype=np.float64)) / 9.0
 
 
 # -- rows ---------------------------------------------------------------------------------------------------------

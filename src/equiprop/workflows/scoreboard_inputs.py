@@ -47,7 +47,7 @@ def saved_config(checkpoint: Path) -> Path | None:
 
 def load_run(checkpoint: str | Path, recipe: str | Path) -> Run:
     """The checkpoint's model and data module; the recipe's data section is used only if no config was saved."""
-    from equiprop.cli import build_datamodule
+    from equiprop.train.run import build_datamodule
     from equiprop.predict import Predictor
 
     checkpoint = Path(checkpoint)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from equiprop.data.tasks import VOIGT_PAIRS
+from equiprop.data.tensor_ops import VOIGT_PAIRS
 from equiprop.workflows.scoreboard import INVARIANT, MODEL, TaskResults
 
 AXES = "xyz"

@@ -29,7 +29,8 @@ from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.record import CrystalRecord
 from equiprop.uncertainty.acquisition import DIRECTIONS, STRATEGIES, acquisition_scores, greedy_diverse_selection
 from equiprop.workflows.embed import invariant_features
-from equiprop.workflows.predict import check_output, read_inputs
+from equiprop.data.record import read_inputs
+from equiprop.workflows.predict import check_output
 
 BUNDLED_PREFIX = "bundled:"
 

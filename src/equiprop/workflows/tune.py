@@ -36,7 +36,7 @@ import numpy as np
 import yaml
 
 from equiprop.data.errors import ConfigError
-from equiprop.workflows.recipe import build_run, load_recipe, set_dotted
+from equiprop.train.run import build_run, load_recipe, set_dotted
 
 SECONDS_PER_EPOCH = "seconds_per_epoch"
 DEFAULT_METRIC = "val/loss"

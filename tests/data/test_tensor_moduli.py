@@ -1,4 +1,5 @@
-"""Voigt moduli of stiffness tensors against hand-computed values; the isotropic part of rank-2 tensors."""
+"""Voigt and Hill moduli of stiffness tensors (``data.tensor_ops``) against hand-computed values, from torch and
+numpy alike; the isotropic scalar of rank-2 tensors."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,8 @@ import torch
 from e3nn import o3
 
 from equiprop.data.symmetry import rotate_tensor
-from equiprop.train.metrics import isotropic_part, voigt_bulk_modulus, voigt_shear_modulus
+from equiprop.data.tensor_ops import cartesian_isotropic_scalar, cartesian_to_voigt, hill_moduli, voigt_bulk_modulus, \
+    voigt_shear_modulus
 
 
 def _isotropic_stiffness(k: float, g: float) -> torch.Tensor:
@@ -65,11 +67,23 @@ def test_moduli_of_a_batch_are_per_tensor():
     c = torch.cat([_cubic_stiffness(168.4, 121.4, 75.4), _isotropic_stiffness(160.0, 80.0)])
     np.testing.assert_allclose(voigt_bulk_modulus(c).numpy(), [(168.4 + 2 * 121.4) / 3, 160.0], rtol=1e-12)
     np.testing.assert_allclose(voigt_shear_modulus(c).numpy(), [(168.4 - 121.4 + 3 * 75.4) / 5, 80.0], rtol=1e-12)
-    assert float(isotropic_part(c, rank=4)[1]) == pytest.approx(160.0)
+    assert float(cartesian_isotropic_scalar(c, rank=4)[1]) == pytest.approx(160.0)
 
 
-def test_isotropic_part_of_rank_two_is_the_mean_eigenvalue():
+def test_isotropic_scalar_of_rank_two_is_the_mean_eigenvalue():
     eps = torch.tensor([[[2.0, 0.3, 0.0], [0.3, 4.0, 0.1], [0.0, 0.1, 9.0]]], dtype=torch.float64)
-    assert float(isotropic_part(eps, rank=2)) == pytest.approx(5.0)
-    assert float(isotropic_part(eps, rank=2)) == pytest.approx(float(torch.linalg.eigvalsh(eps[0]).mean()))
-    assert isotropic_part(torch.zeros(1, 3, 3, 3), rank=3) is None  # odd rank: no invariant summary
+    assert float(cartesian_isotropic_scalar(eps, rank=2)) == pytest.approx(5.0)
+    assert float(cartesian_isotropic_scalar(eps, rank=2)) == pytest.approx(float(torch.linalg.eigvalsh(eps[0]).mean()))
+    assert cartesian_isotropic_scalar(torch.zeros(1, 3, 3, 3), rank=3) is None  # odd rank: no invariant summary
+
+
+def test_numpy_and_torch_give_the_same_moduli():
+    """One definition for both: the scoreboard (numpy) and the model (torch) report the same numbers."""
+    c = torch.cat([_cubic_stiffness(168.4, 121.4, 75.4), _isotropic_stiffness(160.0, 80.0)])
+    for fn in (voigt_bulk_modulus, voigt_shear_modulus):
+        np.testing.assert_array_equal(fn(c).numpy(), fn(c.numpy()))
+    voigt = torch.as_tensor(np.stack([cartesian_to_voigt(t) for t in c.numpy()]))
+    for from_torch, from_numpy in zip(hill_moduli(voigt), hill_moduli(voigt.numpy())):
+        np.testing.assert_allclose(from_torch.numpy(), from_numpy, rtol=1e-12)
+    bulk, shear = hill_moduli(voigt)
+    assert float(bulk[1]) == pytest.approx(160.0) and float(shear[1]) == pytest.approx(80.0)

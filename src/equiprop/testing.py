@@ -1,0 +1,137 @@
+"""The symmetry test battery, shipped so that every encoder and head (ours and a user's) is checked by the same code
+(as nequip's ``assert_AtomicData_equivariant``):
+
+    from equiprop.testing import assert_encoder_symmetries, assert_model_symmetries
+    assert_encoder_symmetries(MyEncoder(cutoff=4.5), records)          # per-atom features, irreps_out declared
+    assert_model_symmetries(MultiTaskModel(MyEncoder(cutoff=4.5), ["Ef", "eps_electronic"]), records)
+
+Each check transforms real crystals and compares outputs with what the declared irreps say they must be:
+
+- rotation (proper) and inversion (improper rotations Q): per-atom features by ``irreps_out.D_from_matrix(Q)``;
+  model outputs: scalars unchanged, Cartesian tensors rotated by Q on every index (``data.symmetry.rotate_tensor``;
+  the tensors we predict are polar, so an improper Q acts on them as on positions);
+- translation of every atom: nothing changes;
+- permutation of the atoms: per-atom rows permute, model outputs are unchanged;
+- supercell (2x1x1): every atom keeps its features; extensive (sum-pooled) outputs double, intensive ones stay.
+
+Run them in float64 (``torch.set_default_dtype(torch.float64)`` before building the module) to check to rounding;
+``rtol`` is relative to each output's largest magnitude.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from e3nn import o3
+from torch_geometric.data import Batch
+
+from equiprop.data.graph import record_to_graph
+from equiprop.data.record import CrystalRecord
+from equiprop.data.symmetry import rotate_tensor
+
+CHECKS = ("rotation", "inversion", "translation", "permutation", "supercell")
+
+
+def transformed(record: CrystalRecord, q: np.ndarray, shift=np.zeros(3)) -> CrystalRecord:
+    """The crystal with cell and positions mapped by x -> q x + shift (q orthogonal)."""
+    return CrystalRecord(record.id, record.cell @ q.T, record.positions @ q.T + shift, record.numbers)
+
+
+def permuted(record: CrystalRecord, order: np.ndarray) -> CrystalRecord:
+    return CrystalRecord(record.id, record.cell, record.positions[order], record.numbers[order])
+
+
+def doubled(record: CrystalRecord) -> tuple[CrystalRecord, np.ndarray]:
+    """The 2x1x1 supercell and, for each of its atoms, the index of the atom it repeats."""
+    shift = record.cell[0]
+    positions = np.concatenate([record.positions, record.positions + shift])
+    cell = record.cell * np.array([[2.0], [1.0], [1.0]])
+    return (CrystalRecord(record.id, cell, positions, np.concatenate([record.numbers, record.numbers])),
+            np.concatenate([np.arange(record.num_atoms)] * 2))
+
+
+def _batch(records: list[CrystalRecord], cutoff: float) -> Batch:
+    return Batch.from_data_list([record_to_graph(r, {}, cutoff) for r in records])
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str) -> None:
+    scale = max(float(expected.abs().max()), 1e-8)
+    error = float((actual - expected).abs().max())
+    assert error <= rtol * scale, f"{what}: max deviation {error:.3g} = {error / scale:.3g} of the output's scale"
+
+
+def _rotations(seed: int, inversion: bool) -> list[np.ndarray]:
+    """Two random proper rotations (Haar, by QR of Gaussian matrices), times -1 for the inversion check."""
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(2):
+        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+        q = q * np.sign(np.diag(r))
+        out.append((q if np.linalg.det(q) > 0 else -q) * (-1.0 if inversion else 1.0))
+    return out
+
+
+def assert_encoder_symmetries(encoder, records: list[CrystalRecord], cutoff: float | None = None,
+                              rtol: float = 1e-6, checks=CHECKS, seed: int = 0) -> None:
+    """Per-atom features (num_nodes, irreps_out.dim) transform as ``encoder.irreps_out`` declares."""
+    cutoff = float(cutoff or encoder.cutoff)
+    encoder = encoder.eval()
+
+    def features(variant):
+        with torch.no_grad():
+            return encoder(_batch(variant, cutoff)).double()
+
+    reference = features(records)
+    irreps = o3.Irreps(encoder.irreps_out)
+    for check in [c for c in checks if c in ("rotation", "inversion")]:
+        for q in _rotations(seed, check == "inversion"):
+            d = irreps.D_from_matrix(torch.as_tensor(q))
+            _assert_close(features([transformed(r, q) for r in records]), reference @ d.T, rtol, f"encoder {check}")
+    if "translation" in checks:
+        moved = [transformed(r, np.eye(3), np.array([0.3, -1.7, 2.2])) for r in records]
+        _assert_close(features(moved), reference, rtol, "encoder translation")
+    offsets = np.cumsum([0] + [r.num_atoms for r in records])
+    if "permutation" in checks:
+        rng = np.random.default_rng(seed)
+        orders = [rng.permutation(r.num_atoms) for r in records]
+        rows = np.concatenate([offset + order for offset, order in zip(offsets, orders)])
+        _assert_close(features([permuted(r, o) for r, o in zip(records, orders)]), reference[rows], rtol,
+                      "encoder permutation")
+    if "supercell" in checks:
+        pairs = [doubled(r) for r in records]
+        rows = np.concatenate([offset + source for offset, (_, source) in zip(offsets, pairs)])
+        _assert_close(features([p for p, _ in pairs]), reference[rows], rtol, "encoder supercell")
+
+
+def assert_model_symmetries(model, records: list[CrystalRecord], cutoff: float | None = None,
+                            rtol: float = 1e-5, checks=CHECKS, seed: int = 0) -> None:
+    """Physical outputs of a ``MultiTaskModel`` (``predict_physical``): scalars invariant, Cartesian tensors rotate
+    with the crystal, nothing depends on translation or atom order, sum-pooled outputs double in a 2x1x1 supercell."""
+    cutoff = float(cutoff or model.encoder.cutoff)
+    model = model.eval()
+
+    def outputs(variant):
+        with torch.no_grad():
+            return {k: v.double() for k, v in model.predict_physical(_batch(variant, cutoff)).items()}
+
+    reference = outputs(records)
+    tensors = {name for name, spec in model.tasks.items() if spec.kind == "tensor"}
+    for check in [c for c in checks if c in ("rotation", "inversion")]:
+        for q in _rotations(seed, check == "inversion"):
+            out = outputs([transformed(r, q) for r in records])
+            for name, value in reference.items():
+                expected = torch.stack([torch.as_tensor(rotate_tensor(t.numpy(), q)) for t in value]) \
+                    if name in tensors else value
+                _assert_close(out[name], expected, rtol, f"{name} {check}")
+    variants = {}
+    if "translation" in checks:
+        variants["translation"] = [transformed(r, np.eye(3), np.array([0.3, -1.7, 2.2])) for r in records]
+    if "permutation" in checks:
+        rng = np.random.default_rng(seed)
+        variants["permutation"] = [permuted(r, rng.permutation(r.num_atoms)) for r in records]
+    for check, variant in variants.items():
+        for name, value in outputs(variant).items():
+            _assert_close(value, reference[name], rtol, f"{name} {check}")
+    if "supercell" in checks:
+        for name, value in outputs([doubled(r)[0] for r in records]).items():
+            extensive = name in model.tasks and model.tasks[name].pooling == "sum"
+            _assert_close(value, reference[name] * (2.0 if extensive else 1.0), rtol, f"{name} supercell")

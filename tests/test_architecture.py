@@ -1,0 +1,69 @@
+"""The package's layers (docs/architecture.md): data -> nn -> train -> predict/uncertainty/screening -> workflows -> cli.
+Every import of equiprop by equiprop, module-level or inside a function, is read from the source: no circles, and no
+module imports one of a higher layer."""
+
+import ast
+from pathlib import Path
+
+import equiprop
+
+PACKAGE = Path(equiprop.__file__).parent
+LAYERS = {"data": 0, "nn": 1, "train": 2, "shipped": 2, "predict": 3, "testing": 3, "uncertainty": 3, "screening": 3,
+          "workflows": 4, "cli": 5}
+
+
+def module_name(path: Path) -> str:
+    return ".".join(("equiprop", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("equiprop"):
+                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                            for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.startswith("equiprop")}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS[parts[1]] if len(parts) > 1 else max(LAYERS.values()) + 1  # the package root sits on top
+
+
+def test_every_module_belongs_to_a_layer():
+    assert {m.split(".")[1] for m in import_graph() if "." in m} <= set(LAYERS)
+
+
+def test_no_import_goes_up_a_layer():
+    upward = [f"{a} -> {b}" for a, targets in import_graph().items() for b in targets
+              if "." in a and layer(b) > layer(a)]
+    assert upward == []
+
+
+def test_no_import_circles():
+    graph, circles = import_graph(), []
+
+    def reach(start):  # modules reachable from start
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    for module in graph:
+        if module in reach(module):
+            circles.append(module)
+    assert circles == []
+
+
+def test_function_local_imports_are_read():
+    """Imports inside functions count (the earlier circles hid there)."""
+    assert "equiprop.train.run" in import_graph()["equiprop.workflows.calibrate"]  # only inside functions
