@@ -67,3 +67,16 @@ def test_no_import_circles():
 def test_function_local_imports_are_read():
     """Imports inside functions count (the earlier circles hid there)."""
     assert "equiprop.train.run" in import_graph()["equiprop.workflows.calibrate"]  # only inside functions
+
+
+def test_files_and_functions_stay_short():
+    """Files under ~400 lines, functions under 80: a longer one is split where its ideas part."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        source = path.read_text()
+        if source.count("\n") > 400:
+            long.append(f"{path.name}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.name}:{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert long == []
