@@ -5,12 +5,12 @@ import pytest
 import torch
 from e3nn import o3
 from pymatgen.core import Structure
-from test_equivariance import _assert_close, _transformed  # helpers of tests/nn/test_equivariance.py
 from torch_geometric.data import Batch
 
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import from_pymatgen
 from equiprop.nn import EquivariantEncoder
+from equiprop.testing import assert_encoder_symmetries
 
 pytestmark = pytest.mark.usefixtures("float64")  # equivariance to rounding: build and run in float64
 
@@ -64,12 +64,5 @@ def test_encoder_options_build_declare_their_irreps_and_are_equivariant(records,
         assert float(reference[:, sl].abs().max()) > 1e-6, f"{mul}x{ir} is identically zero"
 
     # rotations for all; rotation + inversion only where the irreps carry parity (parity=False is SO(3) only)
-    signs = (1.0, -1.0) if parity else (1.0,)
-    torch.manual_seed(1)
-    rotation = o3.rand_matrix()  # one generic rotation: l > 0 blocks of a wrong D(R) would not match by chance
-    for sign in signs:
-        q = sign * rotation
-        rotated = _features(encoder, [_transformed(r, q.numpy()) for r in records])
-        expected = reference @ encoder.irreps_out.D_from_matrix(q).T
-        _assert_close(rotated, expected, rtol=1e-8)
+    assert_encoder_symmetries(encoder, records, rtol=1e-8, checks=("rotation", "inversion") if parity else ("rotation",))
 
