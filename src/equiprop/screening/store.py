@@ -12,12 +12,12 @@ other settings is refused (one line naming what differs) rather than mixed with 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
 from pathlib import Path
 
+from equiprop.data.dataset import file_digest
 from equiprop.data.errors import ConfigError
 
 MANIFEST_VERSION = 1
@@ -35,16 +35,8 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_identity(paths: list[str]) -> list[dict]:
-    return [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for p in paths]
+    return [{"path": str(Path(p).resolve()), "sha256": file_digest(Path(p))} for p in paths]
 
 
 def _difference(name: str, old, new) -> str:

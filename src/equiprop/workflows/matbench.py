@@ -8,10 +8,10 @@
 Each fold trains on that fold's training ids only (validation carved out of them, seeded) and predicts its test ids.
 Finished folds (``fold_<k>/predictions.json``) are kept and skipped on re-run. With ``--seeds`` each fold trains
 one member per seed (``fold_<k>/seed_<s>/``; same split and validation ids, different initialisation and batch
-order), and the fold's prediction is the members' mean; the report gives the members' own MAEs beside it. For complete tasks, once all five
-folds are finished, ``results.json.gz`` is written with matbench's own ``MatbenchBenchmark`` (which validates only
-complete tasks) and scored with ``MatbenchBenchmark.from_file``; subset runs write ``subset_results.json`` instead
-(not a leaderboard result).
+order), and the fold's prediction is the members' mean; the report gives the members' own MAEs beside it.
+For complete tasks, once all five folds are finished, ``results.json.gz`` is written with matbench's own
+``MatbenchBenchmark`` (which validates only complete tasks) and scored with ``MatbenchBenchmark.from_file``; subset
+runs write ``subset_results.json`` instead (not a leaderboard result).
 
 Data: ``--data-path`` names the task's file; else ``<shared>/matbench/<task>.json.gz`` when present; else matminer's
 copy or download ($MATMINER_DATA). ``--shared`` (default: $EQUIPROP_SHARED_DATA) is the folder that holds
@@ -205,11 +205,12 @@ def matbench_command(argv: list[str]) -> int:
     if not args.subset and sorted(on_disk) == [0, 1, 2, 3, 4]:  # matbench validates complete tasks only
         scores = official_record(args.task, on_disk, data_path, run_dir / "results.json.gz")
         print(f"official record scored by MatbenchBenchmark.from_file: MAE per fold {scores}")
-    print(report(args.task, finished, args.subset, shared, run_dir, sorted(on_disk)))
+    print(results_table(args.task, finished, args.subset, shared, run_dir, sorted(on_disk)))
     return 0
 
 
-def report(task: str, folds: dict, subset: bool, shared: Path | None, run_dir: Path, on_disk: list[int]) -> str:
+def results_table(task: str, folds: dict, subset: bool, shared: Path | None, run_dir: Path,
+                  on_disk: list[int]) -> str:
     units = next(iter(folds.values()))["units"]
     seeds = next(iter(folds.values())).get("seeds")
     members = f"  members' MAE (seeds {' '.join(map(str, seeds))})" if seeds else ""

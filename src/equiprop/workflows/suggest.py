@@ -195,7 +195,7 @@ def suggest_command(argv: list[str]) -> int:
         excluded[f"not predictable ({err.kind})"] += 1
         failures.append(str(err))
     if not candidates:
-        raise ConfigError("no candidate left to suggest: excluded " + describe(excluded))
+        raise ConfigError("no candidate left to suggest: excluded " + describe_counts(excluded))
     mu, sigma, latents = predict_with_latents(predictor, batches(graphs, args.batch_size), args.task,
                                              args.reduce)
     finite = np.isfinite(mu) & np.isfinite(sigma) & np.isfinite(latents).all(axis=1)
@@ -205,7 +205,7 @@ def suggest_command(argv: list[str]) -> int:
     candidates = [r for r, ok in zip(candidates, finite) if ok]
     mu, sigma, latents = mu[finite], sigma[finite], latents[finite]
     if not candidates:
-        raise ConfigError("no candidate left to suggest: " + describe(excluded))
+        raise ConfigError("no candidate left to suggest: " + describe_counts(excluded))
     reference_graphs, _, _ = usable_graphs(predictor, labelled, checked=False)
     reference = predict_with_latents(predictor, batches(reference_graphs, args.batch_size), args.task)[2]
     best = args.best if args.best is not None or args.strategy != "ei" else \
@@ -224,14 +224,14 @@ def suggest_command(argv: list[str]) -> int:
     print(f"equiprop suggest: {len(picks)} of {len(candidates)} candidates suggested to {output} (strategy "
           f"{args.strategy}, diversity {args.diversity}" + (f", best {best:.4g} {units[args.task]}" if
                                                             args.strategy == "ei" else "") + "); "
-          f"excluded: {describe(excluded)}; diversity measured from {len(reference)} labelled structures"
+          f"excluded: {describe_counts(excluded)}; diversity measured from {len(reference)} labelled structures"
           + (f"; {unmatched} --labelled ids are not in the pool" if unmatched else ""))
     if len(picks) < args.budget:
         print(f"equiprop suggest: warning: --budget {args.budget} but only {len(picks)} candidates", file=sys.stderr)
     return 0
 
 
-def describe(counts: Counter) -> str:
+def describe_counts(counts: Counter) -> str:
     return ", ".join(f"{n} {why}" for why, n in sorted(counts.items())) if counts else "none"
 
 
