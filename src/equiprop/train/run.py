@@ -22,7 +22,6 @@ import yaml
 from equiprop.data.errors import ConfigError
 
 
-
 def load_recipe(source) -> dict:
     """A recipe as a dict: read from a YAML file (one-line errors), or a deep copy of a dict."""
     if isinstance(source, dict):

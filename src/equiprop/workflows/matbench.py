@@ -118,12 +118,16 @@ def finished_run(path: Path, train, label: str) -> dict:
     file's presence means the run is complete."""
     if path.exists():
         print(f"{label}: finished earlier, kept ({path})")
-    else:
-        result = train()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
-        os.replace(tmp, path)
-    return json.loads(path.read_text())
+        return json.loads(path.read_text())
+    return write_atomically(path, train())
+
+
+def write_atomically(path: Path, result: dict) -> dict:
+    """``result`` as JSON at ``path`` (a temporary file renamed over it: never half written); returns it."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, path)
+    return json.loads(json.dumps(result))  # as read back: JSON types (int keys of dicts become str)
 
 
 def ensemble_result(members: dict[int, dict]) -> dict:
@@ -198,8 +202,7 @@ def matbench_command(argv: list[str]) -> int:
         members = {seed: finished_run(fold_dir / f"seed_{seed}" / "predictions.json", lambda seed=seed: run_fold(
             recipe, args.task, fold, args.subset, source, overrides, fold_dir / f"seed_{seed}", seed),
             f"fold {fold} seed {seed}") for seed in args.seeds}
-        (fold_dir / "predictions.json").write_text(json.dumps(ensemble_result(members)))  # always from these seeds
-        finished[fold] = json.loads((fold_dir / "predictions.json").read_text())
+        finished[fold] = write_atomically(fold_dir / "predictions.json", ensemble_result(members))  # these seeds
     on_disk = {int(p.parent.name.removeprefix("fold_")): json.loads(p.read_text())
                for p in run_dir.glob("fold_*/predictions.json")}
     if not args.subset and sorted(on_disk) == [0, 1, 2, 3, 4]:  # matbench validates complete tasks only
