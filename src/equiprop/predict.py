@@ -231,19 +231,8 @@ class Predictor(CheckedPredictions):
             chunks = tqdm(chunks, desc="predict", unit="batch")
         for start in chunks:
             batch = Batch.from_data_list(graphs[start:start + self.batch_size])
-            physical = self.model.predict_physical(batch, self.output_tasks)
-            if "elastic_tensor" in physical:
-                physical["K_Voigt"] = voigt_bulk_modulus(physical["elastic_tensor"])
-                physical["G_Voigt"] = voigt_shear_modulus(physical["elastic_tensor"])
-            for i in range(batch.num_graphs):
-                results.append({name: self._user_value(name, values[i]) for name, values in physical.items()})
+            results += per_structure(batch_outputs(self.model, batch, self.output_tasks), batch, self.tasks)
         return results
-
-    def _user_value(self, name: str, value: torch.Tensor):
-        array = value.double().numpy()
-        if name in self.tasks and self.tasks[name].kind == "tensor":
-            return self.tasks[name].to_user(array)
-        return float(array)
 
     def units(self) -> dict[str, str]:
         """Units of each output, one key per output: the task's units; "probability" for a binary task (its
@@ -253,6 +242,33 @@ class Predictor(CheckedPredictions):
         if "elastic_tensor" in units:
             units.update({"K_Voigt": "GPa", "G_Voigt": "GPa"})
         return units
+
+
+# -- the one path from a batch of graphs to predictions (Predictor, UncertainPredictor, screening, calibration) ------
+def batch_outputs(model, batch, tasks: list[str], features: torch.Tensor | None = None) -> dict[str, np.ndarray]:
+    """{output: float64 array} of a batch in physical units and the users' form (Voigt where a task has one; binary:
+    probability), one row per structure (per atom for a per-atom task), plus K_Voigt/G_Voigt (GPa) from a predicted
+    elastic tensor. ``features``: the encoder's output when already computed (members sharing a frozen encoder)."""
+    physical = model.predict_physical(batch, tasks, features)
+    if "elastic_tensor" in physical:
+        physical["K_Voigt"] = voigt_bulk_modulus(physical["elastic_tensor"])
+        physical["G_Voigt"] = voigt_shear_modulus(physical["elastic_tensor"])
+    return {name: model.tasks[name].to_user(value.double().numpy()) if name in model.tasks
+            else value.double().numpy() for name, value in physical.items()}
+
+
+def per_structure(outputs: dict[str, np.ndarray], batch, tasks: dict, suffix: str = "_std") -> list[dict]:
+    """One dict per structure of a batch from batched ``outputs``: a float or array per structure, an array with one
+    row per atom for a per-atom task (also for its ``<task><suffix>`` companion)."""
+    ptr = batch.ptr.tolist() if hasattr(batch, "ptr") and batch.ptr is not None else [0, batch.num_nodes]
+    per_atom = {name for name, task in tasks.items() if task.level == "atom"}
+    per_atom |= {name + suffix for name in per_atom}
+    rows = []
+    for i in range(batch.num_graphs):
+        rows.append({name: values[ptr[i]:ptr[i + 1]] if name in per_atom else
+                     float(values[i]) if np.ndim(values[i]) == 0 else np.asarray(values[i])
+                     for name, values in outputs.items()})
+    return rows
 
 
 def probe_crystal(species_seen: np.ndarray | None, cutoff: float) -> CrystalRecord:

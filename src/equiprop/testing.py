@@ -11,8 +11,9 @@ Each check transforms real crystals and compares outputs with what the declared 
   model outputs: scalars unchanged, Cartesian tensors rotated by Q on every index (``data.symmetry.rotate_tensor``;
   the tensors we predict are polar, so an improper Q acts on them as on positions);
 - translation of every atom: nothing changes;
-- permutation of the atoms: per-atom rows permute, model outputs are unchanged;
-- supercell (2x1x1): every atom keeps its features; extensive (sum-pooled) outputs double, intensive ones stay.
+- permutation of the atoms: per-atom rows (features, per-atom task outputs) permute, structure outputs are unchanged;
+- supercell (2x1x1): every atom keeps its features and per-atom outputs; extensive (sum-pooled) outputs double,
+  intensive ones stay.
 
 Run them in float64 (``torch.set_default_dtype(torch.float64)`` before building the module) to check to rounding;
 ``rtol`` is relative to each output's largest magnitude.
@@ -122,16 +123,29 @@ def assert_model_symmetries(model, records: list[CrystalRecord], cutoff: float |
                 expected = torch.stack([torch.as_tensor(rotate_tensor(t.numpy(), q)) for t in value]) \
                     if name in tensors else value
                 _assert_close(out[name], expected, rtol, f"{name} {check}")
-    variants = {}
+    per_atom = {name for name, spec in model.tasks.items() if spec.level == "atom"}
     if "translation" in checks:
-        variants["translation"] = [transformed(r, np.eye(3), np.array([0.3, -1.7, 2.2])) for r in records]
+        moved = [transformed(r, np.eye(3), np.array([0.3, -1.7, 2.2])) for r in records]
+        for name, value in outputs(moved).items():
+            _assert_close(value, reference[name], rtol, f"{name} translation")
     if "permutation" in checks:
         rng = np.random.default_rng(seed)
-        variants["permutation"] = [permuted(r, rng.permutation(r.num_atoms)) for r in records]
-    for check, variant in variants.items():
-        for name, value in outputs(variant).items():
-            _assert_close(value, reference[name], rtol, f"{name} {check}")
+        orders = [rng.permutation(r.num_atoms) for r in records]
+        _check_atom_rows(outputs([permuted(r, o) for r, o in zip(records, orders)]), reference, records, orders,
+                         per_atom, rtol, "permutation")
     if "supercell" in checks:
-        for name, value in outputs([doubled(r)[0] for r in records]).items():
-            extensive = name in model.tasks and model.tasks[name].pooling == "sum"
-            _assert_close(value, reference[name] * (2.0 if extensive else 1.0), rtol, f"{name} supercell")
+        pairs = [doubled(r) for r in records]
+        expected = {name: value * (2.0 if name in model.tasks and model.tasks[name].pooling == "sum" else 1.0)
+                    for name, value in reference.items()}
+        _check_atom_rows(outputs([p for p, _ in pairs]), expected, records, [rows for _, rows in pairs], per_atom,
+                         rtol, "supercell")
+
+
+def _check_atom_rows(out: dict, reference: dict, records: list[CrystalRecord], sources: list[np.ndarray],
+                     per_atom: set[str], rtol: float, check: str) -> None:
+    """Outputs of transformed crystals whose atom ``k`` of structure ``n`` is atom ``sources[n][k]`` of the original:
+    per-atom outputs are the reference rows of those atoms, structure outputs the reference itself."""
+    offsets = np.cumsum([0] + [r.num_atoms for r in records])[:-1]
+    rows = torch.as_tensor(np.concatenate([offset + source for offset, source in zip(offsets, sources)]))
+    for name, value in out.items():
+        _assert_close(value, reference[name][rows] if name in per_atom else reference[name], rtol, f"{name} {check}")

@@ -13,7 +13,7 @@ from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from equiprop.data import keys
-from equiprop.data.dataset import DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key
+from equiprop.data.dataset import DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key, key_rows
 from equiprop.data.errors import ConfigError
 from equiprop.data.merge import CELL_TOL, merge_sources
 from equiprop.data.normalization import TaskStats, stats_from_dataset
@@ -86,7 +86,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             return GraphDataset.load_from(path), {**report, "from_cache": True}
         results = [source.load(self.tasks) for source in self.sources]
         source_summaries = [source_summary(r) for r in results]  # before merging, which adds labels to records
-        records, merge_report = merge_sources(results, self.merge_cell_tol)
+        records, merge_report = merge_sources(results, self.merge_cell_tol, frozenset(
+            name for name, task in self.tasks.items() if task.level == "atom"))
         graphs, graph_skips = build_graphs(records, self.tasks, self.cutoff, self.max_neighbors,
                                            self.min_neighbors)
         if not graphs:
@@ -124,8 +125,18 @@ class MultiTaskDataModule(L.LightningDataModule):
         rank_zero_info(format_summary(report, self.units))
 
     def _label_counts(self, indices) -> dict[str, int]:
+        """Structures carrying each task's label (per-atom tasks: structures with at least one labelled atom)."""
         rows = torch.as_tensor(list(indices), dtype=torch.long)
-        return {name: int(self.dataset._data[keys.mask_key(name)][rows].sum()) for name in self.tasks}
+        counts = {}
+        for name, task in self.tasks.items():
+            if task.level == "atom":
+                slices = self.dataset.slices[keys.mask_key(name)]
+                atoms = key_rows(self.dataset.slices, keys.mask_key(name), rows)
+                graph_of_atom = torch.repeat_interleave(torch.arange(len(rows)), slices.diff()[rows])
+                counts[name] = len(torch.unique(graph_of_atom[self.dataset._data[keys.mask_key(name)][atoms]]))
+            else:
+                counts[name] = int(self.dataset._data[keys.mask_key(name)][rows].sum())
+        return counts
 
     @property
     def structure_ids(self) -> list[str]:

@@ -56,6 +56,15 @@ class GraphDataset(InMemoryDataset):
         return dataset
 
 
+def key_rows(slices: dict, key: str, graphs: torch.Tensor) -> torch.Tensor:
+    """Positions in the collated storage of ``key`` of the rows of ``graphs`` (1-D indices of graphs): the graphs
+    themselves for a per-structure key, their atoms' rows (graph by graph) for a per-atom key."""
+    start, end = slices[key][graphs], slices[key][graphs + 1]
+    count = end - start
+    first = torch.repeat_interleave(start - (torch.cumsum(count, 0) - count), count)
+    return first + torch.arange(int(count.sum()))
+
+
 def build_graphs(records: list[CrystalRecord], tasks: dict[str, TaskSpec], cutoff: float,
                  max_neighbors: int | None = None, min_neighbors: int = 1) -> tuple[list[Data], SkipLog]:
     """One graph per record; records that cannot form a graph (isolated atom) are counted, not silently dropped."""

@@ -87,9 +87,10 @@ def graph_edges(record: CrystalRecord, cutoff: float, max_neighbors: int | None 
 
 
 class CrystalGraph(Data):
-    """A PyG ``Data`` whose per-structure labels and masks batch as they are: PyG offsets every key containing "index"
-    by the node count and concatenates it along its last dimension (and treats keys containing "batch" as batch
-    vectors), which would corrupt the labels of a task named e.g. ``refractive_index``."""
+    """A PyG ``Data`` whose labels and masks (per structure or per atom: both concatenate along their first axis)
+    batch as they are: PyG offsets every key containing "index" by the node count and concatenates it along its last
+    dimension (and treats keys containing "batch" as batch vectors), which would corrupt the labels of a task named
+    e.g. ``refractive_index``."""
 
     def __inc__(self, key: str, value, *args, **kwargs):
         if key.startswith((keys.LABEL_PREFIX, keys.MASK_PREFIX)):
@@ -122,11 +123,24 @@ def record_to_graph(record: CrystalRecord, tasks: dict[str, TaskSpec], cutoff: f
         keys.CHEMICAL_SYSTEM: record.chemical_system,
     }
     for name, task in tasks.items():
-        present = name in record.labels
-        value = task.to_model(record.labels[name]) if present else np.zeros(task.model_shape)
-        data[keys.label_key(name)] = torch.as_tensor(value, dtype=torch.get_default_dtype()).unsqueeze(0)
-        data[keys.mask_key(name)] = torch.tensor([present])
+        value, mask = label_rows(task, record.labels.get(name), record.num_atoms)
+        data[keys.label_key(name)] = torch.as_tensor(value, dtype=torch.get_default_dtype())
+        data[keys.mask_key(name)] = torch.as_tensor(mask)
     return CrystalGraph(num_nodes=record.num_atoms, **data)
+
+
+def label_rows(task: TaskSpec, label, num_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+    """A task's model-space label rows and mask as a graph stores them: one row per structure, or per atom for a
+    per-atom task (its NaN rows, atoms without a label, masked and zeroed). ``label``: the parsed label or None."""
+    rows = 1 if task.level == "structure" else num_atoms
+    if label is None:
+        return np.zeros((rows, *task.model_shape)), np.zeros(rows, dtype=bool)
+    if task.level == "structure":
+        return task.to_model(label)[None], np.array([True])
+    value = task.to_model(label)
+    mask = np.isfinite(value.reshape(num_atoms, -1)).all(axis=1)
+    value[~mask] = 0.0
+    return value, mask
 
 
 def edge_vectors(data) -> torch.Tensor:

@@ -32,10 +32,12 @@ MASK_PREFIX: Final[str] = "mask_"
 
 
 def label_key(task: str) -> str:
-    """Key of a task's label: (num_graphs, *task.model_shape) float, in model space (transformed, not normalised)."""
+    """Key of a task's label, in model space (transformed, not normalised): (num_graphs, *task.model_shape) float for a
+    structure-level task, (num_nodes, *task.model_shape) for a per-atom one (``TaskSpec.level``)."""
     return LABEL_PREFIX + task
 
 
 def mask_key(task: str) -> str:
-    """Key of a task's mask: (num_graphs,) bool, True where the structure carries that label."""
+    """Key of a task's mask: (num_graphs,) bool, True where the structure carries that label; (num_nodes,) for a
+    per-atom task, True where the atom does."""
     return MASK_PREFIX + task

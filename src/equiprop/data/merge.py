@@ -36,8 +36,11 @@ def same_cell(a: CrystalRecord, b: CrystalRecord, cell_tol: float = CELL_TOL) ->
             and np.allclose(a.cell, b.cell, rtol=0.0, atol=cell_tol))
 
 
-def merge_sources(results: list[SourceResult], cell_tol: float = CELL_TOL) -> tuple[list[CrystalRecord], MergeReport]:
-    """Records of all sources, merged by id and cell. Earlier sources take precedence for structure and labels."""
+def merge_sources(results: list[SourceResult], cell_tol: float = CELL_TOL, per_atom: frozenset[str] = frozenset()
+                  ) -> tuple[list[CrystalRecord], MergeReport]:
+    """Records of all sources, merged by id and cell. Earlier sources take precedence for structure and labels.
+    ``per_atom``: tasks whose labels are per atom; they combine only where both sources list the atoms in one
+    order (else the other source's per-atom labels would land on the wrong atoms), and count as conflicts otherwise."""
     report = MergeReport()
     by_id: dict[str, list[CrystalRecord]] = {}
     table: list[CrystalRecord] = []
@@ -46,7 +49,7 @@ def merge_sources(results: list[SourceResult], cell_tol: float = CELL_TOL) -> tu
             same_id = by_id.setdefault(record.id, [])
             match = next((r for r in same_id if same_cell(r, record, cell_tol)), None)
             if match is not None:
-                _combine(match, record, report)
+                _combine(match, record, report, per_atom, cell_tol)
                 continue
             if same_id:
                 report.frame_mismatches.add(f"{same_id[0].source} vs {record.source}", record.id)
@@ -56,12 +59,17 @@ def merge_sources(results: list[SourceResult], cell_tol: float = CELL_TOL) -> tu
     return table, report
 
 
-def _combine(kept: CrystalRecord, other: CrystalRecord, report: MergeReport) -> None:
+def _combine(kept: CrystalRecord, other: CrystalRecord, report: MergeReport, per_atom: frozenset[str],
+             cell_tol: float) -> None:
     report.merged[f"{kept.source.split('+')[0]} + {other.source}"] += 1
+    same_order = np.array_equal(kept.numbers, other.numbers) and np.allclose(kept.positions, other.positions,
+                                                                            rtol=0.0, atol=cell_tol)
     for task, value in other.labels.items():
-        if task not in kept.labels:
+        if task in per_atom and not same_order:
+            report.conflicts.add(f"{task}: per-atom labels of atoms in another order (first kept)", kept.id)
+        elif task not in kept.labels:
             kept.labels[task] = value
-        elif not np.allclose(kept.labels[task], value, rtol=LABEL_RTOL, atol=1e-8):
+        elif not np.allclose(kept.labels[task], value, rtol=LABEL_RTOL, atol=1e-8, equal_nan=True):
             report.conflicts.add(f"{task} differs between sources (first kept)", kept.id)
     kept.source = f"{kept.source}+{other.source}"
 

@@ -18,6 +18,7 @@ from equiprop.data.tensor_ops import PARAMETRIZATIONS, cartesian_tensor, cartesi
     smallest_eigenvalue, spd_exp, spd_log, voigt_to_cartesian
 
 KINDS = ("scalar", "log_scalar", "binary", "tensor")
+LEVELS = ("structure", "atom")
 MISSING_STRINGS = {"", "na", "nan", "none", "null", "n/a"}
 
 
@@ -29,7 +30,12 @@ class TaskSpec:
     key: the column / field a generic source reads the label from.
     units: physical units of the label, e.g. "eV/atom", "GPa", "dimensionless", "C/m^2".
     kind: scalar | log_scalar (model space is log10 of the label) | binary (0/1 class) | tensor.
-    level: "structure" (one label per crystal); per-atom tasks come later.
+    level: "structure" (one label per crystal) or "atom" (a field: one label per atom, e.g. charges, site
+        potentials, Born effective charges). The level decides everything downstream: labels and masks are stored
+        per graph or per node (``keys.label_key``), normalisation statistics are taken over structures or atoms,
+        readouts pool or not, losses and metrics average over labelled structures or atoms, and ``predict`` writes
+        one value or one list per structure. A per-atom label is an array with one row per atom (NaN rows: those
+        atoms are unlabelled and masked).
     formula: e3nn CartesianTensor index formula of a tensor task ("ij=ji", "ijkl=jikl=klij", "ijk=ikj").
     voigt_shape: shape of the Voigt form users give and get ((6, 6) elastic, (3, 6) piezo); None for plain Cartesian.
     pooling: "mean" for intensive properties, "sum" for extensive ones, "max" for properties set by the most
@@ -66,8 +72,11 @@ class TaskSpec:
             raise ConfigError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "tensor" and not self.formula:
             raise ConfigError(f"task {self.name!r}: a tensor task needs a CartesianTensor formula such as 'ij=ji'")
-        if self.level != "structure":
-            raise ConfigError(f"task {self.name!r}: only level='structure' is supported so far")
+        if self.level not in LEVELS:
+            raise ConfigError(f"task {self.name!r}: level must be one of {LEVELS}, got {self.level!r}")
+        if self.level == "atom" and (self.pooling != "mean" or self.parametrization != "linear"):
+            raise ConfigError(f"task {self.name!r}: a per-atom task is not pooled and is linear in model space "
+                              f"(got pooling {self.pooling!r}, parametrization {self.parametrization!r})")
         if self.pooling not in ("mean", "sum", "max"):
             raise ConfigError(f"task {self.name!r}: pooling must be 'mean', 'sum' or 'max'")
         if self.parametrization not in PARAMETRIZATIONS:
@@ -118,13 +127,38 @@ class TaskSpec:
         return False
 
     def parse(self, value, where: str):
-        """Physical-unit label from raw input: float (scalars) or Cartesian ndarray (tensors). None if missing.
+        """Physical-unit label from raw input: float (scalars) or Cartesian ndarray (tensors); per-atom tasks: an
+        array with one such row per atom (NaN where an atom has none). None if missing.
 
         Raises DataError for a wrong shape, non-finite tensor entries, an asymmetric "symmetric" tensor, a non-positive
         log-scalar or a non-0/1 class.
         """
+        if self.level == "atom":
+            return self._parse_per_atom(value, where)
         if self.is_missing(value):
             return None
+        return self._parse_one(value, where)
+
+    def _parse_per_atom(self, value, where: str) -> np.ndarray | None:
+        if value is None or isinstance(value, str) and self.is_missing(value):
+            return None
+        try:
+            rows = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(where, f"{self.name}: per-atom label is not a numeric array",
+                            "invalid label value") from None
+        if rows.ndim == 0:
+            raise DataError(where, f"{self.name}: a per-atom task needs one value per atom, got a single number",
+                            "invalid label value")
+        labelled = np.isfinite(rows.reshape(len(rows), -1)).all(axis=1)
+        if not labelled.any():
+            return None
+        parsed = np.full((len(rows), *self.model_shape), np.nan)
+        for atom in np.flatnonzero(labelled):
+            parsed[atom] = self._parse_one(rows[atom], f"{where} atom {atom}")
+        return parsed
+
+    def _parse_one(self, value, where: str):
         if self.kind != "tensor":
             try:
                 x = float(value)
@@ -188,8 +222,9 @@ class TaskSpec:
                         "tensor of wrong shape")
 
     def to_user(self, cartesian: np.ndarray) -> np.ndarray:
-        """The form users give and get: Voigt where the task has one, else Cartesian."""
-        return cartesian_to_voigt(cartesian) if self.voigt_shape is not None else cartesian
+        """The form users give and get: Voigt where the task has one, else Cartesian; one tensor or a batch of them
+        (leading axes kept)."""
+        return cartesian_to_voigt(cartesian, self.rank) if self.voigt_shape is not None else cartesian
 
     def symmetrize(self, arr: np.ndarray, where: str) -> np.ndarray:
         """Project onto the formula's symmetric subspace; refuse tensors that are asymmetric beyond tolerance."""

@@ -40,13 +40,17 @@ def voigt_to_cartesian(voigt: np.ndarray) -> np.ndarray:
     raise ValueError(f"no Voigt rule for shape {voigt.shape}")
 
 
-def cartesian_to_voigt(t: np.ndarray) -> np.ndarray:
+def cartesian_to_voigt(t: np.ndarray, rank: int | None = None) -> np.ndarray:
+    """Voigt form of a Cartesian tensor, or of a batch of them (leading axes kept): (..., 3, 3, 3, 3) -> (..., 6, 6),
+    (..., 3, 3, 3) -> (..., 3, 6); other ranks unchanged. ``rank``: the tensor's rank, needed for a batch (a batch
+    of three 3x3 tensors has the shape of one piezo tensor); default: one tensor, its rank from its shape."""
     t = np.asarray(t, dtype=np.float64)
-    rows, cols = zip(*VOIGT_PAIRS)
-    if t.shape == (3, 3, 3, 3):
-        return t[np.array(rows)[:, None], np.array(cols)[:, None], np.array(rows)[None, :], np.array(cols)[None, :]]
-    if t.shape == (3, 3, 3):
-        return t[:, np.array(rows), np.array(cols)]
+    rank = t.ndim if rank is None else rank
+    rows, cols = (np.array(index) for index in zip(*VOIGT_PAIRS))
+    if rank == 4:
+        return t[..., rows[:, None], cols[:, None], rows[None, :], cols[None, :]]
+    if rank == 3:
+        return t[..., :, rows, cols]
     return t
 
 

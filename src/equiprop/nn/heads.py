@@ -1,4 +1,5 @@
-"""Property readouts: node features -> one prediction per structure, in normalised model space.
+"""Property readouts: node features -> one prediction per structure (pooled over its atoms), or one per atom for a
+per-atom task (``TaskSpec.level == "atom"``: ``pooling=None``), in normalised model space.
 
 Each readout states its physical output irreps: ``1x0e`` for scalars, the ``CartesianTensor`` irreps for tensors
 (dielectric ``ij=ji`` -> 1x0e+1x2e; elastic ``ijkl=jikl=klij`` -> 2x0e+2x2e+1x4e; piezo ``ijk=ikj`` ->
@@ -27,14 +28,14 @@ def _scalars(irreps: o3.Irreps) -> o3.Irreps:
 
 class ScalarReadoutBlock(nn.Module):
     """Invariant scalars of each atom -> MLP -> one number per atom, pooled (mean: intensive, sum: extensive, max:
-    set by the most extreme atom, e.g. the highest phonon frequency).
+    set by the most extreme atom, e.g. the highest phonon frequency; None: per atom, unpooled).
 
     The 0e channels are gathered by index and fed to a plain ``nn.Linear`` with a bias. (An ``o3.Linear`` here, as
     before, has no bias and divides by sqrt(fan-in) in its forward: with 640 input scalars its weights learn ~25x
     slower under Adam, and frozen-feature heads underfit: matbench_phonons fold 0, 68.7 vs 43.7 cm^-1.)
     """
 
-    def __init__(self, irreps_in: o3.Irreps, pooling: str = "mean", hidden: int = 64, layers: int = 1):
+    def __init__(self, irreps_in: o3.Irreps, pooling: str | None = "mean", hidden: int = 64, layers: int = 1):
         super().__init__()
         self.irreps_in, self.irreps_out, self.pooling = o3.Irreps(irreps_in), o3.Irreps("1x0e"), pooling
         scalars = [i for (mul, ir), sl in zip(self.irreps_in, self.irreps_in.slices()) if ir == o3.Irrep("0e")
@@ -47,11 +48,12 @@ class ScalarReadoutBlock(nn.Module):
     def forward(self, x: torch.Tensor, data, edges: dict | None = None) -> torch.Tensor:
         # x: (num_nodes, irreps_in.dim); data: the PyG batch the features belong to; edges: unused (no geometry)
         per_atom = self.mlp(self.select(x[:, self.scalar_index])).squeeze(-1)  # (num_nodes,)
-        return scatter(per_atom, data[keys.BATCH], dim=0, dim_size=data.num_graphs, reduce=self.pooling)
+        return pooled(per_atom, data, self.pooling)  # (num_graphs,), or (num_nodes,) unpooled
 
 
 class TensorReadoutBlock(nn.Module):
-    """Node features -> the task's tensor irreps per atom, mean-pooled: (num_graphs, irreps_out.dim), normalised.
+    """Node features -> the task's tensor irreps per atom, pooled: (num_graphs, irreps_out.dim), normalised
+    ((num_nodes, irreps_out.dim) for a per-atom task, ``pooling=None``).
 
     Three paths, summed in the layout of ``irreps_out``:
 
@@ -64,7 +66,7 @@ class TensorReadoutBlock(nn.Module):
       4e of the elastic tensor or 3o of the piezo tensor; it is used for those outputs only.
     """
 
-    def __init__(self, irreps_in: o3.Irreps, task: TaskSpec, pooling: str = "mean", hidden: int = 64,
+    def __init__(self, irreps_in: o3.Irreps, task: TaskSpec, pooling: str | None = "mean", hidden: int = 64,
                  num_gates: int = 4, quadratic_mul: int = 8, environment_channels: int = 0, cutoff: float = 5.0,
                  layers: int = 1):
         super().__init__()
@@ -139,7 +141,14 @@ class TensorReadoutBlock(nn.Module):
             else:
                 parts.append(quadratic[self.unreached.index(k)])  # (num_nodes, mul * ir.dim)
         per_atom = torch.cat(parts, dim=1)  # (num_nodes, irreps_out.dim)
-        return scatter(per_atom, data[keys.BATCH], dim=0, dim_size=data.num_graphs, reduce=self.pooling)
+        return pooled(per_atom, data, self.pooling)
+
+
+def pooled(per_atom: torch.Tensor, data, pooling: str | None) -> torch.Tensor:
+    """(num_nodes, ...) per-atom outputs -> (num_graphs, ...) by ``pooling`` over each structure; unchanged if None."""
+    if pooling is None:
+        return per_atom
+    return scatter(per_atom, data[keys.BATCH], dim=0, dim_size=data.num_graphs, reduce=pooling)
 
 
 def _channel_index(irreps: o3.Irreps, ir: o3.Irrep) -> torch.Tensor:
@@ -151,9 +160,11 @@ def _channel_index(irreps: o3.Irreps, ir: o3.Irrep) -> torch.Tensor:
 
 def build_head(task: TaskSpec, irreps_in: o3.Irreps, environment_channels: int = 0, cutoff: float = 5.0,
                hidden: int = 64, layers: int = 1) -> nn.Module:
-    """The readout a task needs: a tensor readout for tensors, a scalar readout otherwise (binary: a logit).
-    ``hidden``: width of its invariant MLP; ``layers``: hidden-to-hidden layers of that MLP."""
+    """The readout a task needs: a tensor readout for tensors, a scalar readout otherwise (binary: a logit), pooled
+    by the task's pooling, or per atom for a per-atom task. ``hidden``: width of its invariant MLP; ``layers``:
+    hidden-to-hidden layers of that MLP."""
+    pooling = None if task.level == "atom" else task.pooling
     if task.kind == "tensor":
-        return TensorReadoutBlock(irreps_in, task, task.pooling, hidden=hidden, cutoff=cutoff, layers=layers,
+        return TensorReadoutBlock(irreps_in, task, pooling, hidden=hidden, cutoff=cutoff, layers=layers,
                                   environment_channels=environment_channels)
-    return ScalarReadoutBlock(irreps_in, task.pooling, hidden=hidden, layers=layers)
+    return ScalarReadoutBlock(irreps_in, pooling, hidden=hidden, layers=layers)

@@ -72,9 +72,9 @@ def check_prior(task: TaskSpec, prior: str) -> None:
             "potential_stiffness": task.formula == "ijkl=jikl=klij",
             "potential_bulk_modulus": log_modulus, "potential_shear_modulus": log_modulus,
             "penn": task.formula == "ij=ji" or (task.kind == "scalar" and task.name == "refractive_index")}[prior]
-    if not fits:
+    if not fits or task.level != "structure":  # every prior estimates a property of the whole crystal
         raise ConfigError(f"model.priors: {prior!r} cannot serve task {task.name!r} ({task.kind}, {task.units}, "
-                          f"formula {task.formula}); see equiprop.nn.priors")
+                          f"formula {task.formula}, level {task.level}); see equiprop.nn.priors")
 
 
 def mandel_weights(like: torch.Tensor) -> torch.Tensor:

@@ -142,15 +142,14 @@ def value_columns(units: dict[str, str], with_std: bool, prefix: str = "") -> li
     return columns
 
 
-def _cells(values: np.ndarray) -> list:
-    """CSV cells of one output over a batch: floats, or JSON lists for tensors."""
-    if values.ndim == 1:
-        return values.tolist()
-    return [json.dumps(v) for v in values.tolist()]
+def _cells(values: list[np.ndarray]) -> list:
+    """CSV cells of one output, one per structure: floats, or JSON lists for tensors and per-atom values."""
+    return [float(v) if np.ndim(v) == 0 else json.dumps(np.asarray(v).tolist()) for v in values]
 
 
 def predict_chunk(predictor, rows: list[dict], batches, outputs: list[str]) -> None:
     """Fill each ok row's ``values`` (cells in ``value_columns`` order); non-finite predictions fail the row."""
+    per_atom = {name for name, task in predictor.tasks.items() if task.level == "atom"}
     for positions, batch in batches:
         prediction = predictor.predict_batch(batch)
         finite = np.ones(len(positions), dtype=bool)
@@ -159,11 +158,12 @@ def predict_chunk(predictor, rows: list[dict], batches, outputs: list[str]) -> N
         for name in outputs:
             mean, std = prediction[name]
             for array in (mean, std) if predictor.has_uncertainty else (mean,):
-                ok = np.isfinite(array.reshape(len(positions), -1)).all(1)
+                values = np.split(array, batch.ptr[1:-1].tolist()) if name in per_atom else list(array)
+                ok = np.array([np.isfinite(v).all() for v in values])
                 for i in np.flatnonzero(~ok):
                     bad[i].append(name)
                 finite &= ok
-                columns.append(_cells(array))
+                columns.append(_cells(values))
         for i, position in enumerate(positions):
             row = rows[position]
             if finite[i]:

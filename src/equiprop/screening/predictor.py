@@ -23,6 +23,9 @@ def load_stage_predictor(paths: list[str], batch_size: int, allow_unseen_element
 
 
 def output_shapes(predictor) -> dict[str, tuple]:
-    """{output: shape of one structure's value} (() for scalars, (3, 3), (6, 6) Voigt, (3, 6) ...)."""
-    prediction = predictor.predict_batch(Batch.from_data_list([predictor.graph(probe_crystal(predictor.species_seen, predictor.cutoff))]))
-    return {name: tuple(mean.shape[1:]) for name, (mean, _) in prediction.items()}
+    """{output: shape of one structure's value} (() for scalars, (3, 3), (6, 6) Voigt, (3, 6) ...): the outputs a
+    selection can use. Per-atom outputs are written to the table (a list per structure) but not selectable."""
+    probe = predictor.graph(probe_crystal(predictor.species_seen, predictor.cutoff))
+    prediction = predictor.predict_batch(Batch.from_data_list([probe]))
+    per_atom = {name for name, task in predictor.tasks.items() if task.level == "atom"}
+    return {name: tuple(mean.shape[1:]) for name, (mean, _) in prediction.items() if name not in per_atom}

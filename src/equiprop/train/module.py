@@ -202,7 +202,8 @@ class MultiTaskModel(L.LightningModule):
     # -- forward --------------------------------------------------------------------------------------------------
     def forward(self, batch, tasks: list[str] | None = None, features: torch.Tensor | None = None,
                 rows: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Normalised model-space predictions {task: (num_graphs, *shape)} (logits for binary tasks).
+        """Normalised model-space predictions {task: (num_graphs, *shape)}, (num_nodes, *shape) for per-atom tasks
+        (logits for binary tasks).
         ``features``: the encoder's output for ``batch`` when already computed (ensemble members that share one
         frozen encoder run it once). ``rows``: per task, the structures whose prediction is used (a prior is
         estimated only there; training passes the label masks)."""
@@ -222,7 +223,8 @@ class MultiTaskModel(L.LightningModule):
 
     def predict_physical(self, batch, tasks: list[str] | None = None, features: torch.Tensor | None = None
                          ) -> dict[str, torch.Tensor]:
-        """Predictions in physical units (tensors Cartesian; binary: probability) of ``tasks`` (default: all)."""
+        """Predictions in physical units (tensors Cartesian; binary: probability) of ``tasks`` (default: all): one row
+        per structure, or per atom for a per-atom task."""
         num_atoms = atoms_per_graph(batch)  # extensive (sum-pooled) tasks scale with the structure's atoms
         return {n: self.normalizer.to_physical(n, y, num_atoms) for n, y in self(batch, tasks, features).items()}
 
@@ -233,9 +235,10 @@ class MultiTaskModel(L.LightningModule):
         num_atoms = atoms_per_graph(batch)
         losses = {}
         for name in present:
-            mask = batch[keys.mask_key(name)]
+            mask = batch[keys.mask_key(name)]  # (num_graphs,), or (num_nodes,) for a per-atom task
             pred = predictions[name][mask]
-            target = self.normalizer.normalise(name, batch[keys.label_key(name)][mask], num_atoms[mask])
+            atoms = num_atoms[mask] if self.tasks[name].level == "structure" else None  # extensive tasks: per atom
+            target = self.normalizer.normalise(name, batch[keys.label_key(name)][mask], atoms)
             if self.tasks[name].kind == "tensor":
                 losses[name], parts = tensor_task_loss(pred, target, getattr(self, f"isotropic_{name}"),
                                                        self.hparams.loss, self.hparams.isotropic_weight,
@@ -247,7 +250,7 @@ class MultiTaskModel(L.LightningModule):
                 losses[name] = task_loss(pred, target, self.tasks[name].kind, self.hparams.loss)
             self.log(f"{stage}/{name}/loss", losses[name], batch_size=int(mask.sum()), sync_dist=stage != "train")
             if stage != "train":
-                self._update_metrics(stage, name, pred, batch[keys.label_key(name)][mask], num_atoms[mask])
+                self._update_metrics(stage, name, pred, batch[keys.label_key(name)][mask], atoms)
         if stage != "train":
             self._update_derived(stage, predictions, batch)
         kinds = {n: self.tasks[n].kind for n in losses}
@@ -268,7 +271,7 @@ class MultiTaskModel(L.LightningModule):
         return mask
 
     def _update_metrics(self, stage: str, name: str, pred_norm: torch.Tensor, target_model: torch.Tensor,
-                        num_atoms: torch.Tensor) -> None:
+                        num_atoms: torch.Tensor | None) -> None:
         task = self.tasks[name]
         if task.kind == "binary":
             self.metrics[stage][name].update(pred_norm, target_model)

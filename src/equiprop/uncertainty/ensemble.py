@@ -21,24 +21,10 @@ import numpy as np
 import torch
 
 from equiprop.data.errors import ConfigError, DataError
-from equiprop.data.tensor_ops import VOIGT_PAIRS, voigt_bulk_modulus, voigt_shear_modulus
-from equiprop.predict import CheckedPredictions, Predictor
+from equiprop.predict import CheckedPredictions, Predictor, batch_outputs, per_structure
 
 STD_SUFFIX = "_std"
 MANIFEST_FORMAT = "equiprop-ensemble-1"
-
-
-def user_form(task, cartesian: np.ndarray) -> np.ndarray:
-    """Batched ``TaskSpec.to_user``: (B, 3, 3, 3, 3) -> (B, 6, 6), (B, 3, 3, 3) -> (B, 3, 6) where the task has a
-    Voigt form; other shapes unchanged."""
-    if task.kind != "tensor" or task.voigt_shape is None:
-        return cartesian
-    rows, cols = (np.array(index) for index in zip(*VOIGT_PAIRS))
-    if cartesian.ndim == 5:
-        return cartesian[:, rows[:, None], cols[:, None], rows[None, :], cols[None, :]]
-    if cartesian.ndim == 4:
-        return cartesian[:, :, rows, cols]
-    return cartesian
 
 
 class UncertainPredictor(CheckedPredictions):
@@ -104,7 +90,7 @@ class UncertainPredictor(CheckedPredictions):
     # -- prediction -----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def samples(self, batch) -> dict[str, np.ndarray]:
-        """{output: (draws, num_graphs, *user_shape)} physical predictions of every member and dropout draw."""
+        """{output: (draws, num_graphs or num_nodes, *user_shape)} physical predictions of every member and dropout draw."""
         draws: dict[str, list[np.ndarray]] = {}
         # members with one frozen encoder (a shipped model's head sets on SevenNet) run it once per batch
         features = self.members[0].model.encoder(batch) if self.shared_encoder else None
@@ -124,12 +110,7 @@ class UncertainPredictor(CheckedPredictions):
         return {name: np.stack(values) for name, values in draws.items()}
 
     def _physical(self, member: Predictor, batch, features=None) -> dict[str, np.ndarray]:
-        physical = member.model.predict_physical(batch, member.output_tasks, features)
-        if "elastic_tensor" in physical:
-            physical["K_Voigt"] = voigt_bulk_modulus(physical["elastic_tensor"])
-            physical["G_Voigt"] = voigt_shear_modulus(physical["elastic_tensor"])
-        return {name: user_form(self.tasks[name], value.double().numpy()) if name in self.tasks
-                else value.double().numpy() for name, value in physical.items()}
+        return batch_outputs(member.model, batch, member.output_tasks, features)
 
     def predict_batch(self, batch) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """{output: (mean, std)}, each (num_graphs, *user_shape); std None when there is a single draw."""
@@ -153,14 +134,12 @@ class UncertainPredictor(CheckedPredictions):
             chunks = tqdm(chunks, desc="predict", unit="batch")
         for start in chunks:
             batch = Batch.from_data_list(graphs[start:start + size])
-            predicted = self.predict_batch(batch)
-            for i in range(batch.num_graphs):
-                row = {}
-                for name, (mean, std) in predicted.items():
-                    row[name] = _value(mean[i])
-                    if std is not None:
-                        row[name + STD_SUFFIX] = _value(std[i])
-                rows.append(row)
+            outputs = {}
+            for name, (mean, std) in self.predict_batch(batch).items():
+                outputs[name] = mean
+                if std is not None:
+                    outputs[name + STD_SUFFIX] = std
+            rows += per_structure(outputs, batch, self.tasks, STD_SUFFIX)
         return rows
 
     def checked_graphs(self, structures, checked: bool):
@@ -176,10 +155,6 @@ def same_frozen_encoder(a, b) -> bool:
         return False
     state_a, state_b = a.state_dict(), b.state_dict()
     return state_a.keys() == state_b.keys() and all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-
-
-def _value(array: np.ndarray):
-    return float(array) if np.ndim(array) == 0 else np.asarray(array)
 
 
 # -- loading --------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.uncertainty.calibration import EXPECTED_WITHIN, calibration_metrics, calibration_plot, \
     fit_std_scale, flat_components
-from equiprop.uncertainty.ensemble import MANIFEST_FORMAT, UncertainPredictor, load_predictor, user_form
+from equiprop.uncertainty.ensemble import MANIFEST_FORMAT, UncertainPredictor, load_predictor
 
 METRICS = ["n", "mae", "mean_sigma", "within_1sigma", "within_2sigma", "miscalibration_area", "spearman",
            "zero_sigma"]
@@ -50,7 +50,7 @@ def split_predictions(predictor: UncertainPredictor, datamodule, split: str) -> 
             if not mask.any():
                 continue
             mean, std = predicted[name]
-            true = user_form(task, physical_labels(task, batch[keys.label_key(name)][torch.as_tensor(mask)]))
+            true = task.to_user(physical_labels(task, batch[keys.label_key(name)][torch.as_tensor(mask)]))
             for part, values in zip(parts[name], (true, mean[mask], std[mask])):
                 part.append(flat_components(task, values))
     return {name: tuple(np.concatenate(p) for p in part) for name, part in parts.items() if part[0]}

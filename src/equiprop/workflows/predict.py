@@ -73,7 +73,7 @@ def predict_command(argv: list[str]) -> int:
     records = [item for item in items if isinstance(item, CrystalRecord)]
     outcomes = iter(predictor.predict_records(records, progress=True))
     rows = [item if isinstance(item, dict) else row(item, next(outcomes)) for item in items]
-    write_predictions(output, rows, output_units(predictor), " ".join(args.checkpoint))
+    write_predictions(output, rows, output_units(predictor), " ".join(args.checkpoint), per_atom_outputs(predictor))
     report(rows, output, predictor, records)
     return exit_status(rows, args.allow_failures)
 
@@ -92,6 +92,13 @@ def output_units(predictor: UncertainPredictor) -> dict[str, str]:
         if predictor.has_uncertainty:
             units[name + STD_SUFFIX] = unit
     return units
+
+
+def per_atom_outputs(predictor: UncertainPredictor) -> list[str]:
+    """Outputs that hold one value per atom (per-atom tasks and their std), in the input's atom order."""
+    return [name for name in output_units(predictor)
+            if predictor.tasks.get(name.removesuffix(STD_SUFFIX)) is not None
+            and predictor.tasks[name.removesuffix(STD_SUFFIX)].level == "atom"]
 
 
 def report(rows: list[dict], output: Path, predictor: UncertainPredictor, records: list[CrystalRecord]) -> None:
@@ -127,18 +134,21 @@ def _plain(value):
     return value.tolist() if isinstance(value, np.ndarray) else value
 
 
-def write_predictions(path: Path, rows: list[dict], units: dict, checkpoint: str) -> None:
-    """CSV: one row per input (failed ones with empty property cells); JSON: predictions and errors apart."""
+def write_predictions(path: Path, rows: list[dict], units: dict, checkpoint: str, per_atom: list[str] = ()) -> None:
+    """CSV: one row per input (failed ones with empty property cells); JSON: predictions and errors apart.
+    ``per_atom``: outputs with one value per atom (a list in the input's atom order; CSV header "(per atom)")."""
     if path.suffix == ".json":
         predictions = [{k: _plain(v) for k, v in r.items()} for r in rows if r["status"] == "ok"]
         errors = [r for r in rows if r["status"] == "failed"]
-        path.write_text(json.dumps({"checkpoint": str(checkpoint), "units": units, "errors": errors,
+        extra = {"per_atom": list(per_atom)} if per_atom else {}
+        path.write_text(json.dumps({"checkpoint": str(checkpoint), "units": units, **extra, "errors": errors,
                                     "predictions": predictions}, indent=1))
         return
     names = list(units)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "file", "formula"] + [f"{n} [{units[n]}]" for n in names] + ["status", "error"])
+        writer.writerow(["id", "file", "formula"] + [f"{n} [{units[n]}]" + (" (per atom)" if n in per_atom else "")
+                                                     for n in names] + ["status", "error"])
         for r in rows:
             values = [_csv_value(r[n]) if r["status"] == "ok" else "" for n in names]
             writer.writerow([r["id"], r["file"], r["formula"]] + values + [r["status"], r.get("error", "")])

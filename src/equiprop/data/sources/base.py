@@ -67,6 +67,9 @@ def add_entry(result: SourceResult, entry_id: str, make_record: Callable[[], Cry
         task = tasks[name]
         try:
             value = task.parse(raw, where)
+            if value is not None and task.level == "atom" and len(value) != record.num_atoms:
+                raise DataError(where, f"{name}: per-atom label has {len(value)} rows, the structure has "
+                                       f"{record.num_atoms} atoms", "per-atom label of wrong length")
             if value is not None and refine is not None:
                 value = refine(record, task, value, where)
         except DataError as err:
