@@ -3,7 +3,7 @@
 #   git worktree add ../before <commit>; bash benchmarks/same_outputs.sh ../before /tmp/same/before
 #   bash benchmarks/same_outputs.sh . /tmp/same/after; diff -r /tmp/same/before /tmp/same/after
 # Writes: predict output of both shipped models on examples/cifs (v1.json, v2.json), the metrics table of a short
-# seed-0 quickstart fit and of its test (fit_table.txt, test_metrics.txt), and one MatBench fold's predictions
+# seed-0 quickstart fit, of its test and its scoreboard rows (fit_table.txt, test_metrics.txt, scoreboard.txt), and one MatBench fold's predictions
 # (mb_fold0.json, phdos_peak, 2 epochs). Each tree runs with its own empty cache and from this checkout's recipes/data.
 set -euo pipefail
 SRC=$(cd "$1" && pwd); OUT=$2; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
@@ -20,6 +20,12 @@ grep -E "^\S+\s+(mae|rmse|component_mae|frobenius_error)" "$OUT/fit.log" > "$OUT
 $PY -m equiprop.cli test -c recipes/quickstart.yaml --ckpt_path "checkpoints/$RUN/last.ckpt" --run_name="$RUN" \
   --trainer.enable_progress_bar=false > "$OUT/test.log" 2>&1
 grep "test/" "$OUT/test.log" > "$OUT/test_metrics.txt"
+$PY -c "
+import sys
+from equiprop.workflows.scoreboard import format_table, scoreboard_rows
+from equiprop.workflows.scoreboard_inputs import load_run, task_results
+print(format_table(scoreboard_rows(task_results(load_run(sys.argv[1], 'recipes/quickstart.yaml'), None))))" \
+  "checkpoints/$RUN/last.ckpt" > "$OUT/scoreboard.txt" 2> "$OUT/scoreboard.log"
 rm -rf "checkpoints/$RUN/matbench_phonons"
 $PY -m equiprop.cli matbench --task matbench_phonons -c recipes/matbench.yaml \
   --data-path ../shared/data/matbench/matbench_phonons.json.gz --folds 0 --run_name="$RUN" --trainer.max_epochs=2 \

@@ -142,3 +142,24 @@ def test_extxyz_frames_with_labels_in_info(tmp_path, tiny):
     assert [r.labels["Eg"] for r in result.records] == pytest.approx([e["Eg"] for e in dielectric])
     with pytest.raises(ConfigError, match="no label of the requested tasks"):
         ExtXYZ(str(path)).load(resolve_tasks(["K_VRH"]))
+
+
+def test_extxyz_per_atom_columns_label_a_per_atom_task(tmp_path, tiny):
+    charge = {"name": "charge", "key": "charges", "units": "e", "level": "atom"}  # ase keeps charges in a calculator
+    frames = []
+    for i, entry in enumerate(tiny[:3]):
+        atoms = AseAtomsAdaptor.get_atoms(_structure(entry))
+        values = np.arange(len(atoms), dtype=float) + i
+        if i == 1:
+            values[0] = np.nan  # one atom without a label: masked, the others kept
+        atoms.arrays["charges"] = values
+        atoms.info["Ef"] = -1.0
+        frames.append(atoms)
+    frames[2].arrays["charges"] = np.full(len(frames[2]), np.nan)  # no atom labelled: the label is missing
+    path = tmp_path / "charges.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    result = ExtXYZ(str(path)).load(resolve_tasks([charge, "Ef"]))
+    assert [r.labels["charge"].shape for r in result.records[:2]] == [(len(frames[0]),), (len(frames[1]),)]
+    np.testing.assert_array_equal(result.records[0].labels["charge"], np.arange(len(frames[0])))
+    assert np.isnan(result.records[1].labels["charge"][0]) and result.records[1].labels["charge"][1] == 2.0
+    assert "charge" not in result.records[2].labels and result.missing["charge"] == 1

@@ -118,7 +118,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.normalization = stats_from_dataset(self.subsets["train"], self.tasks)
         self.train_statistics = self.dataset.statistics(split["train"])
         report["splits"] = {name: len(s) for name, s in self.subsets.items()}
-        report["kinds"] = {name: task.kind for name, task in self.tasks.items()}
+        report["kinds"] = {name: task.kind if task.level == "structure" else f"{task.kind}/atom"
+                           for name, task in self.tasks.items()}
         report["label_counts"] = {"all": self._label_counts(range(len(self.dataset)))}
         report["label_counts"].update({name: self._label_counts(idx) for name, idx in split.items()})
         self.report = report

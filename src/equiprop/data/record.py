@@ -248,7 +248,10 @@ def read_extxyz_text(text: str, where: str, source: str) -> list[CrystalRecord]:
     for i, atoms in enumerate(frames):
         info = dict(atoms.info)
         frame_id = str(info.pop("id", info.pop("material_id", f"{Path(where).stem}:{i}")))
-        records.append(from_ase(atoms, frame_id, source, labels=info))
+        per_atom = {k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")}  # per-atom labels
+        # ase moves columns and keys it knows (energy, forces, charges, magmoms, stress) into a calculator
+        computed = dict(atoms.calc.results) if getattr(atoms, "calc", None) is not None else {}
+        records.append(from_ase(atoms, frame_id, source, labels={**computed, **per_atom, **info}))
     return records
 
 

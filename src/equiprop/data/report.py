@@ -43,14 +43,15 @@ def format_summary(report: dict, units: dict[str, str]) -> str:
                      f"{report['graph'].get('min_neighbors')} neighbours within the cutoff "
                      f"(e.g. {', '.join(extended['examples'])})")
     lines += _skip_lines("skipped graph", report["graph_skipped"])
-    header = f"{'task':<16} {'units':<14} {'kind':<11}" + "".join(f"{n:>8}" for n in ("all", *report["splits"]))
+    w = max([16, *(len(t) + 1 for t in tasks)])  # counts: structures with the label (per-atom tasks: any atom)
+    header = f"{'task':<{w}} {'units':<14} {'kind':<13}" + "".join(f"{n:>8}" for n in ("all", *report["splits"]))
     lines += ["", header, "-" * len(header)]
     for t in tasks:
         counts = [report["label_counts"]["all"].get(t, 0)] + [report["label_counts"][s].get(t, 0)
                                                                for s in report["splits"]]
-        lines.append(f"{t:<16} {units[t]:<14} {report['kinds'][t]:<11}" + "".join(f"{c:>8}" for c in counts))
+        lines.append(f"{t:<{w}} {units[t]:<14} {report['kinds'][t]:<13}" + "".join(f"{c:>8}" for c in counts))
     structures = [report["num_graphs"]] + [report["splits"][s] for s in report["splits"]]
-    lines.append(f"{'structures':<16} {'':<14} {'':<11}" + "".join(f"{c:>8}" for c in structures))
+    lines.append(f"{'structures':<{w}} {'':<14} {'':<13}" + "".join(f"{c:>8}" for c in structures))
     return "\n".join(lines)
 
 

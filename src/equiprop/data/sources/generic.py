@@ -130,11 +130,12 @@ class StructureFolder(Source):
 
 
 class ExtXYZ(Source):
-    """An extended-XYZ file of crystals (many frames), with labels in each frame's ``info`` (e.g. ``Ef=-1.2``).
+    """An extended-XYZ file of crystals (many frames), with labels in each frame's ``info`` (e.g. ``Ef=-1.2``) and the
+    labels of per-atom tasks in its per-atom columns (``Properties=...:born_z:R:9``).
 
     Tensor labels may be flat (9 numbers for a 3x3 tensor). Frame ids come from info "id"/"material_id", else
-    "<file stem>:<frame index>". Note that ase moves per-frame ``energy``/``stress``/... into a calculator, so labels
-    under those names are not seen here: use other key names.
+    "<file stem>:<frame index>". ase moves the properties it knows (``energy``, ``stress``, ``forces``, ``charges``,
+    ``magmoms``) into a calculator; they are read from there under the same names.
     """
 
     def __init__(self, path: str, columns: dict[str, str] | None = None):
