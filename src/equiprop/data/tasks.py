@@ -142,11 +142,7 @@ class TaskSpec:
     def _parse_per_atom(self, value, where: str) -> np.ndarray | None:
         if value is None or isinstance(value, str) and self.is_missing(value):
             return None
-        try:
-            rows = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise DataError(where, f"{self.name}: per-atom label is not a numeric array",
-                            "invalid label value") from None
+        rows = self._numeric_array(value, "per-atom label", where)
         if rows.ndim == 0:
             raise DataError(where, f"{self.name}: a per-atom task needs one value per atom, got a single number",
                             "invalid label value")
@@ -157,6 +153,12 @@ class TaskSpec:
         for atom in np.flatnonzero(labelled):
             parsed[atom] = self._parse_one(rows[atom], f"{where} atom {atom}")
         return parsed
+
+    def _numeric_array(self, value, what: str, where: str) -> np.ndarray:
+        try:
+            return np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise DataError(where, f"{self.name}: {what} is not a numeric array", "invalid label value") from None
 
     def _parse_one(self, value, where: str):
         if self.kind != "tensor":
@@ -174,11 +176,7 @@ class TaskSpec:
                 raise DataError(where, f"{self.name}: binary label must be 0 or 1, got {x}", "invalid label value")
             self.check_range(np.asarray([x]), where)
             return x
-        try:
-            arr = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise DataError(where, f"{self.name}: tensor label is not a numeric array",
-                                "invalid label value") from None
+        arr = self._numeric_array(value, "tensor label", where)
         if not np.isfinite(arr).all():
             return None  # a tensor with NaN entries is a missing label, counted as such by the caller
         arr = self.symmetrize(self.to_cartesian(arr, where), where)
