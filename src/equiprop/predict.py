@@ -2,6 +2,7 @@
 
     from equiprop import Predictor
     Predictor.from_checkpoint("checkpoints/quickstart/best.ckpt").predict([structure, atoms])
+    Predictor.from_checkpoint(path).to("cuda").predict(structures)     # on a GPU (loaded on the CPU)
 
     equiprop predict --checkpoint CKPT --input FILES_OR_FOLDERS --output out.{csv,json}
                      [--allow-unseen-elements] [--allow-failures] [--batch-size N]    (equiprop.workflows.predict)
@@ -219,6 +220,15 @@ class Predictor(CheckedPredictions):
         graphs, kept, failures = self.checked_graphs(structures, checked=False)
         return graphs, list(kept), {i: str(err) for i, err in failures.items()}
 
+    def to(self, device) -> "Predictor":
+        """Predict on ``device`` (e.g. "cuda"): the model moves there, each batch follows it, results come back."""
+        self.model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     # -- prediction (predict, predict_records: CheckedPredictions) ------------------------------------------------
     @torch.no_grad()
     def predict_graphs(self, graphs: list, progress: bool = False) -> list[dict]:
@@ -230,7 +240,7 @@ class Predictor(CheckedPredictions):
 
             chunks = tqdm(chunks, desc="predict", unit="batch")
         for start in chunks:
-            batch = Batch.from_data_list(graphs[start:start + self.batch_size])
+            batch = Batch.from_data_list(graphs[start:start + self.batch_size]).to(self.device)
             results += per_structure(batch_outputs(self.model, batch, self.output_tasks), batch, self.tasks)
         return results
 
@@ -253,8 +263,8 @@ def batch_outputs(model, batch, tasks: list[str], features: torch.Tensor | None 
     if "elastic_tensor" in physical:
         physical["K_Voigt"] = voigt_bulk_modulus(physical["elastic_tensor"])
         physical["G_Voigt"] = voigt_shear_modulus(physical["elastic_tensor"])
-    return {name: model.tasks[name].to_user(value.double().numpy()) if name in model.tasks
-            else value.double().numpy() for name, value in physical.items()}
+    return {name: model.tasks[name].to_user(value.double().cpu().numpy()) if name in model.tasks
+            else value.double().cpu().numpy() for name, value in physical.items()}
 
 
 def per_structure(outputs: dict[str, np.ndarray], batch, tasks: dict, suffix: str = "_std") -> list[dict]:

@@ -12,7 +12,7 @@ import yaml
 from equiprop.cli import main
 from equiprop.data.errors import ConfigError
 from equiprop.train.checkpoint_io import AtomicCheckpointIO
-from equiprop.train.run_dir import acquire_lock, lock_path, release_lock
+from equiprop.train.run_dir import acquire_lock, check_run_name, lock_path, release_lock
 
 @pytest.fixture
 def recipe(tmp_path, monkeypatch, cli_recipe):
@@ -120,3 +120,52 @@ def test_a_lock_of_a_live_process_on_this_host_is_respected(tmp_path):
     with pytest.raises(ConfigError, match="in use by another fit"):
         acquire_lock(tmp_path / "run")
     release_lock(lock)
+
+
+BAD_NAMES = ["", ".", "..", "a/b", "../x", "a\\b", "-x", ".hidden", "my run", "x;y", "é"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_run_name_that_is_not_one_plain_folder_name_is_refused(name):
+    with pytest.raises(ConfigError, match="is not one folder name") as err:
+        check_run_name(name)
+    assert len(str(err.value).splitlines()) == 1 and repr(name) in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["run", "my_run_s0", "v1.2-small", "_x", "0"])
+def test_plain_folder_names_are_run_names(name):
+    assert check_run_name(name) == name
+
+
+@pytest.mark.parametrize("given", ["{outside}", "../outside", "sub/../../outside", "{outside}/nested"])
+def test_a_fit_never_writes_or_deletes_outside_checkpoints(given, cli_recipe, tmp_path, monkeypatch):
+    from equiprop.train.run import fit
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "last.ckpt").write_bytes(b"someone else's")  # what --overwrite=true would delete
+    name = given.format(outside=outside)
+    with pytest.raises(ConfigError, match="is not one folder name"):
+        fit(cli_recipe, [f"--run_name={name}", "--overwrite=true"])
+    assert [p.name for p in outside.iterdir()] == ["last.ckpt"]
+    assert (outside / "last.ckpt").read_bytes() == b"someone else's"
+    assert not list((tmp_path / "work").iterdir())  # refused before any folder was made
+
+
+def test_the_fit_command_refuses_an_absolute_run_name_in_one_line(recipe, tmp_path, capsys):
+    assert main(["fit", "-c", str(recipe), f"--run_name={tmp_path / 'elsewhere'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not one folder name" in err[0], err
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_workflows_nest_runs_in_plain_sub_folders_only(cli_recipe, tmp_path, monkeypatch):
+    from equiprop.train.run import build_run
+
+    monkeypatch.chdir(tmp_path)
+    trainer, _, _ = build_run(dict(cli_recipe, run_name="study/trial_000"))
+    assert trainer.checkpoint_callback.dirpath.endswith("checkpoints/study/trial_000")
+    with pytest.raises(ConfigError, match="is not one folder name"):
+        build_run(dict(cli_recipe, run_name="study/../../x"))

@@ -27,3 +27,14 @@ def test_ensemble_trains_each_seed_once_and_writes_a_loadable_manifest(cli_recip
     predictor = load_predictor([manifest], warn=False)
     assert predictor.has_uncertainty and predictor.std_scale == content["std_scale"]
     assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "0"]) == 2  # a repeated seed adds nothing
+
+
+def test_an_ensemble_named_by_a_path_is_refused_before_anything_is_written(cli_recipe, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(cli_recipe))
+    outside = tmp_path / "outside"
+    assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "--run-name", str(outside / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not one folder name" in err[0], err
+    assert not outside.exists() and not (tmp_path / "checkpoints").exists()

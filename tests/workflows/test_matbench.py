@@ -112,3 +112,12 @@ def test_seeds_train_one_member_each_and_the_fold_predicts_their_mean(recipe, tm
     assert main(args + ["--seeds", "0", "1", "2"]) == 0
     assert "fold 1 seed 0: finished earlier, kept" in capsys.readouterr().out
     assert json.loads((fold / "predictions.json").read_text())["seeds"] == [0, 1, 2]
+
+
+def test_a_study_named_by_a_path_is_refused_before_anything_is_written(recipe, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["matbench", "--task", "matbench_phonons", "-c", str(recipe), "--folds", "0", *FAST]
+    assert main(args + ["--run_name=../escape"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'../escape' is not one folder name" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mb.yaml"]

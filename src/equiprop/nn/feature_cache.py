@@ -8,22 +8,27 @@ another key). The cache folder is named by a hash of the encoder's frozen state:
 the cache sits in the network, and a digest of the frozen weights, so a changed model or weight is a cache miss.
 
 Files are ``torch.save`` shards of ``{key: tensor}`` read with ``weights_only=True`` (nothing is unpickled) and
-written atomically (a killed run leaves no half-written shard).
+written atomically (a killed run leaves no half-written shard). A shard is named by the sha256 of its bytes, so name
+and checksum arrive in one rename: a shard whose bytes no longer match its name (a flipped bit, a truncated copy) or
+that does not load as ``{key: tensor}`` is never read as numbers. It is deleted with a warning naming it, and its
+structures are cache misses that the encoder recomputes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import uuid
+import warnings
 from pathlib import Path
 
 import torch
 
 from equiprop.data import keys
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: shards named by the sha256 of their bytes, checked on read
 DEFAULT_FEATURE_CACHE = "~/.cache/equiprop/features"
 
 
@@ -79,7 +84,9 @@ class FeatureCache:
         if not self.directory.exists():
             return
         for shard in sorted(self.directory.glob("*.pt")):
-            self.memory.update(torch.load(shard, map_location="cpu", weights_only=True))
+            entries = read_shard(shard)
+            if entries is not None:
+                self.memory.update(entries)
 
     def get(self, key: str) -> torch.Tensor | None:
         if not self.loaded:
@@ -100,7 +107,37 @@ class FeatureCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         if not (self.directory / "namespace.json").exists():
             (self.directory / "namespace.json").write_text(json.dumps(self.namespace, indent=1, default=str))
-        name = uuid.uuid4().hex
-        tmp = self.directory / f".{name}.tmp"
-        torch.save(entries, tmp)
-        os.replace(tmp, self.directory / f"{name}.pt")
+        buffer = io.BytesIO()
+        torch.save(entries, buffer)
+        data = buffer.getvalue()
+        tmp = self.directory / f".{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.directory / f"{hashlib.sha256(data).hexdigest()}.pt")
+
+
+def read_shard(shard: Path) -> dict[str, torch.Tensor] | None:
+    """The shard's ``{key: tensor}``, or None (after deleting it with a warning) if it fails its checksum or to load."""
+    data = shard.read_bytes()
+    problem = None
+    if hashlib.sha256(data).hexdigest() != shard.stem:
+        problem = "its bytes do not match the sha256 in its name"
+    else:
+        try:
+            buffer = io.BytesIO(data)
+            entries = torch.load(buffer, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable shard is a cache miss, never a crash
+            problem = f"it does not load ({type(err).__name__})"
+        else:
+            if not (isinstance(entries, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                      for k, v in entries.items())):
+                problem = "it does not hold {key: tensor}"
+    if problem is None:
+        return entries
+    try:
+        shard.unlink(missing_ok=True)
+        action = "deleted"
+    except OSError as err:  # a read-only cache: still never read
+        action = f"skipped (not deleted: {err.strerror})"
+    warnings.warn(f"feature cache shard {shard} is corrupted ({problem}): {action}; its structures are recomputed")
+    return None

@@ -18,13 +18,15 @@ from equiprop.data.datamodule import MultiTaskDataModule
 from equiprop.data.errors import ConfigError
 from equiprop.train.callbacks import MetricsTable
 from equiprop.train.checkpoint_io import use_atomic_checkpoints
-from equiprop.train.run_dir import claim_run_dir, is_rank_zero, release_all
+from equiprop.train.run_dir import claim_run_dir, is_rank_zero, release_all, run_folder
 from equiprop.train.module import MultiTaskModel
 
 CHECKPOINT_ROOT = "checkpoints"
 
 
 class EquipropCLI(LightningCLI):
+    nested_run_names = False  # --run_name is one folder name; build_run's subclass allows a workflow's sub-folders
+
     def init_parser(self, **kwargs):
         kwargs.setdefault("exit_on_error", False)  # run_lightning_cli turns a bad option into one line
         return super().init_parser(**kwargs)
@@ -43,7 +45,7 @@ class EquipropCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        run_dir = Path(CHECKPOINT_ROOT) / config.run_name
+        run_dir = run_folder(CHECKPOINT_ROOT, config.run_name, nested=self.nested_run_names)
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(run_dir)
         if config.trainer.default_root_dir is None:
@@ -70,6 +72,12 @@ class EquipropCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
         return trainer
+
+
+class WorkflowCLI(EquipropCLI):
+    """``build_run``'s CLI: workflows nest runs in their study's folder (``<name>/trial_000``, ``<name>/<task>/fold_0``)."""
+
+    nested_run_names = True
 
 
 def _task_list(tasks):

@@ -229,7 +229,10 @@ class MultiTaskModel(L.LightningModule):
         return {n: self.normalizer.to_physical(n, y, num_atoms) for n, y in self(batch, tasks, features).items()}
 
     def _step(self, batch, stage: str) -> torch.Tensor:
-        present = [n for n in self.tasks if bool(batch[keys.mask_key(n)].any())]
+        # labels per task, read in one device->host copy (a GPU waits once per step, not twice per task): which heads
+        # run, and the batch size each loss is logged with
+        counts = dict(zip(self.tasks, torch.stack([batch[keys.mask_key(n)].sum() for n in self.tasks]).tolist()))
+        present = [n for n in self.tasks if counts[n] > 0]
         rows = {n: self._rows_used(batch, n) for n in present} if self.priors is not None else None
         predictions = self(batch, present, rows=rows)  # heads of absent tasks are not even run: zero gradient
         num_atoms = atoms_per_graph(batch)
@@ -244,11 +247,11 @@ class MultiTaskModel(L.LightningModule):
                                                        self.hparams.loss, self.hparams.isotropic_weight,
                                                        self.hparams.anisotropic_weight)
                 for part, value in parts.items():
-                    self.log(f"{stage}/{name}/loss_{part}", value, batch_size=int(mask.sum()),
+                    self.log(f"{stage}/{name}/loss_{part}", value, batch_size=counts[name],
                              sync_dist=stage != "train")
             else:
                 losses[name] = task_loss(pred, target, self.tasks[name].kind, self.hparams.loss)
-            self.log(f"{stage}/{name}/loss", losses[name], batch_size=int(mask.sum()), sync_dist=stage != "train")
+            self.log(f"{stage}/{name}/loss", losses[name], batch_size=counts[name], sync_dist=stage != "train")
             if stage != "train":
                 self._update_metrics(stage, name, pred, batch[keys.label_key(name)][mask], atoms)
         if stage != "train":

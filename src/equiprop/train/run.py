@@ -59,14 +59,15 @@ def config_args(recipe) -> list[str]:
 
 
 def build_run(recipe, overrides=(), record_dir: Path | None = None):
-    """(trainer, model, datamodule) of a recipe plus overrides, built as ``equiprop fit`` builds them but not run.
+    """(trainer, model, datamodule) of a recipe plus overrides, built as ``equiprop fit`` builds them but not run;
+    its ``run_name`` may name a sub-folder (``study/trial_000``: plain names joined by "/").
     ``record_dir``: a folder that keeps the recipe used, as ``recipe.yaml`` (tune trials, MatBench folds)."""
-    from equiprop.train.cli import EquipropCLI, cli_kwargs, quietly
+    from equiprop.train.cli import WorkflowCLI, cli_kwargs, quietly
 
     if record_dir is not None:
         record_dir.mkdir(parents=True, exist_ok=True)
         (record_dir / "recipe.yaml").write_text(yaml.safe_dump(load_recipe(recipe), sort_keys=False))
-    cli = quietly(lambda: EquipropCLI(args=[*config_args(recipe), *overrides], run=False, **cli_kwargs()))
+    cli = quietly(lambda: WorkflowCLI(args=[*config_args(recipe), *overrides], run=False, **cli_kwargs()))
     return cli.trainer, cli.model, cli.datamodule
 
 

@@ -6,6 +6,11 @@ the old checkpoints first), so ``best.ckpt`` is always the current run's own. Wh
 ``.<run_name>.fit.lock`` beside the run folder (created with O_EXCL, so of two fits started at once exactly one gets it); a second fit on
 the same folder is refused. A lock left by a killed process on this host is detected (its process is gone) and taken
 over. Under DDP only global rank zero takes the lock.
+
+A run name is one plain folder name (``check_run_name``): ``--run_name=/tmp/x`` or ``../x`` would put checkpoints
+outside ``checkpoints/``, and ``--overwrite=true`` would delete them there. Workflows that nest their runs (tune trials,
+MatBench folds, learning curves) build ``<name>/trial_000`` from a checked name through ``build_run``, which allows
+sub-folders, each of them a plain name too (``run_folder``).
 """
 
 from __future__ import annotations
@@ -13,12 +18,29 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
 
 from equiprop.data.errors import ConfigError
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def check_run_name(name) -> str:
+    """``name`` if it is one plain folder name, else a ConfigError naming it and what is allowed."""
+    if not isinstance(name, str) or PLAIN_NAME.fullmatch(name) is None:
+        raise ConfigError(f"run_name {name!r} is not one folder name: use ASCII letters, digits, '_', '-' and '.' "
+                          "(not first), no '/' (e.g. --run_name=my_run_s0); it names the folder under checkpoints/")
+    return name
+
+
+def run_folder(root: str | Path, name, nested: bool = False) -> Path:
+    """``root/name``; ``nested``: ``name`` may be plain names joined by '/' (a workflow's sub-folders), never more."""
+    if nested and isinstance(name, str) and "/" in name and all(PLAIN_NAME.fullmatch(p) for p in name.split("/")):
+        return Path(root, *name.split("/"))
+    return Path(root) / check_run_name(name)
 
 
 def is_rank_zero() -> bool:

@@ -186,6 +186,7 @@ def default_manifest(checkpoint: str) -> Path:
 def ensemble_command(argv: list[str]) -> int:
     """Train the recipe once per seed (reusing finished members), then calibrate them as one ensemble."""
     from equiprop.train.run import fit, load_recipe
+    from equiprop.train.run_dir import check_run_name
 
     parser = argparse.ArgumentParser(prog="equiprop ensemble", description="Train a deep ensemble and calibrate it.")
     parser.add_argument("-c", "--config", required=True, help="the recipe every member is trained with")
@@ -195,7 +196,7 @@ def ensemble_command(argv: list[str]) -> int:
     args, overrides = parser.parse_known_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds repeats a seed: {args.seeds}; identical members add no information")
-    name = args.run_name or load_recipe(args.config).get("run_name") or Path(args.config).stem
+    name = check_run_name(args.run_name or load_recipe(args.config).get("run_name") or Path(args.config).stem)
     members = []
     for seed in args.seeds:
         best = Path("checkpoints") / f"{name}_s{seed}" / "best.ckpt"

@@ -125,11 +125,12 @@ def parse_arguments(argv: list[str]):
 
 def distill_command(argv: list[str]) -> int:
     from equiprop.train.run import build_datamodule, fit, load_recipe
+    from equiprop.train.run_dir import check_run_name
     from equiprop.uncertainty import load_predictor
 
     args, overrides = parse_arguments(argv)
     recipe = load_recipe(args.config)
-    run_name = args.run_name or f"{recipe.get('run_name') or Path(args.config).stem}_distilled"
+    run_name = check_run_name(args.run_name or f"{recipe.get('run_name') or Path(args.config).stem}_distilled")
     workdir = Path(args.workdir or Path("checkpoints") / f"{run_name}_pseudo")
     teacher = load_predictor(args.teacher, batch_size=64, warn=False)
     datamodule = build_datamodule(args.config, [])

@@ -32,6 +32,7 @@ from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import MATBENCH_TASKS
 from equiprop.train.run import build_run, load_recipe, set_dotted
+from equiprop.train.run_dir import check_run_name
 
 SHARED_ENV = "EQUIPROP_SHARED_DATA"  # default of --shared: the folder holding matbench/, matminer-0.4.0/, perov5/
 # task -> (matminer CSV, a task that CSV provides) holding the local structures of the subset protocol
@@ -187,7 +188,7 @@ def matbench_command(argv: list[str]) -> int:
     # --run_name=X names the study's folder (each fold's own run name is set below, so it is not passed on)
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("--run_name=")]
     overrides = [o for o in overrides if not o.startswith("--run_name=")]
-    run_name = names[-1] if names else recipe.get("run_name", "matbench")
+    run_name = check_run_name(names[-1] if names else recipe.get("run_name", "matbench"))
     run_dir = Path("checkpoints") / run_name / (args.task + ("_subset" if args.subset else ""))
     shared = shared_folder(args.shared, "--subset") if args.subset else None
     data_path = task_data_path(args.task, args.data_path, args.shared)

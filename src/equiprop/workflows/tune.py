@@ -37,6 +37,7 @@ import yaml
 
 from equiprop.data.errors import ConfigError
 from equiprop.train.run import build_run, load_recipe, set_dotted
+from equiprop.train.run_dir import check_run_name
 
 SECONDS_PER_EPOCH = "seconds_per_epoch"
 DEFAULT_METRIC = "val/loss"
@@ -284,7 +285,7 @@ def tune_command(argv: list[str]) -> int:
     if not isinstance(tune, dict) or not tune.get("search_space"):
         raise ConfigError(f"{args.config}: no tune.search_space section")
     check_tune(tune)
-    run_name = recipe.get("run_name", Path(args.config).stem)
+    run_name = check_run_name(recipe.get("run_name", Path(args.config).stem))  # trials nest in its folder
     run_dir = Path("checkpoints") / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
