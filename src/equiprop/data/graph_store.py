@@ -46,6 +46,9 @@ def encode(record: CrystalRecord, tasks: dict[str, TaskSpec], cutoff: float, max
     """(structure_id, chemical_system, num_nodes, num_edges, crc, payload) of one record's graph, and whether its
     radius was extended; DataError as ``record_to_graph`` raises it (an isolated atom)."""
     edge_index, shifts, radius = graph_edges(record, cutoff, max_neighbors, min_neighbors)
+    i, j = edge_index  # every atom's nearest neighbour is an edge: the shortest distance comes from them
+    vectors = record.positions[j] + shifts @ record.cell - record.positions[i]
+    record.check_distance(float(np.sqrt((vectors ** 2).sum(1).min())) if len(i) else float("inf"))
     if len(shifts) and np.abs(shifts).max() > 127:
         raise DataError(record.id, "image shift beyond 127 cells (a cell thinner than cutoff/127)", "degenerate cell")
     parts = [np.ascontiguousarray(record.positions, dtype=np.float64), np.asarray(record.cell, dtype=np.float64),

@@ -70,6 +70,11 @@ class CrystalRecord:
         self.check_distance(self.min_distance() if min_distance is None else min_distance)
         return self
 
+    def check_cell_only(self) -> "CrystalRecord":
+        """``validate`` without the interatomic-distance check, for callers that check it from a graph's edges."""
+        self.check_cell()
+        return self
+
     def check_cell(self) -> None:
         """The checks of ``validate`` that need no neighbour list: atoms, elements, finite values, volume."""
         if self.num_atoms == 0:
