@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DistributedSampler
@@ -14,15 +16,18 @@ from torch_geometric.loader import DataLoader
 
 from equiprop.data import keys
 from equiprop.data.dataset import DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key, key_rows
-from equiprop.data.errors import ConfigError
-from equiprop.data.merge import CELL_TOL, merge_sources
-from equiprop.data.normalization import TaskStats, stats_from_dataset
+from equiprop.data.errors import ConfigError, check_choice
+from equiprop.data.graph_store import GraphStore, StoredGraphs, build_store, streamed_pass
+from equiprop.data.merge import CELL_TOL, MergeReport, merge_sources
+from equiprop.data.normalization import TaskStats, compute_stats, stats_from_dataset
 from equiprop.data.report import format_summary, merge_summary, source_summary
 from equiprop.data.sources.base import Source
 from equiprop.data.sources.records_json import BundledDataset
 from equiprop.data.splits import GroupedSplit, Split
 from equiprop.data.tasks import resolve_tasks
 
+Storage = Literal["auto", "memory", "disk"]
+AUTO_DISK_STRUCTURES = 50_000  # storage "auto": above this many records, graphs go to disk (~1.5 GB in memory)
 DEFAULT_TASKS = ["Ef", "Eg", "K_VRH", "G_VRH", "eps_electronic", "eps_total", "elastic_tensor", "piezo_tensor"]
 
 
@@ -43,12 +48,18 @@ class MultiTaskDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         cache_dir: where processed graphs are cached (default ``$EQUIPROP_CACHE`` or ~/.cache/equiprop/graphs).
         merge_cell_tol: lattice tolerance (Å) for combining one material's labels from two sources.
+        storage: where the graphs live: "memory" (one collated tensor store, fastest for small data), "disk" (an
+            SQLite store written once in shards and read by the DataLoader workers, memory flat in the number of
+            structures; ``equiprop.data.graph_store``), or "auto": memory up to ``AUTO_DISK_STRUCTURES`` records,
+            disk beyond. Both give identical batches. With "disk" and a single source that streams (``ExtXYZ``),
+            records are never all held in memory; several sources are merged in memory first.
     """
 
     def __init__(self, sources: list[Source] | None = None, tasks: list[str | dict] | None = None,
                  cutoff: float = 5.0, max_neighbors: int | None = None, split: Split | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
-                 cache_dir: str | None = None, merge_cell_tol: float = CELL_TOL, min_neighbors: int = 1):
+                 cache_dir: str | None = None, merge_cell_tol: float = CELL_TOL, min_neighbors: int = 1,
+                 storage: Storage = "auto"):
         super().__init__()
         self.sources = list(sources) if sources is not None else [BundledDataset("default")]
         self.tasks = resolve_tasks(tasks if tasks is not None else DEFAULT_TASKS)
@@ -61,6 +72,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir or os.environ.get("EQUIPROP_CACHE", DEFAULT_CACHE_DIR)).expanduser()
         self.merge_cell_tol = merge_cell_tol
+        check_choice("data.storage", storage, Storage)
+        self.storage = storage
+        self._index: tuple | None = None  # a disk store's (row ids, structure ids, systems, atoms, edges)
         self.dataset: GraphDataset | None = None
         self.subsets: dict[str, GraphDataset] = {}
         self.normalization: dict[str, TaskStats] = {}
@@ -77,17 +91,28 @@ class MultiTaskDataModule(L.LightningDataModule):
         return {name: task.units for name, task in self.tasks.items()}
 
     # -- building -------------------------------------------------------------------------------------------------
-    def load_graphs(self) -> tuple[GraphDataset, dict]:
-        """All graphs and the build report, from the cache when its key matches, else built and cached."""
+    def load_graphs(self) -> tuple[GraphDataset | StoredGraphs, dict]:
+        """All graphs and the build report, from the cache when its key matches, else built and cached (in memory
+        or on disk, ``storage``)."""
         key = cache_key(self.sources, self.tasks, self.graph_params)
         path, report_path = self.cache_dir / f"{key}.pt", self.cache_dir / f"{key}.json"
-        if path.exists() and report_path.exists():
+        store = GraphStore(self.cache_dir / f"{key}.sqlite")
+        if report_path.exists() and path.exists() and self.storage != "disk":
             report = json.loads(report_path.read_text())
             return GraphDataset.load_from(path), {**report, "from_cache": True}
+        if report_path.exists() and store.path.exists() and self.storage != "memory" and store.meta("complete"):
+            report = json.loads(report_path.read_text())
+            return StoredGraphs(store, self.tasks, store.index()[0]), {**report, "from_cache": True}
+        source = self.sources[0]
+        if self.storage == "disk" and len(self.sources) == 1 and hasattr(source, "stream"):
+            result, records = source.stream(self.tasks)  # read once, never all in memory
+            return self._build_on_disk(store, report_path, records, [result], MergeReport())
         results = [source.load(self.tasks) for source in self.sources]
-        source_summaries = [source_summary(r) for r in results]  # before merging, which adds labels to records
         records, merge_report = merge_sources(results, self.merge_cell_tol, frozenset(
             name for name, task in self.tasks.items() if task.level == "atom"))
+        if self.storage == "disk" or (self.storage == "auto" and len(records) > AUTO_DISK_STRUCTURES):
+            return self._build_on_disk(store, report_path, records, results, merge_report)
+        source_summaries = [source_summary(r) for r in results]
         graphs, graph_skips = build_graphs(records, self.tasks, self.cutoff, self.max_neighbors,
                                            self.min_neighbors)
         if not graphs:
@@ -105,10 +130,32 @@ class MultiTaskDataModule(L.LightningDataModule):
         report_path.write_text(json.dumps(report, indent=1))
         return dataset, {**report, "from_cache": False}
 
+    def _build_on_disk(self, store: GraphStore, report_path: Path, records, results, merge_report):
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        total = len(records) if hasattr(records, "__len__") else None
+        built = build_store(store, records, self.tasks, self.graph_params, total=total)
+        row_ids, _, _, _, edges = store.index()
+        summaries = [source_summary(r) for r in results]  # after the stream: its counts are complete
+        if not len(row_ids):
+            raise ConfigError("no structure could be read from the configured sources; skipped: "
+                              f"{[(s['name'], s['skipped']) for s in summaries]}")
+        skips = built["skips"]
+        report = {"sources": summaries, "merge": merge_summary(merge_report),
+                  "graph_skipped": {k: {"count": n, "examples": skips.examples[k]} for k, n in skips.counts.items()},
+                  "num_graphs": len(row_ids), "num_edges": int(edges.sum()), "extended_radius": built["extended"],
+                  "graph": self.graph_params, "cache_path": str(store.path), "storage": "disk",
+                  "build": {k: built[k] for k in ("shards_built", "shards_resumed")}}
+        tmp = report_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        os.replace(tmp, report_path)
+        return StoredGraphs(store, self.tasks, row_ids), {**report, "from_cache": False}
+
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
         self.dataset, report = self.load_graphs()
+        if isinstance(self.dataset, StoredGraphs):
+            return self._setup_streamed(report)
         ids, groups = self.structure_ids, list(self.dataset._data[keys.CHEMICAL_SYSTEM])
         split = self.split(ids, groups)
         self.subsets = {name: self.dataset.index_select(torch.as_tensor(idx, dtype=torch.long))
@@ -122,6 +169,28 @@ class MultiTaskDataModule(L.LightningDataModule):
                            for name, task in self.tasks.items()}
         report["label_counts"] = {"all": self._label_counts(range(len(self.dataset)))}
         report["label_counts"].update({name: self._label_counts(idx) for name, idx in split.items()})
+        self.report = report
+        rank_zero_info(format_summary(report, self.units))
+
+    def _setup_streamed(self, report: dict) -> None:
+        """``setup`` for a disk store: the same split, statistics and counts, from one streaming pass per split."""
+        self._index = row_ids, ids, groups, nodes, edges = self.dataset.store.index()
+        split = self.split(ids, groups)
+        self.subsets = {name: self.dataset.subset(idx) for name, idx in split.items()}
+        if len(self.subsets["train"]) == 0:
+            raise ConfigError("the training split is empty")
+        passes = {name: streamed_pass(subset, self.tasks) for name, subset in self.subsets.items()}
+        train, rows = passes["train"], np.asarray(split["train"], dtype=np.int64)
+        self.normalization = {name: compute_stats(train["labels"][name], task,
+                                                  train["atoms"][name] if task.level == "structure" else None)
+                              for name, task in self.tasks.items()}
+        self.train_statistics = {"avg_num_neighbors": float(edges[rows].sum()) / max(int(nodes[rows].sum()), 1),
+                                 "species": train["species"]}
+        report["splits"] = {name: len(s) for name, s in self.subsets.items()}
+        report["kinds"] = {name: task.kind if task.level == "structure" else f"{task.kind}/atom"
+                           for name, task in self.tasks.items()}
+        report["label_counts"] = {"all": {n: sum(p["counts"][n] for p in passes.values()) for n in self.tasks}}
+        report["label_counts"].update({name: p["counts"] for name, p in passes.items()})
         self.report = report
         rank_zero_info(format_summary(report, self.units))
 
@@ -141,6 +210,8 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     @property
     def structure_ids(self) -> list[str]:
+        if isinstance(self.dataset, StoredGraphs):
+            return list(self._index[1])
         return list(self.dataset._data[keys.STRUCTURE_ID])
 
     def summary(self) -> str:

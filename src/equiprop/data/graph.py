@@ -46,7 +46,7 @@ def _edges(record: CrystalRecord, pairs, cutoff: float, max_neighbors: int | Non
         first = np.searchsorted(i, i)  # index of each center's first edge
         keep = (np.arange(len(i)) - first) < max_neighbors
         i, j, shifts = i[keep], j[keep], shifts[keep]
-    isolated = np.setdiff1d(np.arange(record.num_atoms), i)
+    isolated = np.flatnonzero(np.bincount(i, minlength=record.num_atoms) == 0)
     if len(isolated):
         raise DataError(record.id, f"atom {int(isolated[0])} has no neighbour within the {cutoff} Å cutoff{note}",
                         "atom with no neighbour within the cutoff")

@@ -70,6 +70,11 @@ class CrystalRecord:
         self.check_distance(self.min_distance() if min_distance is None else min_distance)
         return self
 
+    def check_cell_only(self) -> "CrystalRecord":
+        """``validate`` without the interatomic-distance check, for callers that check it from a graph's edges."""
+        self.check_cell()
+        return self
+
     def check_cell(self) -> None:
         """The checks of ``validate`` that need no neighbour list: atoms, elements, finite values, volume."""
         if self.num_atoms == 0:
@@ -244,15 +249,34 @@ def read_extxyz_text(text: str, where: str, source: str) -> list[CrystalRecord]:
     except Exception as err:  # ase raises ValueError/IndexError/KeyError on malformed frames
         raise DataError(where, f"cannot parse extxyz ({type(err).__name__}: {err})",
                         "unparseable structure") from None
-    records = []
-    for i, atoms in enumerate(frames):
-        info = dict(atoms.info)
-        frame_id = str(info.pop("id", info.pop("material_id", f"{Path(where).stem}:{i}")))
-        per_atom = {k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")}  # per-atom labels
-        # ase moves columns and keys it knows (energy, forces, charges, magmoms, stress) into a calculator
-        computed = dict(atoms.calc.results) if getattr(atoms, "calc", None) is not None else {}
-        records.append(from_ase(atoms, frame_id, source, labels={**computed, **per_atom, **info}))
-    return records
+    return [_frame_record(atoms, i, where, source) for i, atoms in enumerate(frames)]
+
+
+def iread_extxyz(path: Path, source: str):
+    """The frames of an extxyz file one at a time (memory: one frame), as records with their labels."""
+    import ase.io
+
+    frames = ase.io.iread(str(path), index=":", format="extxyz")
+    i = 0
+    while True:
+        try:
+            atoms = next(frames)
+        except StopIteration:
+            return
+        except Exception as err:  # ase raises ValueError/IndexError/KeyError on malformed frames
+            raise DataError(f"{path}[{i}]", f"cannot parse extxyz ({type(err).__name__}: {err})",
+                            "unparseable structure") from None
+        yield _frame_record(atoms, i, str(path), source)
+        i += 1
+
+
+def _frame_record(atoms, i: int, where: str, source: str) -> CrystalRecord:
+    info = dict(atoms.info)
+    frame_id = str(info.pop("id", info.pop("material_id", f"{Path(where).stem}:{i}")))
+    per_atom = {k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")}  # per-atom labels
+    # ase moves columns and keys it knows (energy, forces, charges, magmoms, stress) into a calculator
+    computed = dict(atoms.calc.results) if getattr(atoms, "calc", None) is not None else {}
+    return from_ase(atoms, frame_id, source, labels={**computed, **per_atom, **info})
 
 
 # -- structure files a user gives (equiprop predict, suggest, embed, screen) ----------------------------------

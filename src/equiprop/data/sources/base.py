@@ -24,9 +24,11 @@ class SourceResult:
     label_skips: SkipLog = field(default_factory=SkipLog)  # single labels dropped (entry kept), by reason
     missing: Counter = field(default_factory=Counter)  # task -> labels absent or NaN/"na" in the source
     built_from: dict | None = None  # for a prebuilt file (the bundled dataset): the report of its own build
+    streamed_labels: Counter = field(default_factory=Counter)  # labels of records streamed on (not kept here)
+    keep_records: bool = True  # False: a stream, records pass through ``add_entry`` without being kept
 
     def label_counts(self) -> Counter:
-        return Counter(task for r in self.records for task in r.labels)
+        return Counter(task for r in self.records for task in r.labels) + self.streamed_labels
 
 
 class Source:
@@ -59,7 +61,8 @@ def add_entry(result: SourceResult, entry_id: str, make_record: Callable[[], Cry
     where = where or entry_id
     result.entries_read += 1
     try:
-        record = make_record().validate()
+        # a streamed build checks distances where it builds the graph (graph_store.encode), from its edges
+        record = make_record().validate() if result.keep_records else make_record().check_cell_only()
     except DataError as err:
         result.skips.add(err.kind, f"{where}: {err.problem}")
         return None
@@ -82,7 +85,10 @@ def add_entry(result: SourceResult, entry_id: str, make_record: Callable[[], Cry
     if not record.labels:
         result.skips.add("no label of the requested tasks", where)
         return None
-    result.records.append(record)
+    if result.keep_records:
+        result.records.append(record)
+    else:
+        result.streamed_labels.update(record.labels.keys())
     return record
 
 

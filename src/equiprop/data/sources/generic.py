@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Iterator
 
 from equiprop.data.errors import ConfigError, DataError
-from equiprop.data.record import read_extxyz_text, read_structure_file
+from equiprop.data.record import CrystalRecord, iread_extxyz, read_extxyz_text, read_structure_file
 from equiprop.data.sources.base import Source, SourceResult, add_entry, require_file
 from equiprop.data.tasks import MISSING_STRINGS, TaskSpec
 
@@ -159,7 +160,28 @@ class ExtXYZ(Source):
         label_keys = _label_columns(tasks, available, self.columns, str(path))
         result = SourceResult(self.name, str(path))
         for index, frame in enumerate(frames):
-            info, frame.labels = frame.labels, {}  # read_extxyz_text puts all of info there; keep only tasks
-            raw_labels = {task: info.get(key) for task, key in label_keys.items()}
-            add_entry(result, frame.id, lambda: frame, raw_labels, tasks, where=f"{path}[{index}] ({frame.id})")
+            self._add(result, frame, index, label_keys, tasks, path)
         return result
+
+    def stream(self, tasks: dict[str, TaskSpec]) -> tuple[SourceResult, Iterator[CrystalRecord]]:
+        """The records one frame at a time (``ase.io.iread``), for builds that must not hold them all: the result's
+        counts fill as the iterator is consumed. Label keys are chosen from the first frame's."""
+        path = require_file(self.path, self.name)
+        result = SourceResult(self.name, str(path), keep_records=False)
+
+        def records() -> Iterator[CrystalRecord]:
+            label_keys = None
+            for index, frame in enumerate(iread_extxyz(path, self.name)):
+                if label_keys is None:
+                    label_keys = _label_columns(tasks, sorted(frame.labels), self.columns, str(path))
+                record = self._add(result, frame, index, label_keys, tasks, path)
+                if record is not None:
+                    yield record
+
+        return result, records()
+
+    @staticmethod
+    def _add(result, frame, index, label_keys, tasks, path):
+        info, frame.labels = frame.labels, {}  # read_extxyz_text puts all of info there; keep only tasks
+        raw_labels = {task: info.get(key) for task, key in label_keys.items()}
+        return add_entry(result, frame.id, lambda: frame, raw_labels, tasks, where=f"{path}[{index}] ({frame.id})")
