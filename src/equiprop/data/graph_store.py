@@ -153,9 +153,19 @@ class GraphStore:
         return np.array(ids, dtype=np.int64), list(names), list(systems), np.array(nodes), np.array(edges)
 
     def rows(self, ids) -> list[tuple]:
-        query = ("SELECT structure_id, chemical_system, num_nodes, num_edges, crc, payload FROM graphs "
-                 "WHERE id = ?")
-        return [self.query(query, (int(i),))[0] for i in ids]
+        """The stored rows of ``ids``, in that order, in one query (a batch is one round trip)."""
+        ids = [int(i) for i in ids]
+        found = {}
+        for start in range(0, len(ids), 900):  # SQLite's limit on bound parameters
+            chunk = ids[start:start + 900]
+            query = ("SELECT id, structure_id, chemical_system, num_nodes, num_edges, crc, payload FROM graphs "
+                     f"WHERE id IN ({','.join('?' * len(chunk))})")
+            found.update((row[0], row[1:]) for row in self.query(query, chunk))
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise DataError(str(self.path), f"graph rows {missing[:3]} are missing: delete the store and rebuild",
+                            "corrupted store")
+        return [found[i] for i in ids]
 
 
 class StoredGraphs(torch.utils.data.Dataset):
@@ -171,6 +181,9 @@ class StoredGraphs(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> CrystalGraph:
         (row,) = self.store.rows([self.row_ids[position]])
         return decode(row, self.tasks, str(self.store.path))
+
+    def __getitems__(self, positions: list[int]) -> list[CrystalGraph]:  # a DataLoader batch in one query
+        return [decode(row, self.tasks, str(self.store.path)) for row in self.store.rows(self.row_ids[positions])]
 
     def subset(self, positions) -> "StoredGraphs":
         return StoredGraphs(self.store, self.tasks, self.row_ids[np.asarray(positions, dtype=np.int64)])
