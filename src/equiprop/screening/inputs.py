@@ -71,7 +71,7 @@ def read_file_item(path: Path):
     if path.is_dir():  # predict would search it; a screen reads folders one level deep, as predict does
         return InputFailure(path.name, str(path), "folder not searched",
                             f"{path}: a folder inside an input folder: not searched (give it to --input)")
-    items = read_inputs([str(path)])
+    items = read_inputs([str(path)], fast_cif=True)  # gemmi for CIFs it reads as pymatgen does (parity-tested)
     if len(items) == 1 and isinstance(items[0], CrystalRecord):
         return items[0]
     if len(items) == 1:
