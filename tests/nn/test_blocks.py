@@ -86,3 +86,12 @@ def test_only_wanted_irreps_come_out_and_unused_inputs_are_skipped():
     # 0e x 1o -> 1o (3 channels); 2e x 1o -> 1o (2 channels); 2e x 0e -> 2e is not wanted
     assert block.irreps_out == o3.Irreps("3x1o+2x1o").sort().irreps
     assert block.weight_numel == 3 + 2
+
+
+def test_path_diagonal_tensors_stay_out_of_checkpoints():
+    """l > 0 inputs run on path-diagonal couplings derived at init: the state_dict keeps only ``coupling_i``, so
+    checkpoints written before (and after) load either way."""
+    block = EdgeTensorProductBlock(o3.Irreps("4x0e+3x1o+2x2e"), o3.Irreps.spherical_harmonics(2),
+                                   {o3.Irrep(ir) for ir in ("0e", "1o", "2e")})
+    assert set(block.state_dict()) == {"coupling_0", "coupling_1", "coupling_2"}
+    assert hasattr(block, "diagonal_1") and hasattr(block, "path_of_2") and not hasattr(block, "diagonal_0")
