@@ -271,12 +271,12 @@ def _skip_log(stored: dict) -> SkipLog:
 def streamed_pass(graphs: StoredGraphs, tasks: dict[str, TaskSpec]) -> dict:
     """What the in-memory path reads from its collated tensors, in one pass over ``graphs`` (in their order): per
     task the labelled model-space rows and the atoms of their structures, the structures carrying a label, and the
-    elements present. Memory: the labels, not the graphs."""
+    elements present. Memory: the labels (folded into one tensor every 4,096 graphs), not the graphs."""
     labels = {name: [] for name in tasks}
     atoms = {name: [] for name in tasks}
     counts = dict.fromkeys(tasks, 0)
     species = set()
-    for graph in graphs:
+    for k, graph in enumerate(graphs):
         species.update(torch.unique(graph[keys.ATOMIC_NUMBERS]).tolist())
         for name in tasks:
             mask = graph[keys.mask_key(name)]
@@ -284,6 +284,9 @@ def streamed_pass(graphs: StoredGraphs, tasks: dict[str, TaskSpec]) -> dict:
                 counts[name] += 1
                 labels[name].append(graph[keys.label_key(name)][mask])
                 atoms[name].append(torch.full((int(mask.sum()),), graph.num_nodes))
+        if k % 4096 == 4095:  # a million small tensors would cost more than their numbers
+            labels = {n: [torch.cat(v)] if v else v for n, v in labels.items()}
+            atoms = {n: [torch.cat(v)] if v else v for n, v in atoms.items()}
     shapes = {name: (0, *task.model_shape) for name, task in tasks.items()}
     return {"labels": {n: torch.cat(v) if v else torch.zeros(shapes[n]) for n, v in labels.items()},
             "atoms": {n: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for n, v in atoms.items()},
