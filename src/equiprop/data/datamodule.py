@@ -102,7 +102,8 @@ class MultiTaskDataModule(L.LightningDataModule):
             return GraphDataset.load_from(path), {**report, "from_cache": True}
         if report_path.exists() and store.path.exists() and self.storage != "memory" and store.meta("complete"):
             report = json.loads(report_path.read_text())
-            return StoredGraphs(store, self.tasks, store.index()[0]), {**report, "from_cache": True}
+            self._index = store.index()
+            return StoredGraphs(store, self.tasks, self._index[0]), {**report, "from_cache": True}
         source = self.sources[0]
         if self.storage == "disk" and len(self.sources) == 1 and hasattr(source, "stream"):
             result, records = source.stream(self.tasks)  # read once, never all in memory
@@ -134,7 +135,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         total = len(records) if hasattr(records, "__len__") else None
         built = build_store(store, records, self.tasks, self.graph_params, total=total)
-        row_ids, _, _, _, edges = store.index()
+        self._index = row_ids, _, _, _, edges = store.index()  # read once: setup splits on it
         summaries = [source_summary(r) for r in results]  # after the stream: its counts are complete
         if not len(row_ids):
             raise ConfigError("no structure could be read from the configured sources; skipped: "
@@ -174,7 +175,7 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def _setup_streamed(self, report: dict) -> None:
         """``setup`` for a disk store: the same split, statistics and counts, from one streaming pass per split."""
-        self._index = row_ids, ids, groups, nodes, edges = self.dataset.store.index()
+        _, ids, groups, nodes, edges = self._index  # read by load_graphs
         split = self.split(ids, groups)
         self.subsets = {name: self.dataset.subset(idx) for name, idx in split.items()}
         if len(self.subsets["train"]) == 0:

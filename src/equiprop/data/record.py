@@ -216,6 +216,7 @@ def from_cif_fast(text: str, id: str, source: str = "") -> CrystalRecord | None:
     in the same frame; the sites are the same set (tested), possibly in another order."""
     try:
         import gemmi
+        from pymatgen.core import Lattice
 
         small = gemmi.make_small_structure_from_block(gemmi.cif.read_string(text).sole_block())
         sites = small.get_all_unit_cell_sites()
@@ -224,19 +225,10 @@ def from_cif_fast(text: str, id: str, source: str = "") -> CrystalRecord | None:
     numbers = [site.element.atomic_number for site in sites]
     if not sites or any(site.occ != 1.0 for site in sites) or 0 in numbers:
         return None
-    cell = lattice_from_parameters(small.cell.a, small.cell.b, small.cell.c, small.cell.alpha, small.cell.beta,
-                                   small.cell.gamma)
+    cell = Lattice.from_parameters(small.cell.a, small.cell.b, small.cell.c, small.cell.alpha, small.cell.beta,
+                                   small.cell.gamma).matrix  # pymatgen's frame, as from_text gives
     frac = np.array([[site.fract.x, site.fract.y, site.fract.z] for site in sites])
     return CrystalRecord(id=id, cell=cell, positions=frac @ cell, numbers=numbers, source=source)
-
-
-def lattice_from_parameters(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> np.ndarray:
-    """(3, 3) lattice vectors as rows in pymatgen's convention (``Lattice.from_parameters``, not VESTA's)."""
-    al, be, ga = np.radians([alpha, beta, gamma])
-    gamma_star = np.arccos(np.clip((np.cos(al) * np.cos(be) - np.cos(ga)) / (np.sin(al) * np.sin(be)), -1, 1))
-    return np.array([[a * np.sin(be), 0.0, a * np.cos(be)],
-                     [-b * np.sin(al) * np.cos(gamma_star), b * np.sin(al) * np.sin(gamma_star), b * np.cos(al)],
-                     [0.0, 0.0, c]])
 
 
 STRUCTURE_SUFFIXES = {".cif": "cif", ".vasp": "poscar", ".poscar": "poscar"}
