@@ -1,69 +1,130 @@
-"""The feature cache never reads a damaged shard as numbers: a shard whose bytes do not match the sha256 in its name,
-or that does not load, is deleted with a warning naming it, and its structures are recomputed."""
+"""The feature cache streams rows from one SQLite file with bounded memory and never reads damaged bytes as
+numbers: a row failing its checksum is deleted with a warning naming the file and structure, an unreadable file is
+moved aside, and either way the structures are recomputed."""
 
 import hashlib
+import io
+import multiprocessing
+import sqlite3
 import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from equiprop.nn.feature_cache import FeatureCache
+from equiprop.nn.feature_cache import FeatureCache, structure_keys
 
 NAMESPACE = {"encoder": "test", "weights": "0"}
 
 
-def _flip(shard, value: torch.Tensor):
-    """Overwrite the stored numbers of ``value`` in ``shard`` with NaN bytes (a silent corruption: the zip stays valid)."""
-    data = bytearray(shard.read_bytes())
+def _flip(path, value: torch.Tensor):
+    """Overwrite the stored numbers of ``value`` in the file with NaN bytes (a silent corruption: SQLite's pages stay
+    valid, only the payload changes)."""
+    data = bytearray(path.read_bytes())
     at = bytes(data).find(value.numpy().tobytes())
     assert at >= 0
     nan = torch.full_like(value, float("nan")).numpy().tobytes()
     data[at:at + len(nan)] = nan
-    shard.write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
 
 
-def test_shards_are_named_by_the_sha256_of_their_bytes(tmp_path):
-    FeatureCache(tmp_path, NAMESPACE).put({"a": torch.arange(6.0).reshape(2, 3)})
-    (shard,) = tmp_path.glob("*/*.pt")
-    assert shard.stem == hashlib.sha256(shard.read_bytes()).hexdigest()
-    assert torch.equal(FeatureCache(tmp_path, NAMESPACE).get("a"), torch.arange(6.0).reshape(2, 3))
+def _stored_start(path, key: str) -> torch.Tensor:
+    """The first 8 stored numbers of a row, as stored (to find them in the file)."""
+    dtype, payload = sqlite3.connect(path).execute("SELECT dtype, payload FROM features WHERE key = ?", (key,)).fetchone()
+    return torch.from_numpy(np.frombuffer(payload, dtype=np.dtype(dtype))[:8].copy())
 
 
-def test_a_shard_with_flipped_bytes_is_a_miss_with_a_warning_naming_it(tmp_path):
+def _close(cache):  # checkpoint the WAL into the main file, as a finished process leaves it
+    cache.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    cache.connection.close()
+
+
+def test_rows_round_trip_with_their_dtype_and_shape_and_memory_stays_bounded(tmp_path):
+    values = {f"s{i}": torch.randn(5 + i, 7, dtype=torch.float64 if i % 2 else torch.float32) for i in range(40)}
+    writer = FeatureCache(tmp_path, NAMESPACE, memory_limit=2_000)
+    for i in range(0, 40, 8):  # one transaction per batch of 8
+        writer.put({k: values[k] for k in list(values)[i:i + 8]})
+    assert writer.memory_bytes <= 2_000 and len(writer.memory) < 40  # the oldest rows left memory, not the disk
+    reader = FeatureCache(tmp_path, NAMESPACE, memory_limit=2_000)
+    got = reader.get_many(list(values) + ["missing"])
+    assert got[-1] is None and (reader.hits, reader.misses) == (40, 1)
+    for (key, value), back in zip(values.items(), got):
+        assert back.dtype == value.dtype and torch.equal(back, value), key
+    assert reader.memory_bytes <= 2_000
+    assert sqlite3.connect(reader.path).execute("SELECT count(*) FROM features").fetchone() == (40,)
+
+
+def test_a_row_with_flipped_bytes_is_a_miss_with_a_warning_naming_it(tmp_path):
     value = torch.linspace(1.0, 2.0, 12).reshape(4, 3)
-    FeatureCache(tmp_path, NAMESPACE).put({"a": value})
-    FeatureCache(tmp_path, NAMESPACE).put({"b": value + 1})
-    bad = next(p for p in tmp_path.glob("*/*.pt") if "a" in torch.load(p, weights_only=True))
-    _flip(bad, value)
+    writer = FeatureCache(tmp_path, NAMESPACE)
+    writer.put({"a": value})
+    writer.put({"b": value + 1})
+    _close(writer)
+    _flip(writer.path, value)
     reader = FeatureCache(tmp_path, NAMESPACE)
-    with pytest.warns(UserWarning, match=f"shard {bad} is corrupted.*do not match the sha256.*deleted"):
+    with pytest.warns(UserWarning, match=f"{writer.path}: the row of structure a fails its checksum.*deleted"):
         assert reader.get("a") is None  # never NaN rows
-    assert torch.equal(reader.get("b"), value + 1)  # the other shard is intact
-    assert not bad.exists()
+    assert torch.equal(reader.get("b"), value + 1)  # the other row is intact
     reader.put({"a": value})  # recomputed by its encoder, cached again
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(FeatureCache(tmp_path, NAMESPACE).get("a"), value)
 
 
-def test_a_truncated_or_foreign_shard_is_a_miss_with_a_warning(tmp_path):
+def test_an_unreadable_file_is_moved_aside_and_the_cache_starts_again(tmp_path):
     cache = FeatureCache(tmp_path, NAMESPACE)
     cache.put({"a": torch.ones(3)})
-    (shard,) = cache.directory.glob("*.pt")
-    shard.write_bytes(shard.read_bytes()[:100])  # a truncated copy
-    data = b"not a torch file"
-    foreign = cache.directory / f"{hashlib.sha256(data).hexdigest()}.pt"  # checksum right, content wrong
-    foreign.write_bytes(data)
-    with pytest.warns(UserWarning) as caught:
-        assert FeatureCache(tmp_path, NAMESPACE).get("a") is None
-    messages = sorted(str(w.message) for w in caught)
-    assert len(messages) == 2 and all("is corrupted" in m for m in messages)
-    assert any(str(shard) in m for m in messages) and any(f"{foreign}" in m and "does not load" in m for m in messages)
+    _close(cache)
+    cache.path.write_bytes(b"this is not an SQLite file" * 100)
+    reader = FeatureCache(tmp_path, NAMESPACE)
+    with pytest.warns(UserWarning, match=f"feature cache {cache.path} is unreadable.*moved to"):
+        assert reader.get("a") is None
+    assert list(cache.directory.glob("features.sqlite.corrupt-*"))
+    reader.put({"a": torch.zeros(3)})
+    assert torch.equal(FeatureCache(tmp_path, NAMESPACE).get("a"), torch.zeros(3))
+
+
+def _legacy_shard(directory, entries) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(entries, buffer)
+    data = buffer.getvalue()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{hashlib.sha256(data).hexdigest()}.pt").write_bytes(data)
+    return data
+
+
+def test_shards_of_the_previous_format_are_verified_and_imported(tmp_path):
+    directory = FeatureCache(tmp_path, NAMESPACE).directory
+    _legacy_shard(directory, {"a": torch.arange(6.0).reshape(2, 3)})
+    bad = _legacy_shard(directory, {"b": torch.ones(2)})
+    damaged = directory / f"{hashlib.sha256(bad).hexdigest()}.pt"
+    damaged.write_bytes(bad[:50])  # a truncated copy: its bytes no longer match its name
+    with pytest.warns(UserWarning, match=f"shard {damaged} is corrupted.*not imported"):
+        reader = FeatureCache(tmp_path, NAMESPACE)
+        assert torch.equal(reader.get("a"), torch.arange(6.0).reshape(2, 3))
+    assert reader.get("b") is None and not list(directory.glob("*.pt"))  # imported once, shards gone
+
+
+def _write_many(root, start):
+    cache = FeatureCache(root, NAMESPACE)
+    for i in range(start, start + 50):
+        cache.put({f"k{i}": torch.full((3,), float(i))})
+
+
+def test_two_processes_writing_at_once_keep_every_row(tmp_path):
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_write_many, args=(tmp_path, s)) for s in (0, 25)]  # keys 25-49 overlap
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert [w.exitcode for w in workers] == [0, 0]
+    rows = FeatureCache(tmp_path, NAMESPACE).get_many([f"k{i}" for i in range(75)])
+    assert all(torch.equal(r, torch.full((3,), float(i))) for i, r in enumerate(rows))
 
 
 @pytest.mark.integration  # SevenNet featurisation of two small crystals
-def test_the_foundation_encoder_recomputes_a_corrupted_shard(tiny_entries, tmp_path):
+def test_the_foundation_encoder_recomputes_a_corrupted_row(tiny_entries, tmp_path):
     pytest.importorskip("sevenn", reason="the foundation extra is not installed: pip install 'equiprop[foundation]'")
     from pymatgen.core import Structure
     from torch_geometric.data import Batch
@@ -75,13 +136,14 @@ def test_the_foundation_encoder_recomputes_a_corrupted_shard(tiny_entries, tmp_p
     records = [from_pymatgen(Structure.from_dict(e["structure"]), f"tiny-{i}") for i, e in enumerate(tiny_entries[:2])]
     batch = Batch.from_data_list([record_to_graph(r, {}, 5.0) for r in records])
     with torch.no_grad():
-        original = FoundationEncoder(cache_dir=str(tmp_path))(batch)  # frozen: the whole output is cached
-        (shard,) = tmp_path.glob("*/*.pt")
-        _flip(shard, original[:2])
+        first = FoundationEncoder(cache_dir=str(tmp_path))
+        original = first(batch)  # frozen: the whole output is cached
+        cache = first.feature_cache()
+        _close(cache)
+        for key in structure_keys(batch):
+            _flip(cache.path, _stored_start(cache.path, key))
         again = FoundationEncoder(cache_dir=str(tmp_path))  # a new process reading the damaged cache
-        with pytest.warns(UserWarning, match=f"shard {shard} is corrupted"):
+        with pytest.warns(UserWarning, match="fails its checksum"):
             features = again(batch)
     assert again.feature_cache().misses == 2 and bool(torch.isfinite(features).all())
     assert torch.equal(features, original)
-    np.testing.assert_array_equal([p.stem for p in tmp_path.glob("*/*.pt")],
-                                  [hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.glob("*/*.pt")])

@@ -1,17 +1,19 @@
-"""Per-structure cache of frozen encoder features, content-keyed like the graph cache.
+"""Per-structure cache of frozen encoder features on disk, content-keyed like the graph store.
 
 A frozen encoder (or the frozen first layers of a partly fine-tuned one) gives the same per-atom features for a
-structure every epoch: they are computed once, kept in memory and written to disk, so later epochs, runs, folds and
-predictions only look them up. The key of a structure hashes what the features depend on: atomic numbers,
-positions, cell, periodicity and the graph's edges with their image shifts (so another cutoff or neighbour cap is
-another key). The cache folder is named by a hash of the encoder's frozen state: its class, its configuration, where
-the cache sits in the network, and a digest of the frozen weights, so a changed model or weight is a cache miss.
+structure every epoch: they are computed once, written to disk, and later epochs, runs, folds and predictions only
+look them up. The key of a structure hashes what the features depend on: atomic numbers, positions, cell,
+periodicity and the graph's edges with their image shifts (so another cutoff or neighbour cap is another key). The
+cache folder is named by a hash of the encoder's frozen state: its class, its configuration, where the cache sits in
+the network, and a digest of the frozen weights, so a changed model or weight is a cache miss.
 
-Files are ``torch.save`` shards of ``{key: tensor}`` read with ``weights_only=True`` (nothing is unpickled) and
-written atomically (a killed run leaves no half-written shard). A shard is named by the sha256 of its bytes, so name
-and checksum arrive in one rename: a shard whose bytes no longer match its name (a flipped bit, a truncated copy) or
-that does not load as ``{key: tensor}`` is never read as numbers. It is deleted with a warning naming it, and its
-structures are cache misses that the encoder recomputes.
+Storage: one SQLite file per folder (``features.sqlite``, like ``data.graph_store``), one row per structure with a
+CRC-32 of its bytes. A batch is one query; memory holds at most ``EQUIPROP_FEATURE_MEMORY_MB`` (default 1024) of
+recently used rows, so a Materials-Project-size cache (~20 GB) streams from disk instead of being loaded whole.
+Rows of a batch are written in one transaction (a killed run keeps whole batches only); concurrent writers (DDP
+ranks) wait for SQLite's lock and never clash. A row whose bytes fail their checksum is never read as numbers: it is
+deleted with a warning naming the file and structure, and recomputed. A file SQLite cannot read is moved aside with a
+warning and the cache starts again. Shards of the previous format (``<sha256>.pt``) are verified and imported.
 """
 
 from __future__ import annotations
@@ -20,21 +22,35 @@ import hashlib
 import io
 import json
 import os
-import uuid
+import sqlite3
 import warnings
+import zlib
+from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from equiprop.data import keys
 
-CACHE_FORMAT_VERSION = 2  # 2: shards named by the sha256 of their bytes, checked on read
+CACHE_FORMAT_VERSION = 2  # the folder's namespace; 2: per-structure rows with checksums (SQLite, or .pt shards)
 DEFAULT_FEATURE_CACHE = "~/.cache/equiprop/features"
+STORE_NAME = "features.sqlite"
+QUERY_CHUNK = 500  # keys per SELECT (SQLite's bound-parameter limit is 999 on old builds)
+SCHEMA = """
+PRAGMA journal_mode=WAL;
+PRAGMA synchronous=NORMAL;
+CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, dtype TEXT, shape TEXT, crc INTEGER, payload BLOB);
+"""
 
 
 def default_cache_dir() -> Path:
     base = os.environ.get("EQUIPROP_CACHE")
     return (Path(base) / "features" if base else Path(DEFAULT_FEATURE_CACHE)).expanduser()
+
+
+def memory_limit_bytes() -> int:
+    return int(float(os.environ.get("EQUIPROP_FEATURE_MEMORY_MB", "1024")) * 2 ** 20)
 
 
 def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -68,64 +84,142 @@ def structure_keys(data) -> list[str]:
     return result
 
 
-class FeatureCache:
-    """Per-atom feature tensors by structure key, in memory and on disk under ``root/<namespace hash>/``."""
+def encode_row(key: str, value: torch.Tensor) -> tuple:
+    array = value.detach().cpu().contiguous().numpy()
+    payload = array.tobytes()
+    return key, array.dtype.str, json.dumps(list(array.shape)), zlib.crc32(payload), payload
 
-    def __init__(self, root: str | Path | None, namespace: dict):
+
+class FeatureCache:
+    """Per-atom feature tensors by structure key, on disk under ``root/<namespace hash>/features.sqlite`` with the
+    most recently used ones in memory. Each process (DataLoader workers, DDP ranks) opens its own connection."""
+
+    def __init__(self, root: str | Path | None, namespace: dict, memory_limit: int | None = None):
         self.namespace = {"version": CACHE_FORMAT_VERSION, **namespace}
         digest = hashlib.sha256(json.dumps(self.namespace, sort_keys=True, default=str).encode()).hexdigest()[:24]
         self.directory = (Path(root).expanduser() if root else default_cache_dir()) / digest
-        self.memory: dict[str, torch.Tensor] = {}
-        self.loaded = False
+        self.path = self.directory / STORE_NAME
+        self.memory: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recently used first
+        self.memory_bytes, self.memory_limit = 0, memory_limit_bytes() if memory_limit is None else memory_limit
         self.hits = self.misses = 0
+        self._connection, self._pid, self._read_only = None, None, False
 
-    def _load(self) -> None:
-        self.loaded = True
-        if not self.directory.exists():
-            return
-        for shard in sorted(self.directory.glob("*.pt")):
-            entries = read_shard(shard)
-            if entries is not None:
-                self.memory.update(entries)
-
+    # -- reading ----------------------------------------------------------------------------------------------------
     def get(self, key: str) -> torch.Tensor | None:
-        if not self.loaded:
-            self._load()
-        value = self.memory.get(key)
-        if value is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return value
+        return self.get_many([key])[0]
 
+    def get_many(self, names: list[str]) -> list[torch.Tensor | None]:
+        """The cached tensor of each key (None for a miss): memory first, the rest in one query per 500 keys."""
+        found = {k: self.memory.get(k) for k in names}
+        for k, v in found.items():
+            if v is not None:
+                self.memory.move_to_end(k)
+        wanted = [k for k, v in found.items() if v is None]
+        for start in range(0, len(wanted), QUERY_CHUNK):
+            chunk = wanted[start:start + QUERY_CHUNK]
+            rows = self._execute(f"SELECT key, dtype, shape, crc, payload FROM features WHERE key IN "
+                                 f"({','.join('?' * len(chunk))})", chunk)
+            for row in rows:
+                value = self._decode(row)
+                if value is not None:
+                    found[row[0]] = value
+                    self._remember(row[0], value)
+        result = [found[k] for k in names]
+        self.misses += sum(v is None for v in result)
+        self.hits += sum(v is not None for v in result)
+        return result
+
+    def _decode(self, row) -> torch.Tensor | None:
+        key, dtype, shape, crc, payload = row
+        if zlib.crc32(payload) != crc:
+            warnings.warn(f"feature cache {self.path}: the row of structure {key} fails its checksum (corrupted): "
+                          "deleted; it is recomputed")
+            self._write("DELETE FROM features WHERE key = ?", [(key,)])
+            return None
+        return torch.from_numpy(np.frombuffer(bytearray(payload), dtype=np.dtype(dtype)).reshape(json.loads(shape)))
+
+    def _remember(self, key: str, value: torch.Tensor) -> None:
+        if key not in self.memory:
+            self.memory[key] = value
+            self.memory_bytes += value.nbytes
+        while self.memory_bytes > self.memory_limit and self.memory:
+            self.memory_bytes -= self.memory.popitem(last=False)[1].nbytes
+
+    # -- writing ----------------------------------------------------------------------------------------------------
     def put(self, entries: dict[str, torch.Tensor]) -> None:
-        """Add entries in memory and write them as one new shard (atomic rename; concurrent writers never clash)."""
+        """Add entries in memory and on disk in one transaction (rows already there, e.g. from another rank, stay)."""
         if not entries:
             return
         entries = {k: v.detach().cpu().contiguous() for k, v in entries.items()}
-        self.memory.update(entries)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        if not (self.directory / "namespace.json").exists():
-            (self.directory / "namespace.json").write_text(json.dumps(self.namespace, indent=1, default=str))
-        buffer = io.BytesIO()
-        torch.save(entries, buffer)
-        data = buffer.getvalue()
-        tmp = self.directory / f".{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.directory / f"{hashlib.sha256(data).hexdigest()}.pt")
+        for key, value in entries.items():
+            self._remember(key, value)
+        self._write("INSERT OR IGNORE INTO features VALUES (?, ?, ?, ?, ?)",
+                    [encode_row(k, v) for k, v in entries.items()])
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        if self._read_only:
+            return
+        try:
+            with self.connection:
+                self.connection.executemany(sql, rows)
+        except sqlite3.OperationalError as err:  # a read-only cache folder: features stay in memory for this run
+            self._read_only = True
+            warnings.warn(f"feature cache {self.path} is not writable ({err}): features are kept in memory only")
+
+    # -- the file -----------------------------------------------------------------------------------------------------
+    @property
+    def connection(self) -> sqlite3.Connection:
+        if self._connection is None or self._pid != os.getpid():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            namespace = self.directory / "namespace.json"
+            if not namespace.exists():
+                namespace.write_text(json.dumps(self.namespace, indent=1, default=str))
+            self._connection, self._pid = sqlite3.connect(self.path, timeout=120), os.getpid()
+            self._connection.executescript(SCHEMA)
+            self._import_shards()
+        return self._connection
+
+    def _execute(self, sql: str, params) -> list:
+        """Rows of one query; a file SQLite cannot read is moved aside (with a warning) and the cache starts again."""
+        try:
+            return self.connection.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as err:
+            if isinstance(err, sqlite3.OperationalError):  # locked or unopenable: not a damaged file
+                raise
+            if self._connection is not None:
+                self._connection.close()
+            self._connection = None
+            aside = self.path.with_name(f"{STORE_NAME}.corrupt-{os.getpid()}")
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            warnings.warn(f"feature cache {self.path} is unreadable ({err}): moved to {aside}; its structures "
+                          "are recomputed")
+            return self.connection.execute(sql, params).fetchall()
+
+    def _import_shards(self) -> None:
+        """Shards of the previous format (``<sha256>.pt``): verified, imported in one transaction, then deleted."""
+        for shard in sorted(self.directory.glob("*.pt")):
+            entries = read_shard(shard)
+            if entries:
+                with self._connection:
+                    self._connection.executemany("INSERT OR IGNORE INTO features VALUES (?, ?, ?, ?, ?)",
+                                                 [encode_row(k, v) for k, v in entries.items()])
+            try:
+                shard.unlink(missing_ok=True)
+            except OSError:  # a read-only folder: imported again next time (INSERT OR IGNORE), never read twice
+                pass
 
 
 def read_shard(shard: Path) -> dict[str, torch.Tensor] | None:
-    """The shard's ``{key: tensor}``, or None (after deleting it with a warning) if it fails its checksum or to load."""
+    """A previous-format shard's ``{key: tensor}``, or None (with a warning) if it fails its checksum or to load."""
     data = shard.read_bytes()
     problem = None
     if hashlib.sha256(data).hexdigest() != shard.stem:
         problem = "its bytes do not match the sha256 in its name"
     else:
         try:
-            buffer = io.BytesIO(data)
-            entries = torch.load(buffer, map_location="cpu", weights_only=True)
+            entries = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable shard is a cache miss, never a crash
             problem = f"it does not load ({type(err).__name__})"
         else:
@@ -134,10 +228,5 @@ def read_shard(shard: Path) -> dict[str, torch.Tensor] | None:
                 problem = "it does not hold {key: tensor}"
     if problem is None:
         return entries
-    try:
-        shard.unlink(missing_ok=True)
-        action = "deleted"
-    except OSError as err:  # a read-only cache: still never read
-        action = f"skipped (not deleted: {err.strerror})"
-    warnings.warn(f"feature cache shard {shard} is corrupted ({problem}): {action}; its structures are recomputed")
+    warnings.warn(f"feature cache shard {shard} is corrupted ({problem}): not imported; its structures are recomputed")
     return None

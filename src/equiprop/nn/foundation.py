@@ -238,7 +238,7 @@ class FoundationEncoder(PotentialRunner, Encoder):
 
     def _lookup(self, data, cache: FeatureCache, compute) -> torch.Tensor:
         names = structure_keys(data)
-        found = [cache.get(k) for k in names]
+        found = cache.get_many(names)
         if any(f is None for f in found):
             rows = compute()  # the whole batch once (cheaper than re-batching the misses); cache only the misses
             counts = torch.bincount(data[keys.BATCH], minlength=len(names)).tolist()

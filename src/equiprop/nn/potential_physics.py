@@ -78,7 +78,7 @@ class PotentialPhysics:
 
     def descriptors(self, data) -> torch.Tensor:  # -> (num_graphs, size), cached per structure
         names = structure_keys(data)
-        rows = [self.cache.get(key) for key in names]
+        rows = self.cache.get_many(names)
         stale = [i for i, row in enumerate(rows)  # missing, or cached NaN before the one-atom fix: (re)computed
                  if row is None or not bool(torch.isfinite(row).all())]
         graphs = _plain_graphs(data) if stale else []
@@ -102,7 +102,7 @@ class PotentialPhysics:
                 "quantity": name, "model": self.model_name, **settings[name]})
         names = structure_keys(data)
         wanted = range(len(names)) if rows is None else torch.nonzero(rows.cpu()).flatten().tolist()
-        found = {i: cache.get(names[i]) for i in wanted}
+        found = dict(zip(wanted, cache.get_many([names[i] for i in wanted])))
         missing = [i for i, row in found.items() if row is None]
         if missing:
             graphs = _plain_graphs(data)
