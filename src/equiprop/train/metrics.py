@@ -14,6 +14,7 @@ from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, R2Score
 from torchmetrics.classification import BinaryAccuracy
 
+from equiprop.data.precision import full_precision
 from equiprop.data.tasks import TaskSpec
 from equiprop.data.tensor_ops import anisotropic_part, cartesian_isotropic_scalar
 
@@ -35,6 +36,7 @@ class TaskMetrics(nn.Module):
             self.metrics = nn.ModuleDict({"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False),
                                           "r2": R2Score()})
 
+    @full_precision  # float32 under autocast: anisotropic parts and traces are matmuls/einsums (data.precision)
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         m = self.metrics
         if self.task.kind == "binary":

@@ -12,6 +12,7 @@ from torchmetrics import MeanAbsoluteError
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError, check_choice
 from equiprop.data.graph import atoms_per_graph
+from equiprop.data.precision import autocast_off, upcast
 from equiprop.data.tasks import TaskSpec, resolve_task, resolve_tasks
 from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
@@ -207,7 +208,9 @@ class MultiTaskModel(L.LightningModule):
         ``features``: the encoder's output for ``batch`` when already computed (ensemble members that share one
         frozen encoder run it once). ``rows``: per task, the structures whose prediction is used (a prior is
         estimated only there; training passes the label masks)."""
-        features = self.feature_dropout(self.encoder(batch) if features is None else features)
+        features = self.encoder(batch) if features is None else features
+        # float32 into the heads under autocast (an invariant encoder's are bf16): their norms and geometry read it
+        features = self.feature_dropout(upcast(features))
         names = list(tasks if tasks is not None else self.tasks)
         # edge vectors and harmonics once per forward for every tensor readout that reads the neighbour shell
         geometric = any(getattr(self.heads[n], "environment", None) is not None for n in names)
@@ -292,7 +295,8 @@ class MultiTaskModel(L.LightningModule):
             tensor = predictions.get(source)
             if tensor is None:
                 tensor = self(batch, [source])[source]
-            value = fn(self.normalizer.to_physical(source, tensor[mask], atoms_per_graph(batch)[mask]))
+            with autocast_off():  # Voigt moduli are einsums: float32 (data.precision)
+                value = fn(self.normalizer.to_physical(source, tensor[mask], atoms_per_graph(batch)[mask]))
             self.derived[stage][derived].update(value, torch.pow(10.0, batch[keys.label_key(reference)][mask]))
 
     def training_step(self, batch, batch_idx):
