@@ -3,7 +3,7 @@
 import torch
 from torch_geometric.data import Batch
 
-from equiprop.data.graph import edge_vectors, record_to_graph
+from equiprop.data.graph import atoms_per_graph, edge_vectors, record_to_graph
 from equiprop.data.precision import full_precision
 from equiprop.data.record import from_pymatgen_dict
 
@@ -36,3 +36,5 @@ def test_edge_vectors_stay_float32_under_autocast(tiny_entries):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = edge_vectors(batch)
     assert mixed.dtype == torch.float32 and torch.equal(mixed, reference)
+    # a collated batch counts its atoms from ptr (no device->host sync), as bincount did
+    assert torch.equal(atoms_per_graph(batch), torch.bincount(batch.batch, minlength=batch.num_graphs))

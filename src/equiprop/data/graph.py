@@ -172,4 +172,6 @@ def atoms_per_graph(data) -> torch.Tensor:
     batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else None
     if batch is None:
         return torch.tensor([data.num_nodes])
+    if "ptr" in data and data["ptr"] is not None:  # a collated batch: no device->host sync (bincount reads max(batch))
+        return data["ptr"].diff()
     return torch.bincount(batch, minlength=data.num_graphs)
