@@ -11,7 +11,8 @@ from equiprop.data.sources import RecordsJSON
 from equiprop.data.sources.records_json import bundled_path, read_json
 from equiprop.data.splits import RandomSplit
 from equiprop.nn import InvariantEncoder
-from equiprop.train.loss import FixedWeighting, UncertaintyWeighting, task_loss, tensor_task_loss
+from equiprop.train.loss import (FixedWeighting, UncertaintyWeighting, task_loss, tensor_part_columns,
+                                 tensor_task_loss)
 from equiprop.train.module import MultiTaskModel
 
 
@@ -74,8 +75,8 @@ def test_huber_loss_on_known_numbers():
     assert float(task_loss(prediction, target, "scalar", "mse")) > float(task_loss(prediction, target, "scalar",
                                                                                      "huber"))
     # tensors: the same elementwise Huber loss, averaged over the isotropic and the anisotropic components apart
-    isotropic = torch.tensor([True, False, False])
-    total, parts = tensor_task_loss(prediction[:3].reshape(1, 3), target[:3].reshape(1, 3), isotropic, "huber",
+    columns = tensor_part_columns([True, False, False])
+    total, parts = tensor_task_loss(prediction[:3].reshape(1, 3), target[:3].reshape(1, 3), columns, "huber",
                                     isotropic_weight=2.0, anisotropic_weight=0.5)
     assert float(parts["isotropic"]) == pytest.approx(0.125)
     assert float(parts["anisotropic"]) == pytest.approx((1.5 + 2.5) / 2)

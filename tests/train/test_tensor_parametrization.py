@@ -18,7 +18,7 @@ from equiprop.data.tensor_ops import project_symmetric
 from equiprop.data.tensor_ops import (anisotropic_part, from_mandel, isotropic_part, spd_exp, spd_exp_torch, spd_log,
                                       sym_expm, sym_logm, to_mandel)
 from equiprop.nn import EquivariantEncoder
-from equiprop.train.loss import tensor_task_loss
+from equiprop.train.loss import tensor_part_columns, tensor_task_loss
 from equiprop.train.module import MultiTaskModel
 from equiprop.train.normalizer import TaskNormalizer
 
@@ -115,14 +115,16 @@ def test_normaliser_round_trip_and_model_space():
 
 def test_tensor_loss_parts_are_weighted_separately():
     isotropic = torch.tensor([True, False, False, False, False, False])
+    columns = tensor_part_columns(isotropic)
     target = torch.zeros(4, 6)
     prediction = torch.zeros(4, 6)
     prediction[:, 0] = 2.0  # isotropic error only
     prediction[:, 1:] = 1.0  # anisotropic error only
-    total, parts = tensor_task_loss(prediction, target, isotropic, "mae", isotropic_weight=3.0, anisotropic_weight=0.5)
+    total, parts = tensor_task_loss(prediction, target, columns, "mae", isotropic_weight=3.0, anisotropic_weight=0.5)
     assert float(parts["isotropic"]) == 2.0 and float(parts["anisotropic"]) == 1.0
     assert float(total) == pytest.approx(3.0 * 2.0 + 0.5 * 1.0)
-    total, parts = tensor_task_loss(prediction[:, 1:], target[:, 1:], isotropic[1:], "mse")  # piezo: no 0e
+    piezo = tensor_part_columns(isotropic[1:])  # no 0e
+    total, parts = tensor_task_loss(prediction[:, 1:], target[:, 1:], piezo, "mse")
     assert set(parts) == {"anisotropic"} and float(total) == 1.0
 
 

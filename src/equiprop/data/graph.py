@@ -12,6 +12,7 @@ from torch_geometric.data import Data
 
 from equiprop.data import keys
 from equiprop.data.errors import DataError
+from equiprop.data.precision import full_precision
 from equiprop.data.record import CrystalRecord
 from equiprop.data.tasks import TaskSpec
 
@@ -143,6 +144,7 @@ def label_rows(task: TaskSpec, label, num_atoms: int) -> tuple[np.ndarray, np.nd
     return value, mask
 
 
+@full_precision  # geometry in float32 under autocast (a bf16 einsum rounds a 10 Å cell shift by up to 0.03 Å)
 def edge_vectors(data) -> torch.Tensor:
     """(num_edges, 3) pos[j] + shift @ cell - pos[i], for one graph or a PyG batch."""
     i, j = data[keys.EDGE_INDEX]
@@ -170,4 +172,6 @@ def atoms_per_graph(data) -> torch.Tensor:
     batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else None
     if batch is None:
         return torch.tensor([data.num_nodes])
+    if "ptr" in data and data["ptr"] is not None:  # a collated batch: no device->host sync (bincount reads max(batch))
+        return data["ptr"].diff()
     return torch.bincount(batch, minlength=data.num_graphs)

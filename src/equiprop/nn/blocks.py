@@ -11,6 +11,7 @@ from torch_geometric.utils import scatter
 
 from equiprop.data import keys
 from equiprop.data.graph import edge_vectors, radial_lengths
+from equiprop.data.precision import full_precision
 
 MAX_Z = 118
 
@@ -237,8 +238,15 @@ class InteractionBlock(nn.Module):
     def forward(self, x: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor, edge_index: torch.Tensor,
                 neighbour_norm: torch.Tensor, species: torch.Tensor | None = None) -> torch.Tensor:
         # x: (num_nodes, irreps_in.dim); edge_sh: (num_edges, sh.dim); edge_radial: (num_edges, num_basis);
-        # neighbour_norm: () sqrt of the average number of neighbours; species: (num_nodes,) atomic numbers
-        aggregated = self.tp(self.linear_in(x), edge_sh, self.radial(edge_radial), edge_index, x.shape[0])
+        # neighbour_norm: () sqrt of the average number of neighbours; species: (num_nodes,) atomic numbers.
+        # The radial MLP is invariant (lengths -> weights): under autocast its matmuls run in reduced precision.
+        return self.equivariant(x, edge_sh, self.radial(edge_radial), edge_index, neighbour_norm, species)
+
+    @full_precision  # e3nn's linears, gate and products: float32 (data.precision)
+    def equivariant(self, x: torch.Tensor, edge_sh: torch.Tensor, weights: torch.Tensor, edge_index: torch.Tensor,
+                    neighbour_norm: torch.Tensor, species: torch.Tensor | None) -> torch.Tensor:
+        # weights: (num_edges, tp.weight_numel) per-edge tensor-product weights; the rest as in forward
+        aggregated = self.tp(self.linear_in(x), edge_sh, weights, edge_index, x.shape[0])
         aggregated = aggregated / neighbour_norm
         h = self.linear_out(aggregated)  # (num_nodes, gate.irreps_in.dim)
         if self.product is not None:

@@ -35,6 +35,7 @@ from e3nn import o3
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.data.graph import edge_vectors
+from equiprop.data.precision import full_precision
 from equiprop.data.symmetry import inversion_partners
 from equiprop.nn.base import Encoder
 from equiprop.nn.feature_cache import FeatureCache, structure_keys, weights_digest
@@ -208,6 +209,7 @@ class FoundationEncoder(PotentialRunner, Encoder):
         return out
 
     # -- forward, with the cache of frozen work ---------------------------------------------------------------------
+    @full_precision  # SevenNet's e3nn layers, pretrained in float32: outside autocast (data.precision)
     def forward(self, data) -> torch.Tensor:  # -> (num_nodes, irreps_out.dim)
         if self.cache_point == 0:
             features = self._features(data)

@@ -18,6 +18,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from equiprop.data import keys
+from equiprop.data.precision import full_precision, upcast
 from equiprop.data.tasks import TaskSpec
 from equiprop.nn.blocks import EdgeGeometryBlock, EnvironmentHarmonicsBlock
 
@@ -125,9 +126,7 @@ class TensorReadoutBlock(nn.Module):
         x = self.input_norm(x)
         h = self.invariant(x[:, self.scalar_index])  # (num_nodes, hidden)
         if self.quadratic is not None:
-            small = self.project(x)
-            quadratic = (self.quadratic_scale * self.quadratic(small, small)).split(
-                [self.irreps_out[k].dim for k in self.unreached], dim=1)
+            quadratic = self.quadratic_path(x)
         parts = []
         for k, (mul, ir) in enumerate(self.irreps_out):
             if str(k) in self.isotropic:
@@ -143,9 +142,18 @@ class TensorReadoutBlock(nn.Module):
         per_atom = torch.cat(parts, dim=1)  # (num_nodes, irreps_out.dim)
         return pooled(per_atom, data, self.pooling)
 
+    @full_precision  # e3nn's linear and tensor product: float32 (data.precision)
+    def quadratic_path(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # x: (num_nodes, irreps_in.dim) -> per unreached output k, (num_nodes, irreps_out[k].dim)
+        small = self.project(x)
+        return (self.quadratic_scale * self.quadratic(small, small)).split(
+            [self.irreps_out[k].dim for k in self.unreached], dim=1)
+
 
 def pooled(per_atom: torch.Tensor, data, pooling: str | None) -> torch.Tensor:
-    """(num_nodes, ...) per-atom outputs -> (num_graphs, ...) by ``pooling`` over each structure; unchanged if None."""
+    """(num_nodes, ...) per-atom outputs -> (num_graphs, ...) by ``pooling`` over each structure; unchanged if None.
+    Float32 under autocast: pooled in it, and the loss and metrics read it (data.precision)."""
+    per_atom = upcast(per_atom)
     if pooling is None:
         return per_atom
     return scatter(per_atom, data[keys.BATCH], dim=0, dim_size=data.num_graphs, reduce=pooling)

@@ -37,6 +37,7 @@ from torch_geometric.utils import scatter
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.data.graph import atoms_per_graph
+from equiprop.data.precision import full_precision
 from equiprop.data.tasks import TaskSpec
 from equiprop.data.tensor_ops import MANDEL_WEIGHTS, from_mandel_torch, hill_moduli
 from equiprop.nn.blocks import MAX_Z
@@ -192,6 +193,7 @@ class PhysicsPriors(nn.Module):
         return (1.0 + chi).view(-1, 1, 1) * eye
 
     # -- applied to the heads' outputs -----------------------------------------------------------------------------
+    @full_precision  # the pretrained potential and the normaliser in float32 under autocast (data.precision)
     def apply(self, batch, predictions: dict[str, torch.Tensor], normalizer,
               rows: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Normalised predictions with each prior added (``rows``: per task, the structures that need it, default

@@ -26,21 +26,27 @@ def task_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str, loss: s
     return REGRESSION_LOSSES[loss](prediction, target)
 
 
-def tensor_task_loss(prediction: torch.Tensor, target: torch.Tensor, isotropic: torch.Tensor, loss: str,
+def tensor_part_columns(isotropic) -> dict[str, torch.Tensor]:
+    """{part: (k,) column indices} of the parts a tensor task has, from its (irreps dim,) bool ``isotropic`` mask
+    (True on 0e): "isotropic" (0e) and "anisotropic" (l>0), empty parts left out (a piezo tensor has no 0e). Built
+    once, on the host: selecting by indices needs no device->host sync, where a bool mask needs one per step."""
+    isotropic = torch.as_tensor(isotropic, dtype=torch.bool, device="cpu")
+    columns = {"isotropic": isotropic.nonzero().squeeze(1), "anisotropic": (~isotropic).nonzero().squeeze(1)}
+    return {part: index for part, index in columns.items() if len(index)}
+
+
+def tensor_task_loss(prediction: torch.Tensor, target: torch.Tensor, columns: dict[str, torch.Tensor], loss: str,
                      isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one tensor task and its parts.
 
-    prediction/target: (num_labelled, irreps dim) normalised irreps; isotropic: (irreps dim,) bool, True on 0e.
-    Returns ``isotropic_weight * L_iso + anisotropic_weight * L_aniso`` over the parts the tensor has (a piezo tensor
-    has no isotropic part) and the parts themselves.
+    prediction/target: (num_labelled, irreps dim) normalised irreps; columns: ``tensor_part_columns`` of the task.
+    Returns ``isotropic_weight * L_iso + anisotropic_weight * L_aniso`` over the parts the tensor has and the parts
+    themselves.
     """
     elementwise = REGRESSION_LOSSES[loss](prediction, target, reduction="none")  # (num_labelled, irreps dim)
-    parts, weights = {}, {"isotropic": isotropic_weight, "anisotropic": anisotropic_weight}
-    if isotropic.any():
-        parts["isotropic"] = elementwise[:, isotropic].mean()
-    if (~isotropic).any():
-        parts["anisotropic"] = elementwise[:, ~isotropic].mean()
+    weights = {"isotropic": isotropic_weight, "anisotropic": anisotropic_weight}
+    parts = {part: elementwise[:, index].mean() for part, index in columns.items()}
     return sum(weights[p] * value for p, value in parts.items()), parts
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from torchmetrics import MeanAbsoluteError, MeanMetric, MeanSquaredError, R2Score
 from torchmetrics.classification import BinaryAccuracy
 
+from equiprop.data.precision import full_precision
 from equiprop.data.tasks import TaskSpec
 from equiprop.data.tensor_ops import anisotropic_part, cartesian_isotropic_scalar
 
@@ -27,6 +28,8 @@ class TaskMetrics(nn.Module):
         if task.kind == "binary":
             self.metrics = nn.ModuleDict({"accuracy": BinaryAccuracy()})
         elif task.kind == "tensor":
+            # MeanMetric's default nan_strategy ("warn": a NaN row dropped with a warning) reads isnan on the host:
+            # two syncs per update, in validation and test only (training updates no metric); kept for that meaning
             self.metrics = nn.ModuleDict({"component_mae": MeanMetric(), "frobenius_error": MeanMetric(),
                                           "anisotropic_mae": MeanMetric()})
             if task.rank in (2, 4):
@@ -35,6 +38,7 @@ class TaskMetrics(nn.Module):
             self.metrics = nn.ModuleDict({"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False),
                                           "r2": R2Score()})
 
+    @full_precision  # float32 under autocast: anisotropic parts and traces are matmuls/einsums (data.precision)
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         m = self.metrics
         if self.task.kind == "binary":

@@ -12,13 +12,15 @@ from torchmetrics import MeanAbsoluteError
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError, check_choice
 from equiprop.data.graph import atoms_per_graph
+from equiprop.data.precision import autocast_off, upcast
 from equiprop.data.tasks import TaskSpec, resolve_task, resolve_tasks
 from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
 from equiprop.nn.heads import build_head
 from equiprop.nn.priors import PRIOR_QUANTITY, PhysicsPriors
 from equiprop.data.tensor_ops import invariant_mask, voigt_bulk_modulus, voigt_shear_modulus
-from equiprop.train.loss import REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss, tensor_task_loss
+from equiprop.train.loss import (REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss,
+                                 tensor_part_columns, tensor_task_loss)
 from equiprop.train.metrics import TaskMetrics
 from equiprop.train.normalizer import TaskNormalizer
 from equiprop.train.transfer import frozen_parameters, load_pretrained
@@ -36,6 +38,12 @@ PriorName = Literal["potential_energy", "potential_stiffness", "potential_bulk_m
                     "penn"]  # nn.priors.PRIOR_QUANTITY
 assert set(Loss.__args__) == set(REGRESSION_LOSSES)
 assert set(PriorName.__args__) == set(PRIOR_QUANTITY)
+
+
+def labelled_rows(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """(count,) indices of the True rows of ``mask``, its count known on the host: the rows ``tensor[mask]`` selects,
+    in the same order (same values and gradients), without the device->host sync a bool mask costs."""
+    return torch.nonzero_static(mask, size=count).squeeze(1)
 
 
 class MultiTaskModel(L.LightningModule):
@@ -123,10 +131,13 @@ class MultiTaskModel(L.LightningModule):
         self.derived = nn.ModuleDict({stage: nn.ModuleDict({
             name: MeanAbsoluteError() for name, (src, ref, _) in DERIVED.items()
             if src in self.tasks and ref in self.tasks}) for stage in ("val", "test")})
+        self.tensor_parts: dict[str, list[str]] = {}  # tensor task -> its loss parts ("isotropic", "anisotropic")
         for name, task in self.tasks.items():
             if task.kind == "tensor":
-                invariant = torch.as_tensor(invariant_mask(task.formula), dtype=torch.bool)
-                self.register_buffer(f"isotropic_{name}", invariant, persistent=False)  # (irreps dim,) 0e entries
+                columns = tensor_part_columns(invariant_mask(task.formula))
+                self.tensor_parts[name] = list(columns)
+                for part, index in columns.items():  # (k,) irreps columns of the part
+                    self.register_buffer(f"columns_{part}_{name}", index, persistent=False)
         self.register_buffer("species_seen", torch.zeros(MAX_Z + 1, dtype=torch.bool))  # elements of the fit data
         self.pretrained_label_counts: dict[str, int | None] = {}  # of the reused heads, set by load_pretrained
         if init_heads and not init_from:
@@ -207,7 +218,9 @@ class MultiTaskModel(L.LightningModule):
         ``features``: the encoder's output for ``batch`` when already computed (ensemble members that share one
         frozen encoder run it once). ``rows``: per task, the structures whose prediction is used (a prior is
         estimated only there; training passes the label masks)."""
-        features = self.feature_dropout(self.encoder(batch) if features is None else features)
+        features = self.encoder(batch) if features is None else features
+        # float32 into the heads under autocast (an invariant encoder's are bf16): their norms and geometry read it
+        features = self.feature_dropout(upcast(features))
         names = list(tasks if tasks is not None else self.tasks)
         # edge vectors and harmonics once per forward for every tensor readout that reads the neighbour shell
         geometric = any(getattr(self.heads[n], "environment", None) is not None for n in names)
@@ -229,8 +242,9 @@ class MultiTaskModel(L.LightningModule):
         return {n: self.normalizer.to_physical(n, y, num_atoms) for n, y in self(batch, tasks, features).items()}
 
     def _step(self, batch, stage: str) -> torch.Tensor:
-        # labels per task, read in one device->host copy (a GPU waits once per step, not twice per task): which heads
-        # run, and the batch size each loss is logged with
+        # labels per task, read in one device->host copy, the step's only sync: which heads run (an absent task gets
+        # no gradient, its weight none either), the batch size each loss is logged with, and how many rows each task
+        # selects (labelled_rows: no sync of its own, where a bool mask needs one per task)
         counts = dict(zip(self.tasks, torch.stack([batch[keys.mask_key(n)].sum() for n in self.tasks]).tolist()))
         present = [n for n in self.tasks if counts[n] > 0]
         rows = {n: self._rows_used(batch, n) for n in present} if self.priors is not None else None
@@ -238,14 +252,14 @@ class MultiTaskModel(L.LightningModule):
         num_atoms = atoms_per_graph(batch)
         losses = {}
         for name in present:
-            mask = batch[keys.mask_key(name)]  # (num_graphs,), or (num_nodes,) for a per-atom task
-            pred = predictions[name][mask]
-            atoms = num_atoms[mask] if self.tasks[name].level == "structure" else None  # extensive tasks: per atom
-            target = self.normalizer.normalise(name, batch[keys.label_key(name)][mask], atoms)
+            labelled = labelled_rows(batch[keys.mask_key(name)], counts[name])  # rows of graphs, or atoms (level)
+            pred, labels = predictions[name][labelled], batch[keys.label_key(name)][labelled]
+            atoms = num_atoms[labelled] if self.tasks[name].level == "structure" else None  # extensive: per atom
+            target = self.normalizer.normalise(name, labels, atoms)
             if self.tasks[name].kind == "tensor":
-                losses[name], parts = tensor_task_loss(pred, target, getattr(self, f"isotropic_{name}"),
-                                                       self.hparams.loss, self.hparams.isotropic_weight,
-                                                       self.hparams.anisotropic_weight)
+                columns = {part: getattr(self, f"columns_{part}_{name}") for part in self.tensor_parts[name]}
+                losses[name], parts = tensor_task_loss(pred, target, columns, self.hparams.loss,
+                                                       self.hparams.isotropic_weight, self.hparams.anisotropic_weight)
                 for part, value in parts.items():
                     self.log(f"{stage}/{name}/loss_{part}", value, batch_size=counts[name],
                              sync_dist=stage != "train")
@@ -253,9 +267,9 @@ class MultiTaskModel(L.LightningModule):
                 losses[name] = task_loss(pred, target, self.tasks[name].kind, self.hparams.loss)
             self.log(f"{stage}/{name}/loss", losses[name], batch_size=counts[name], sync_dist=stage != "train")
             if stage != "train":
-                self._update_metrics(stage, name, pred, batch[keys.label_key(name)][mask], atoms)
+                self._update_metrics(stage, name, pred, labels, atoms)
         if stage != "train":
-            self._update_derived(stage, predictions, batch)
+            self._update_derived(stage, predictions, batch, counts)
         kinds = {n: self.tasks[n].kind for n in losses}
         total = self.weighting(losses, kinds)
         # the unweighted sum of normalised losses is comparable across runs and weightings: used for selection
@@ -282,18 +296,17 @@ class MultiTaskModel(L.LightningModule):
         physical_target = self.normalizer.model_to_physical(name, target_model)
         self.metrics[stage][name].update(self.normalizer.to_physical(name, pred_norm, num_atoms), physical_target)
 
-    def _update_derived(self, stage: str, predictions: dict, batch) -> None:
+    def _update_derived(self, stage: str, predictions: dict, batch, counts: dict[str, int]) -> None:
         for derived, (source, reference, fn) in DERIVED.items():
-            if derived not in self.derived[stage]:
-                continue
-            mask = batch[keys.mask_key(reference)]
-            if not mask.any():
+            if derived not in self.derived[stage] or counts[reference] == 0:
                 continue
             tensor = predictions.get(source)
             if tensor is None:
                 tensor = self(batch, [source])[source]
-            value = fn(self.normalizer.to_physical(source, tensor[mask], atoms_per_graph(batch)[mask]))
-            self.derived[stage][derived].update(value, torch.pow(10.0, batch[keys.label_key(reference)][mask]))
+            labelled = labelled_rows(batch[keys.mask_key(reference)], counts[reference])
+            with autocast_off():  # Voigt moduli are einsums: float32 (data.precision)
+                value = fn(self.normalizer.to_physical(source, tensor[labelled], atoms_per_graph(batch)[labelled]))
+            self.derived[stage][derived].update(value, torch.pow(10.0, batch[keys.label_key(reference)][labelled]))
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")

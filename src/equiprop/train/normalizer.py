@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from equiprop.data.precision import full_precision
 from equiprop.data.tasks import TaskSpec
 
 from equiprop.data.tensor_ops import change_of_basis
@@ -54,6 +55,7 @@ class TaskNormalizer(nn.Module):
         n = num_atoms.to(shift.dtype)
         return n[:, None] * shift if shift.ndim else n * shift
 
+    @full_precision  # float32 under autocast: basis changes (matmuls) and matrix exponentials (data.precision)
     def normalise(self, name: str, y: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Model-space labels -> normalised: (n,) for scalars, (n, irreps dim) for (n, *cartesian shape) tensors."""
         task = self.tasks[name]
@@ -63,6 +65,7 @@ class TaskNormalizer(nn.Module):
             y = y.flatten(1) @ getattr(self, f"basis_{name}").T.to(y.dtype)
         return (y - self._shift(name, num_atoms)) / getattr(self, f"scale_{name}")
 
+    @full_precision
     def to_model(self, name: str, y_norm: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised -> model space (tensors: Cartesian, (n, *task.model_shape))."""
         task = self.tasks[name]
@@ -73,6 +76,7 @@ class TaskNormalizer(nn.Module):
             model = (model @ getattr(self, f"basis_{name}").to(model.dtype)).reshape(len(model), *task.model_shape)
         return model
 
+    @full_precision
     def model_to_physical(self, name: str, model: torch.Tensor) -> torch.Tensor:
         """Model space -> physical units: 10**x for log-scalars, the exponential map for "spd_log" tensors."""
         task = self.tasks[name]
