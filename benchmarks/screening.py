@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -97,11 +98,48 @@ def run_screen(inputs: list[str], phase1: str, out: Path, workers: int, batch_si
     command = [sys.executable, "-m", "equiprop.cli", "screen", "--input", *inputs, "--phase1", phase1, "--output",
                str(out), "--workers", str(workers), "--batch-size", str(batch_size)]
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peaks = []
+    sampler = threading.Thread(target=sample_tree_rss, args=(process.pid, peaks), daemon=True)
+    sampler.start()
+    _, stderr = process.communicate()
     wall = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"benchmark: {shlex.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return wall, json.loads(out.with_name(out.stem + ".summary.json").read_text())
+    sampler.join()
+    if process.returncode != 0:
+        sys.exit(f"benchmark: {shlex.join(command)} failed ({process.returncode}):\n{stderr[-2000:]}")
+    summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
+    summary["peak_rss_gb"] = max(peaks, default=0.0) / 1e9
+    summary["rss_samples_gb"] = [p / 1e9 for p in peaks]
+    return wall, summary
+
+
+def sample_tree_rss(pid: int, peaks: list, every: float = 0.5) -> None:
+    """Append, every ``every`` s until ``pid`` exits, the summed proportional set size (PSS: pages shared by the
+    forked workers counted once in all) of it and its descendants (the screen process, its DataLoader workers):
+    the memory a user's machine must have."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        while root.is_running() and root.status() != psutil.STATUS_ZOMBIE:
+            total = 0
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    total += p.memory_full_info().pss
+                except psutil.Error:
+                    pass
+            peaks.append(total)
+            time.sleep(every)
+    except psutil.Error:
+        return
+
+
+def rss_growth(samples: list[float]) -> str:
+    """Peak memory (PSS) in the second half of the run minus that of the first half (flat memory: ~0)."""
+    if len(samples) < 4:
+        return "-"
+    half = len(samples) // 2
+    return f"{max(samples[half:]) - max(samples[:half]):+.2f}"
 
 
 def git_commit() -> str:
@@ -161,10 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             phase = summary["phase1"]
             ok = phase["structures_per_second"] >= goal if goal else wall < LARGE_SECONDS
             rows.append([kind, count, args.workers, args.batch_size, f"{wall:.1f}", f"{count / wall:.0f}",
+                         f"{summary['peak_rss_gb']:.2f}", rss_growth(summary["rss_samples_gb"]),
                          f"{phase['seconds']:.1f}", f"{phase['structures_per_second']:.0f}", phase["failed"],
                          f">= {goal:g}/s" if goal else f"< {LARGE_SECONDS:g} s", "PASS" if ok else "FAIL"])
             print(f"  {kind}: {count} structures in {wall:.1f} s", file=sys.stderr)
-    header = ["input kind", "structures", "workers", "batch size", "wall s", "structures/s", "phase-1 s",
+    header = ["input kind", "structures", "workers", "batch size", "wall s", "structures/s", "peak PSS GB",
+              "PSS 2nd half - 1st half GB", "phase-1 s",
               "phase-1 /s", "failed", "goal", "result"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
