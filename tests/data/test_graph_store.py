@@ -149,3 +149,39 @@ def test_a_streamed_extxyz_is_never_held_whole(tmp_path, tiny_entries):
     assert dm["disk"].report["sources"][0]["labels"] == dm["memory"].report["sources"][0]["labels"]
     for a, b in zip(dm["memory"].subsets["train"], dm["disk"].subsets["train"]):
         assert_same_graph(a, b)
+
+
+def _write_extxyz(path, records, labels):
+    frames = []
+    for record, values in zip(records, labels):
+        atoms = record.to_ase()
+        atoms.info.update(id=record.id, **values)
+        frames.append(atoms)
+    ase.io.write(path, frames, format="extxyz")
+
+
+def test_several_streamed_sources_merge_on_disk_as_in_memory(tmp_path, tiny_entries):
+    records = _records(tiny_entries, 24)
+    first = [{"Ef": r.labels["Ef"] if r.labels["Ef"] is not None else np.nan} for r in records[:16]]
+    _write_extxyz(tmp_path / "a.extxyz", records[:16], first)
+    second, moved = records[8:], records[12]  # 8..15 overlap: Eg combines with a's Ef
+    second_labels = [{"Eg": 1.0 + 0.1 * k} for k in range(len(second))]
+    conflicting = next(k for k in range(len(second)) if second[k].labels["Ef"] is not None and k != 4)
+    second_labels[conflicting]["Ef"] = second[conflicting].labels["Ef"] + 0.5  # the first source's Ef is kept
+    strained = CrystalRecord(moved.id, moved.cell * 1.01, moved.positions * 1.01, moved.numbers)
+    second[4] = strained  # record 12 with another cell: kept apart as <id>@<source>
+    _write_extxyz(tmp_path / "b.extxyz", second, second_labels)
+    sources = lambda: [ExtXYZ(str(tmp_path / "a.extxyz")), ExtXYZ(str(tmp_path / "b.extxyz"))]  # noqa: E731
+    dm = {s: MultiTaskDataModule(sources=sources(), tasks=["Ef", "Eg"], cutoff=4.5, storage=s,
+                                 split=RandomSplit(0.2, 0.2, seed=0), cache_dir=str(tmp_path / s))
+          for s in ("memory", "disk")}
+    for module in dm.values():
+        module.setup("fit")
+    memory, disk = dm["memory"].report, dm["disk"].report
+    assert disk["merge"] == memory["merge"] and disk["num_graphs"] == memory["num_graphs"] > 16
+    assert memory["merge"]["merged"] and memory["merge"]["frame_mismatches"] and memory["merge"]["label_conflicts"]
+    assert [s["labels"] for s in disk["sources"]] == [s["labels"] for s in memory["sources"]]
+    assert dm["disk"].structure_ids == dm["memory"].structure_ids
+    for a, b in zip(dm["memory"].dataset, dm["disk"].dataset):
+        assert_same_graph(a, b)
+    assert not list((tmp_path / "disk").glob("*.staging.sqlite"))  # removed after the build

@@ -18,7 +18,7 @@ from equiprop.data import keys
 from equiprop.data.dataset import DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key, key_rows
 from equiprop.data.errors import ConfigError, check_choice
 from equiprop.data.graph_store import GraphStore, StoredGraphs, build_store, streamed_pass
-from equiprop.data.merge import CELL_TOL, MergeReport, merge_sources
+from equiprop.data.merge import CELL_TOL, MergeReport, merge_sources, merge_staged
 from equiprop.data.normalization import TaskStats, compute_stats, stats_from_dataset
 from equiprop.data.report import format_summary, merge_summary, source_summary
 from equiprop.data.sources.base import Source
@@ -51,8 +51,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         storage: where the graphs live: "memory" (one collated tensor store, fastest for small data), "disk" (an
             SQLite store written once in shards and read by the DataLoader workers, memory flat in the number of
             structures; ``equiprop.data.graph_store``), or "auto": memory up to ``AUTO_DISK_STRUCTURES`` records,
-            disk beyond. Both give identical batches. With "disk" and a single source that streams (``ExtXYZ``),
-            records are never all held in memory; several sources are merged in memory first.
+            disk beyond. Both give identical batches. With "disk", sources that stream (``ExtXYZ``) are read once
+            and never held in memory; several sources are merged through an SQLite staging file.
     """
 
     def __init__(self, sources: list[Source] | None = None, tasks: list[str | dict] | None = None,
@@ -104,13 +104,11 @@ class MultiTaskDataModule(L.LightningDataModule):
             report = json.loads(report_path.read_text())
             self._index = store.index()
             return StoredGraphs(store, self.tasks, self._index[0]), {**report, "from_cache": True}
-        source = self.sources[0]
-        if self.storage == "disk" and len(self.sources) == 1 and hasattr(source, "stream"):
-            result, records = source.stream(self.tasks)  # read once, never all in memory
-            return self._build_on_disk(store, report_path, records, [result], MergeReport())
+        per_atom = frozenset(name for name, task in self.tasks.items() if task.level == "atom")
+        if self.storage == "disk" and any(hasattr(source, "stream") for source in self.sources):
+            return self._streamed_build(store, report_path, key, per_atom)
         results = [source.load(self.tasks) for source in self.sources]
-        records, merge_report = merge_sources(results, self.merge_cell_tol, frozenset(
-            name for name, task in self.tasks.items() if task.level == "atom"))
+        records, merge_report = merge_sources(results, self.merge_cell_tol, per_atom)
         if self.storage == "disk" or (self.storage == "auto" and len(records) > AUTO_DISK_STRUCTURES):
             return self._build_on_disk(store, report_path, records, results, merge_report)
         source_summaries = [source_summary(r) for r in results]
@@ -130,6 +128,28 @@ class MultiTaskDataModule(L.LightningDataModule):
         dataset.save_to(path)
         report_path.write_text(json.dumps(report, indent=1))
         return dataset, {**report, "from_cache": False}
+
+    def _streamed_build(self, store: GraphStore, report_path: Path, key: str, per_atom: frozenset[str]):
+        """A disk build whose streaming sources (``ExtXYZ``) are read once and never held: one streams straight into
+        the store; several (or with in-memory sources) are merged through an SQLite staging file, removed after."""
+        results, streams = [], []
+        for source in self.sources:
+            result, records = source.stream(self.tasks) if hasattr(source, "stream") else (None, None)
+            if result is None:
+                result = source.load(self.tasks)
+                records = result.records
+            results.append(result)
+            streams.append(records)
+        if len(streams) == 1:
+            return self._build_on_disk(store, report_path, streams[0], results, MergeReport())
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.cache_dir / f"{key}.staging.sqlite"
+        records, merge_report = merge_staged(streams, staging, self.merge_cell_tol, per_atom)
+        try:
+            return self._build_on_disk(store, report_path, records, results, merge_report)
+        finally:
+            records.connection.close()
+            staging.unlink(missing_ok=True)
 
     def _build_on_disk(self, store: GraphStore, report_path: Path, records, results, merge_report):
         self.cache_dir.mkdir(parents=True, exist_ok=True)

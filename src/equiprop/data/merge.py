@@ -7,8 +7,12 @@ labels in a record of its own (id suffixed with ``@<source>``), and the mismatch
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -77,3 +81,85 @@ def _combine(kept: CrystalRecord, other: CrystalRecord, report: MergeReport, per
 def _renamed(record: CrystalRecord, new_id: str) -> CrystalRecord:
     return CrystalRecord(id=new_id, cell=record.cell, positions=record.positions, numbers=record.numbers,
                          pbc=record.pbc, source=record.source, labels=record.labels)
+
+
+# -- the same merge for records that do not fit in memory ---------------------------------------------------------
+STAGING_SCHEMA = """
+CREATE TABLE staged (position INTEGER PRIMARY KEY, merge_id TEXT, header TEXT, arrays BLOB);
+CREATE INDEX staged_by_id ON staged (merge_id);
+"""
+
+
+def _label_json(value):
+    if isinstance(value, np.ndarray):
+        return {"__array__": list(value.shape), "values": value.astype(np.float64).ravel().tolist()}
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"label of type {type(value).__name__}")
+
+
+def _label_value(value):
+    if isinstance(value, dict) and "__array__" in value:
+        return np.asarray(value["values"], dtype=np.float64).reshape(value["__array__"])
+    return value
+
+
+def _stage_row(record: CrystalRecord) -> tuple[str, bytes]:
+    """(header JSON, array bytes) of a record, exact: float64 cell and positions, int64 numbers, bool pbc."""
+    header = json.dumps({"id": record.id, "source": record.source, "labels": record.labels}, default=_label_json)
+    return header, b"".join(a.tobytes() for a in (record.cell, record.pbc, record.numbers, record.positions))
+
+
+def _unstage(header: str, arrays: bytes) -> CrystalRecord:
+    meta = json.loads(header, object_hook=_label_value)
+    n = (len(arrays) - 75) // 32  # 72 bytes of cell, 3 of pbc, then 8 per atomic number and 24 per position
+    return CrystalRecord(id=meta["id"], cell=np.frombuffer(arrays, np.float64, 9, 0).reshape(3, 3),
+                         pbc=np.frombuffer(arrays, bool, 3, 72).copy(), numbers=np.frombuffer(arrays, np.int64, n, 75).copy(),
+                         positions=np.frombuffer(arrays, np.float64, 3 * n, 75 + 8 * n).reshape(n, 3),
+                         source=meta["source"], labels=meta["labels"])
+
+
+class StagedRecords:
+    """The merged table of ``merge_staged``, read back in table order one record at a time (``len`` known)."""
+
+    def __init__(self, connection: sqlite3.Connection, count: int):
+        self.connection, self.count = connection, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        cursor = self.connection.execute("SELECT header, arrays FROM staged ORDER BY position")
+        for header, arrays in cursor:
+            yield _unstage(header, arrays)
+
+
+def merge_staged(streams: list[Iterable[CrystalRecord]], path: Path, cell_tol: float = CELL_TOL,
+                 per_atom: frozenset[str] = frozenset()) -> tuple[StagedRecords, MergeReport]:
+    """``merge_sources`` over record streams, with the table staged in an SQLite file at ``path`` (replaced if
+    present) instead of memory: the same records in the same order, the same report. A record is looked up by id
+    (an index) and, when it combines with an earlier one, that row is rewritten. The streams are consumed here."""
+    Path(path).unlink(missing_ok=True)
+    connection = sqlite3.connect(path, check_same_thread=False)  # read back by the build pool's feeder thread
+    connection.executescript(STAGING_SCHEMA)
+    report, count = MergeReport(), 0
+    with connection:  # one transaction: staging is rebuilt from the sources after a kill anyway
+        for stream in streams:
+            for record in stream:
+                rows = connection.execute("SELECT position, header, arrays FROM staged WHERE merge_id = ? "
+                                          "ORDER BY position", (record.id,)).fetchall()
+                same_id = [(position, _unstage(h, a)) for position, h, a in rows]
+                match = next(((p, r) for p, r in same_id if same_cell(r, record, cell_tol)), None)
+                if match is not None:
+                    _combine(match[1], record, report, per_atom, cell_tol)
+                    connection.execute("UPDATE staged SET header = ?, arrays = ? WHERE position = ?",
+                                       (*_stage_row(match[1]), match[0]))
+                    continue
+                merge_id = record.id
+                if same_id:
+                    report.frame_mismatches.add(f"{same_id[0][1].source} vs {record.source}", record.id)
+                    record = _renamed(record, f"{record.id}@{record.source}")
+                connection.execute("INSERT INTO staged (merge_id, header, arrays) VALUES (?, ?, ?)",
+                                   (merge_id, *_stage_row(record)))
+                count += 1
+    return StagedRecords(connection, count), report

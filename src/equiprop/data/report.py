@@ -9,7 +9,7 @@ from equiprop.data.sources.base import SourceResult
 
 def source_summary(result: SourceResult) -> dict:
     return {"name": result.name, "provenance": result.provenance, "entries_read": result.entries_read,
-            "records": len(result.records), "labels": dict(result.label_counts()),
+            "records": result.added, "labels": dict(result.label_counts()),
             "labels_missing": dict(result.missing), "skipped": _log(result.skips),
             "labels_skipped": _log(result.label_skips), "built_from": result.built_from}
 

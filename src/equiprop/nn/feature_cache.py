@@ -219,7 +219,8 @@ def read_shard(shard: Path) -> dict[str, torch.Tensor] | None:
         problem = "its bytes do not match the sha256 in its name"
     else:
         try:
-            entries = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            buffer = io.BytesIO(data)
+            entries = torch.load(buffer, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable shard is a cache miss, never a crash
             problem = f"it does not load ({type(err).__name__})"
         else:

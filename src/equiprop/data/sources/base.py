@@ -24,11 +24,13 @@ class SourceResult:
     label_skips: SkipLog = field(default_factory=SkipLog)  # single labels dropped (entry kept), by reason
     missing: Counter = field(default_factory=Counter)  # task -> labels absent or NaN/"na" in the source
     built_from: dict | None = None  # for a prebuilt file (the bundled dataset): the report of its own build
-    streamed_labels: Counter = field(default_factory=Counter)  # labels of records streamed on (not kept here)
     keep_records: bool = True  # False: a stream, records pass through ``add_entry`` without being kept
+    added: int = 0  # records passed on by ``add_entry`` (kept in ``records``, or streamed)
+    # their labels as this source gave them: a merge later adds other sources' labels to kept records
+    added_labels: Counter = field(default_factory=Counter)
 
     def label_counts(self) -> Counter:
-        return Counter(task for r in self.records for task in r.labels) + self.streamed_labels
+        return Counter(self.added_labels)
 
 
 class Source:
@@ -85,10 +87,10 @@ def add_entry(result: SourceResult, entry_id: str, make_record: Callable[[], Cry
     if not record.labels:
         result.skips.add("no label of the requested tasks", where)
         return None
+    result.added += 1
+    result.added_labels.update(record.labels.keys())
     if result.keep_records:
         result.records.append(record)
-    else:
-        result.streamed_labels.update(record.labels.keys())
     return record
 
 

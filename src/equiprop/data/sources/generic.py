@@ -26,14 +26,17 @@ def _is_number(cell: str) -> bool:
 
 
 def _label_columns(tasks: dict[str, TaskSpec], available: list[str], columns: dict[str, str] | None,
-                   where: str) -> dict[str, str]:
+                   where: str, complete: bool = True) -> dict[str, str]:
     """task -> column/info key: the explicit ``columns`` entry, else the task's ``key``, else its name.
 
     A task found nowhere is left out (another source may provide it); none found at all is a ConfigError.
+    ``complete=False``: ``available`` is what a stream has seen so far; nothing is an error yet.
     """
     chosen = {}
     for name, task in tasks.items():
         if columns and name in columns:
+            if columns[name] not in available and not complete:
+                continue
             if columns[name] not in available:
                 raise ConfigError(f"{where}: column {columns[name]!r} of task {name!r} not found "
                                   f"(available: {available})")
@@ -42,7 +45,7 @@ def _label_columns(tasks: dict[str, TaskSpec], available: list[str], columns: di
             chosen[name] = task.key
         elif name in available:
             chosen[name] = name
-    if not chosen:
+    if not chosen and complete:
         raise ConfigError(f"{where}: no label of the requested tasks {list(tasks)} (available: {available}); "
                           "name the columns with columns={task: column}")
     return chosen
@@ -165,18 +168,22 @@ class ExtXYZ(Source):
 
     def stream(self, tasks: dict[str, TaskSpec]) -> tuple[SourceResult, Iterator[CrystalRecord]]:
         """The records one frame at a time (``ase.io.iread``), for builds that must not hold them all: the result's
-        counts fill as the iterator is consumed. Label keys are chosen from the first frame's."""
+        counts fill as the iterator is consumed. Label keys are chosen, as ``load`` chooses them, from the keys of
+        the frames read so far (a label that first appears in a later frame is read from there on); a file with
+        none of the tasks' labels is the same ConfigError, raised at its end."""
         path = require_file(self.path, self.name)
         result = SourceResult(self.name, str(path), keep_records=False)
 
         def records() -> Iterator[CrystalRecord]:
-            label_keys = None
+            seen, label_keys = set(), {}
             for index, frame in enumerate(iread_extxyz(path, self.name)):
-                if label_keys is None:
-                    label_keys = _label_columns(tasks, sorted(frame.labels), self.columns, str(path))
+                if not seen.issuperset(frame.labels):
+                    seen.update(frame.labels)
+                    label_keys = _label_columns(tasks, sorted(seen), self.columns, str(path), complete=False)
                 record = self._add(result, frame, index, label_keys, tasks, path)
                 if record is not None:
                     yield record
+            _label_columns(tasks, sorted(seen), self.columns, str(path))
 
         return result, records()
 
