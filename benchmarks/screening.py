@@ -1,7 +1,7 @@
 """Screening throughput: ``equiprop screen`` Phase 1 only, end to end, on generated inputs.
 
     python benchmarks/screening.py [--phase1 CKPT] [--cif 5000] [--extxyz 10000] [--large 100000] [--db 5000]
-                                   [--workers 2] [--batch-size 256] [--seed 0] [--keep DIR]
+                                   [--workers 2] [--batch-size 64] [--seed 0] [--keep DIR]
 
 Inputs are made here, deterministically from ``--seed``: the bundled default crystals (5,909), each copy strained
 (symmetric strain, components ~N(0, 0.01)) and its atoms displaced (~N(0, 0.01) Å), written as CIF files (one per
@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GOALS = {"cif": 300.0, "bundled": 1000.0, "extxyz": 1000.0, "ase.db": 1000.0}
-LARGE_SECONDS = 360.0  # 100,000 structures through Phase 1 in under 6 minutes
+LARGE_SECONDS = 360.0  # per 100,000 structures: 100,000 through Phase 1 in under 6 minutes
 
 
 def base_records():
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int, default=100000, help="frames of the large extxyz run (0: skip)")
     parser.add_argument("--bundled", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", help="folder for the generated inputs and outputs (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -197,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         for n, (kind, count, inputs, goal) in enumerate(runs):
             wall, summary = run_screen(inputs, args.phase1, folder / f"out{n}.csv", args.workers, args.batch_size)
             phase = summary["phase1"]
-            ok = phase["structures_per_second"] >= goal if goal else wall < LARGE_SECONDS
+            large_seconds = LARGE_SECONDS * count / 100_000
+            ok = phase["structures_per_second"] >= goal if goal else wall < large_seconds
             rows.append([kind, count, args.workers, args.batch_size, f"{wall:.1f}", f"{count / wall:.0f}",
                          f"{summary['peak_rss_gb']:.2f}", rss_growth(summary["rss_samples_gb"]),
                          f"{phase['seconds']:.1f}", f"{phase['structures_per_second']:.0f}", phase["failed"],
-                         f">= {goal:g}/s" if goal else f"< {LARGE_SECONDS:g} s", "PASS" if ok else "FAIL"])
+                         f">= {goal:g}/s" if goal else f"< {large_seconds:g} s", "PASS" if ok else "FAIL"])
             print(f"  {kind}: {count} structures in {wall:.1f} s", file=sys.stderr)
     header = ["input kind", "structures", "workers", "batch size", "wall s", "structures/s", "peak PSS GB",
               "PSS 2nd half - 1st half GB", "phase-1 s",
