@@ -1,6 +1,6 @@
 """Scale: building and training on 10k-1M crystals of ~30 atoms with graphs on disk (``data.storage: disk``).
 
-    python benchmarks/scale.py --sizes 10000 100000 1000000 [--batches 40] [--memory-up-to 10000]
+    python benchmarks/scale.py --sizes 10000 100000 1000000 [--batches 40] [--memory-up-to 10000] [--seeds 0 1 2]
 
 The crystals are strained supercells of the bundled structures (each bundled crystal repeated along its shortest
 axes to >= 24 atoms, then a random strain of up to 2% and 0.05 Å of noise per atom; Ef label carried over), made on
@@ -78,7 +78,7 @@ def peak_memory_gb() -> float:
     return max(own, workers) / 1024 ** 2  # ru_maxrss is in KiB on Linux
 
 
-def train_throughput(datamodule, encoder: str, batches: int) -> float:
+def train_throughput(datamodule, encoder: str, batches: int, seed: int = 0) -> float:
     """Structures per second over ``batches`` training batches (after 3 warm-up batches)."""
     import lightning as L
 
@@ -90,7 +90,7 @@ def train_throughput(datamodule, encoder: str, batches: int) -> float:
             if batch_idx == 3:
                 self.start = time.perf_counter()
 
-    L.seed_everything(0, verbose=False)
+    L.seed_everything(seed, verbose=False)
     model = MultiTaskModel(InvariantEncoder(cutoff=4.5) if encoder == "invariant" else EquivariantEncoder(
         cutoff=4.5, max_ell=2, multiplicities=[32, 16, 8], num_layers=2, num_basis=8), ["Ef"])
     clock = Clock()
@@ -101,13 +101,13 @@ def train_throughput(datamodule, encoder: str, batches: int) -> float:
     return batches * datamodule.batch_size / (time.perf_counter() - clock.start)
 
 
-def one_size(count: int, storage: str, batches: int, workers: int) -> dict:
+def one_size(count: int, storage: str, batches: int, workers: int, seed: int = 0) -> dict:
     from equiprop.data.datamodule import MultiTaskDataModule
     from equiprop.data.splits import RandomSplit
 
     cache = tempfile.mkdtemp(prefix=f"scale_{count}_", dir=str(Path.home() / ".cache"))
-    datamodule = MultiTaskDataModule(sources=[StrainedSupercells(count)], tasks=["Ef"], cutoff=4.5, batch_size=32,
-                                     split=RandomSplit(0.05, 0.05, seed=0), storage=storage, cache_dir=cache,
+    datamodule = MultiTaskDataModule(sources=[StrainedSupercells(count, seed)], tasks=["Ef"], cutoff=4.5,
+                                     batch_size=32, split=RandomSplit(0.05, 0.05, seed=seed), storage=storage, cache_dir=cache,
                                      num_workers=workers)
     start = time.perf_counter()
     datamodule.load_graphs()  # the build alone
@@ -118,7 +118,7 @@ def one_size(count: int, storage: str, batches: int, workers: int) -> dict:
            "build_per_s": round(datamodule.report["num_graphs"] / build), "setup_s": round(setup, 1),
            "edges": datamodule.report["num_edges"]}
     for encoder in ("invariant", "equivariant"):
-        row[f"{encoder}_per_s"] = round(train_throughput(datamodule, encoder, batches), 1)
+        row[f"{encoder}_per_s"] = round(train_throughput(datamodule, encoder, batches, seed), 1)
     row["peak_gb"] = round(peak_memory_gb(), 2)
     row["disk_gb"] = round(sum(f.stat().st_size for f in Path(cache).iterdir()) / 1e9, 2)
     shutil.rmtree(cache)
@@ -131,28 +131,40 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--memory-up-to", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one run per seed (data jitter, split, weights); several give a mean and standard error")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=2, metavar=("COUNT", "STORAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_size(int(args.one[0]), args.one[1], args.batches, args.workers)))
+        print(json.dumps(one_size(int(args.one[0]), args.one[1], args.batches, args.workers, args.seed)))
         return
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"`python benchmarks/scale.py --sizes {' '.join(map(str, args.sizes))} --batches {args.batches}` "
-          f"(commit {commit}, seed 0, batch 32, DataLoader workers {args.workers})\n")
-    print("| structures | storage | build s | built/s | stats pass s | edges | invariant train structures/s "
-          "| equivariant train structures/s | peak RAM GB | disk GB |\n|---|---|---|---|---|---|---|---|---|---|")
+    print(f"`python benchmarks/scale.py --sizes {' '.join(map(str, args.sizes))} --batches {args.batches} --seeds "
+          f"{' '.join(map(str, args.seeds))}` (commit {commit}, batch 32, DataLoader workers {args.workers})\n")
+    print("| structures | storage | seed | build s | built/s | stats pass s | edges | invariant train structures/s "
+          "| equivariant train structures/s | peak RAM GB | disk GB |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    rates = {}
     for count in args.sizes:
-        for storage in (["memory"] if count <= args.memory_up_to else []) + ["disk"]:
-            done = subprocess.run([sys.executable, __file__, "--one", str(count), storage, "--batches",
-                                   str(args.batches), "--workers", str(args.workers)], capture_output=True, text=True)
-            if done.returncode:
-                print(f"| {count} | {storage} | failed: {done.stderr.strip().splitlines()[-1][:120]} |")
-                continue
-            r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"| {r['structures']} | {storage} | {r['build_s']} | {r['build_per_s']} | {r['setup_s']} | "
-                  f"{r['edges']} | {r['invariant_per_s']} | {r['equivariant_per_s']} | {r['peak_gb']} | "
-                  f"{r['disk_gb']} |", flush=True)
-
+        for seed in args.seeds:
+            for storage in (["memory"] if count <= args.memory_up_to else []) + ["disk"]:
+                done = subprocess.run([sys.executable, __file__, "--one", str(count), storage, "--batches",
+                                       str(args.batches), "--workers", str(args.workers), "--seed", str(seed)],
+                                      capture_output=True, text=True)
+                if done.returncode:
+                    print(f"| {count} | {storage} | {seed} | failed: {done.stderr.strip().splitlines()[-1][:120]} |")
+                    continue
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                for encoder in ("invariant", "equivariant"):
+                    rates.setdefault((count, storage, encoder), []).append(r[f"{encoder}_per_s"])
+                print(f"| {r['structures']} | {storage} | {seed} | {r['build_s']} | {r['build_per_s']} | "
+                      f"{r['setup_s']} | {r['edges']} | {r['invariant_per_s']} | {r['equivariant_per_s']} | "
+                      f"{r['peak_gb']} | {r['disk_gb']} |", flush=True)
+    if len(args.seeds) > 1:
+        print("\n| structures | storage | model | train structures/s, mean ± standard error |\n|---|---|---|---|")
+        for (count, storage, encoder), values in rates.items():
+            print(f"| {count} | {storage} | {encoder} | {np.mean(values):.1f} ± "
+                  f"{np.std(values, ddof=1) / np.sqrt(len(values)):.1f} (n={len(values)}) |")
 
 if __name__ == "__main__":
     main()
