@@ -185,3 +185,19 @@ def test_several_streamed_sources_merge_on_disk_as_in_memory(tmp_path, tiny_entr
     for a, b in zip(dm["memory"].dataset, dm["disk"].dataset):
         assert_same_graph(a, b)
     assert not list((tmp_path / "disk").glob("*.staging.sqlite"))  # removed after the build
+
+
+def test_auto_storage_counts_extxyz_frames_before_loading_them(tmp_path, tiny_entries, monkeypatch):
+    import equiprop.data.datamodule as datamodule_module
+
+    records = _records(tiny_entries, 20)
+    _write_extxyz(tmp_path / "a.extxyz", records, [{"Ef": r.labels["Ef"] if r.labels["Ef"] is not None else np.nan}
+                                                  for r in records])
+    assert ExtXYZ(str(tmp_path / "a.extxyz")).count() == 20
+    for threshold, stored in ((19, True), (20, False)):  # above the threshold: disk, streamed; else memory
+        monkeypatch.setattr(datamodule_module, "AUTO_DISK_STRUCTURES", threshold)
+        dm = MultiTaskDataModule(sources=[ExtXYZ(str(tmp_path / "a.extxyz"))], tasks=["Ef"], cutoff=4.5,
+                                 split=RandomSplit(0.2, 0.2, seed=0), cache_dir=str(tmp_path / f"auto{threshold}"))
+        dm.setup("fit")
+        assert isinstance(dm.dataset, StoredGraphs) is stored
+        assert dm.report.get("storage") == ("disk" if stored else None)

@@ -105,7 +105,9 @@ class MultiTaskDataModule(L.LightningDataModule):
             self._index = store.index()
             return StoredGraphs(store, self.tasks, self._index[0]), {**report, "from_cache": True}
         per_atom = frozenset(name for name, task in self.tasks.items() if task.level == "atom")
-        if self.storage == "disk" and any(hasattr(source, "stream") for source in self.sources):
+        streaming = [source for source in self.sources if hasattr(source, "stream")]
+        if streaming and (self.storage == "disk" or (self.storage == "auto" and sum(
+                source.count() for source in streaming) > AUTO_DISK_STRUCTURES)):  # counted before anything is read
             return self._streamed_build(store, report_path, key, per_atom)
         results = [source.load(self.tasks) for source in self.sources]
         records, merge_report = merge_sources(results, self.merge_cell_tol, per_atom)

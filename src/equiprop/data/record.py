@@ -347,3 +347,28 @@ def read_inputs(inputs: list[str], fast_cif: bool = False) -> list[CrystalRecord
         except DataError as err:
             items.append(failure_row(err, str(path)))
     return items
+
+
+def scan_xyz_frames(path: Path) -> tuple[np.ndarray, str | None]:
+    """Byte offsets of each frame's start (and the end) from the atom-count lines, and why the scan stopped early
+    (None when the file parses as frames to its end)."""
+    offsets, broken = [0], None
+    try:
+        with path.open("rb") as f:
+            while True:
+                header = f.readline()
+                if not header or not header.strip():
+                    break
+                try:
+                    count = int(header)
+                except ValueError:
+                    broken = f"cannot parse extxyz (bad atom-count line {header[:40]!r})"
+                    break
+                lines = [f.readline() for _ in range(count + 1)]  # comment line + atoms
+                if not lines[-1]:
+                    broken = f"cannot parse extxyz (file ends inside a frame of {count} atoms)"
+                    break
+                offsets.append(f.tell())
+    except OSError as err:
+        broken = f"unreadable file ({err})"
+    return np.asarray(offsets, dtype=np.int64), broken

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from equiprop.data.errors import ConfigError, DataError
-from equiprop.data.record import CrystalRecord, iread_extxyz, read_extxyz_text, read_structure_file
+from equiprop.data.record import CrystalRecord, iread_extxyz, read_extxyz_text, read_structure_file, scan_xyz_frames
 from equiprop.data.sources.base import Source, SourceResult, add_entry, require_file
 from equiprop.data.tasks import MISSING_STRINGS, TaskSpec
 
@@ -165,6 +165,11 @@ class ExtXYZ(Source):
         for index, frame in enumerate(frames):
             self._add(result, frame, index, label_keys, tasks, path)
         return result
+
+    def count(self) -> int:
+        """Frames in the file, from its atom-count lines (atoms not parsed): ``storage: auto`` decides with it."""
+        offsets, broken = scan_xyz_frames(require_file(self.path, self.name))
+        return len(offsets) - 1 + (broken is not None)
 
     def stream(self, tasks: dict[str, TaskSpec]) -> tuple[SourceResult, Iterator[CrystalRecord]]:
         """The records one frame at a time (``ase.io.iread``), for builds that must not hold them all: the result's
