@@ -201,3 +201,20 @@ def test_auto_storage_counts_extxyz_frames_before_loading_them(tmp_path, tiny_en
         dm.setup("fit")
         assert isinstance(dm.dataset, StoredGraphs) is stored
         assert dm.report.get("storage") == ("disk" if stored else None)
+
+
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_prepare_data_builds_once_and_other_ranks_read_the_cache(tmp_path, storage):
+    def module():
+        return MultiTaskDataModule(sources=[BundledDataset("tiny")], tasks=["Ef"], cutoff=4.5, storage=storage,
+                                   split=RandomSplit(0.2, 0.2, seed=0), cache_dir=str(tmp_path))
+
+    first, other = module(), module()
+    first.prepare_data()  # Lightning: local rank 0, before the barrier
+    assert first.dataset is None and first._prepared[1]["from_cache"] is False
+    first.setup("fit")  # takes what prepare_data built: not built twice
+    other.setup("fit")  # another rank, after the barrier: from the cache
+    assert first.report["from_cache"] is False and other.report["from_cache"] is True
+    assert first.structure_ids == other.structure_ids
+    for a, b in zip(first.subsets["train"], other.subsets["train"]):
+        assert_same_graph(a, b)

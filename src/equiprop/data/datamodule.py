@@ -76,6 +76,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.storage = storage
         self._index: tuple | None = None  # a disk store's (row ids, structure ids, systems, atoms, edges)
         self.dataset: GraphDataset | None = None
+        self._prepared: tuple | None = None  # load_graphs() of prepare_data, taken by setup
         self.subsets: dict[str, GraphDataset] = {}
         self.normalization: dict[str, TaskStats] = {}
         self.train_statistics: dict = {}
@@ -173,10 +174,17 @@ class MultiTaskDataModule(L.LightningDataModule):
         os.replace(tmp, report_path)
         return StoredGraphs(store, self.tasks, row_ids), {**report, "from_cache": False}
 
+    def prepare_data(self) -> None:
+        """Lightning calls this on one process per node, then ``setup`` on every process after a barrier: the
+        graphs are built (or found) once, and the other DDP ranks read them from the cache instead of building too."""
+        if self.dataset is None and self._prepared is None:
+            self._prepared = self.load_graphs()
+
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
-        self.dataset, report = self.load_graphs()
+        self.dataset, report = self._prepared or self.load_graphs()
+        self._prepared = None
         if isinstance(self.dataset, StoredGraphs):
             return self._setup_streamed(report)
         ids, groups = self.structure_ids, list(self.dataset._data[keys.CHEMICAL_SYSTEM])
