@@ -147,3 +147,16 @@ def test_the_foundation_encoder_recomputes_a_corrupted_row(tiny_entries, tmp_pat
             features = again(batch)
     assert again.feature_cache().misses == 2 and bool(torch.isfinite(features).all())
     assert torch.equal(features, original)
+
+
+def test_a_used_cache_copies_and_pickles_and_the_copy_reads_the_file(tmp_path):
+    import copy
+    import pickle
+
+    cache = FeatureCache(tmp_path, NAMESPACE, memory_limit=0)  # nothing kept in memory: reads go to the file
+    cache.put({"a": torch.arange(4.0)})
+    assert torch.equal(cache.get("a"), torch.arange(4.0))  # the connection is open
+    for clone in (copy.deepcopy(cache), pickle.loads(pickle.dumps(cache))):  # e.g. an EMA copy, a spawned rank
+        assert torch.equal(clone.get("a"), torch.arange(4.0))
+        clone.put({"b": torch.ones(2)})
+    assert torch.equal(cache.get("b"), torch.ones(2))

@@ -167,6 +167,9 @@ class FeatureCache:
             warnings.warn(f"feature cache {self.path} is not writable ({err}): features are kept in memory only")
 
     # -- the file -----------------------------------------------------------------------------------------------------
+    def __getstate__(self):  # a connection never crosses a copy or a process boundary (deepcopy, spawn): reopened
+        return {**self.__dict__, "_connection": None, "_pid": None}
+
     @property
     def connection(self) -> sqlite3.Connection:
         if self._connection is None or self._pid != os.getpid():
