@@ -137,8 +137,9 @@ class MultiTaskDataModule(L.LightningDataModule):
         the store; several (or with in-memory sources) are merged through an SQLite staging file, removed after."""
         results, streams = [], []
         for source in self.sources:
-            result, records = source.stream(self.tasks) if hasattr(source, "stream") else (None, None)
-            if result is None:
+            if hasattr(source, "stream"):
+                result, records = source.stream(self.tasks)
+            else:
                 result = source.load(self.tasks)
                 records = result.records
             results.append(result)

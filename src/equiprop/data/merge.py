@@ -45,22 +45,48 @@ def merge_sources(results: list[SourceResult], cell_tol: float = CELL_TOL, per_a
     """Records of all sources, merged by id and cell. Earlier sources take precedence for structure and labels.
     ``per_atom``: tasks whose labels are per atom; they combine only where both sources list the atoms in one
     order (else the other source's per-atom labels would land on the wrong atoms), and count as conflicts otherwise."""
+    table = _MemoryTable()
+    report = _merge_into(table, [result.records for result in results], cell_tol, per_atom)
+    return table.records, report
+
+
+def _merge_into(table, streams: list[Iterable[CrystalRecord]], cell_tol: float, per_atom: frozenset[str]
+                ) -> MergeReport:
+    """The merge itself, over a table that finds the records kept under an id (``with_id``: (handle, record)
+    pairs in table order), rewrites one after combining (``update``) and appends (``add``)."""
     report = MergeReport()
-    by_id: dict[str, list[CrystalRecord]] = {}
-    table: list[CrystalRecord] = []
-    for result in results:
-        for record in result.records:
-            same_id = by_id.setdefault(record.id, [])
-            match = next((r for r in same_id if same_cell(r, record, cell_tol)), None)
+    for stream in streams:
+        for record in stream:
+            same_id = table.with_id(record.id)
+            match = next(((h, r) for h, r in same_id if same_cell(r, record, cell_tol)), None)
             if match is not None:
-                _combine(match, record, report, per_atom, cell_tol)
+                _combine(match[1], record, report, per_atom, cell_tol)
+                table.update(*match)
                 continue
+            merge_id = record.id
             if same_id:
-                report.frame_mismatches.add(f"{same_id[0].source} vs {record.source}", record.id)
+                report.frame_mismatches.add(f"{same_id[0][1].source} vs {record.source}", record.id)
                 record = _renamed(record, f"{record.id}@{record.source}")
-            same_id.append(record)
-            table.append(record)
-    return table, report
+            table.add(merge_id, record)
+    return report
+
+
+class _MemoryTable:
+    """Records in a list, found by id through a dict; combining changes them in place."""
+
+    def __init__(self):
+        self.records: list[CrystalRecord] = []
+        self.by_id: dict[str, list[CrystalRecord]] = {}
+
+    def with_id(self, merge_id: str) -> list[tuple[None, CrystalRecord]]:
+        return [(None, r) for r in self.by_id.get(merge_id, [])]
+
+    def update(self, handle, record: CrystalRecord) -> None:
+        pass  # already changed in place
+
+    def add(self, merge_id: str, record: CrystalRecord) -> None:
+        self.by_id.setdefault(merge_id, []).append(record)
+        self.records.append(record)
 
 
 def _combine(kept: CrystalRecord, other: CrystalRecord, report: MergeReport, per_atom: frozenset[str],
@@ -114,7 +140,8 @@ def _unstage(header: str, arrays: bytes) -> CrystalRecord:
     meta = json.loads(header, object_hook=_label_value)
     n = (len(arrays) - 75) // 32  # 72 bytes of cell, 3 of pbc, then 8 per atomic number and 24 per position
     return CrystalRecord(id=meta["id"], cell=np.frombuffer(arrays, np.float64, 9, 0).reshape(3, 3),
-                         pbc=np.frombuffer(arrays, bool, 3, 72).copy(), numbers=np.frombuffer(arrays, np.int64, n, 75).copy(),
+                         pbc=np.frombuffer(arrays, bool, 3, 72).copy(),
+                         numbers=np.frombuffer(arrays, np.int64, n, 75).copy(),
                          positions=np.frombuffer(arrays, np.float64, 3 * n, 75 + 8 * n).reshape(n, 3),
                          source=meta["source"], labels=meta["labels"])
 
@@ -134,32 +161,35 @@ class StagedRecords:
             yield _unstage(header, arrays)
 
 
+class _StagedTable:
+    """Records in an SQLite file, found by id through an index; a combined record's row is rewritten."""
+
+    def __init__(self, connection: sqlite3.Connection):
+        self.connection, self.count = connection, 0
+
+    def with_id(self, merge_id: str) -> list[tuple[int, CrystalRecord]]:
+        rows = self.connection.execute("SELECT position, header, arrays FROM staged WHERE merge_id = ? "
+                                       "ORDER BY position", (merge_id,)).fetchall()
+        return [(position, _unstage(header, arrays)) for position, header, arrays in rows]
+
+    def update(self, position: int, record: CrystalRecord) -> None:
+        self.connection.execute("UPDATE staged SET header = ?, arrays = ? WHERE position = ?",
+                                (*_stage_row(record), position))
+
+    def add(self, merge_id: str, record: CrystalRecord) -> None:
+        self.connection.execute("INSERT INTO staged (merge_id, header, arrays) VALUES (?, ?, ?)",
+                                (merge_id, *_stage_row(record)))
+        self.count += 1
+
+
 def merge_staged(streams: list[Iterable[CrystalRecord]], path: Path, cell_tol: float = CELL_TOL,
                  per_atom: frozenset[str] = frozenset()) -> tuple[StagedRecords, MergeReport]:
     """``merge_sources`` over record streams, with the table staged in an SQLite file at ``path`` (replaced if
-    present) instead of memory: the same records in the same order, the same report. A record is looked up by id
-    (an index) and, when it combines with an earlier one, that row is rewritten. The streams are consumed here."""
+    present) instead of memory: the same records in the same order, the same report. The streams are consumed here."""
     Path(path).unlink(missing_ok=True)
     connection = sqlite3.connect(path, check_same_thread=False)  # read back by the build pool's feeder thread
     connection.executescript(STAGING_SCHEMA)
-    report, count = MergeReport(), 0
+    table = _StagedTable(connection)
     with connection:  # one transaction: staging is rebuilt from the sources after a kill anyway
-        for stream in streams:
-            for record in stream:
-                rows = connection.execute("SELECT position, header, arrays FROM staged WHERE merge_id = ? "
-                                          "ORDER BY position", (record.id,)).fetchall()
-                same_id = [(position, _unstage(h, a)) for position, h, a in rows]
-                match = next(((p, r) for p, r in same_id if same_cell(r, record, cell_tol)), None)
-                if match is not None:
-                    _combine(match[1], record, report, per_atom, cell_tol)
-                    connection.execute("UPDATE staged SET header = ?, arrays = ? WHERE position = ?",
-                                       (*_stage_row(match[1]), match[0]))
-                    continue
-                merge_id = record.id
-                if same_id:
-                    report.frame_mismatches.add(f"{same_id[0][1].source} vs {record.source}", record.id)
-                    record = _renamed(record, f"{record.id}@{record.source}")
-                connection.execute("INSERT INTO staged (merge_id, header, arrays) VALUES (?, ?, ?)",
-                                   (merge_id, *_stage_row(record)))
-                count += 1
-    return StagedRecords(connection, count), report
+        report = _merge_into(table, streams, cell_tol, per_atom)
+    return StagedRecords(connection, table.count), report

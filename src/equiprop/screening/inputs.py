@@ -234,13 +234,12 @@ class AseDatabase:
     def _record(self, row, key_value_pairs: dict, atoms):
         row_id = str(key_value_pairs.get("material_id", f"{self.path.stem}:{row}"))
         try:
-            try:
-                structure = atoms()
-            except (ValueError, TypeError) as err:  # blobs of the wrong size
-                raise DataError(row_id, f"unreadable row {row} ({err})", "unparseable structure") from None
-            return from_ase(structure, row_id, str(self.path))
+            return from_ase(atoms(), row_id, str(self.path))
         except DataError as err:
             return failure(err, str(self.path), row_id)
+        except (ValueError, TypeError) as err:  # blobs of the wrong size
+            return failure(DataError(row_id, f"unreadable row {row} ({err})", "unparseable structure"),
+                           str(self.path), row_id)
 
     def _read_raw(self, start: int, stop: int):
         """The rows straight from ase's SQLite table, decoded as ase decodes them (its ``deblob``): ase's own
