@@ -11,8 +11,11 @@ Steps, each reusing what an earlier (interrupted) run finished:
    file the installed ``sevenn`` ships (``equiprop.train.export``), the split's structure ids (``split/*.txt``), ``model.json``.
 3. The test-split table of the exported ensemble's mean beside the training median, the isotropic oracle (tensors)
    and the invariant baseline (``recipes/baseline_invariant.yaml``'s model on the same data and split, seed 0),
-   written to ``test_metrics.md``/``.csv`` in the model folder and summarised in ``model.json``.
+   written to ``test_metrics.md``/``.csv`` in the model folder (the model's errors in column ``model``, its folder in
+   ``model_path``) and summarised in ``model.json``.
 The model card (``README.md`` in the folder) is written by hand from these files.
+
+    python scripts/build_shipped_model.py --name equiprop-mp-v1 --csv-from-markdown   # test_metrics.csv from its .md
 """
 
 from __future__ import annotations
@@ -112,11 +115,46 @@ def test_table(model_folder: Path, members: list[str], baseline: Path | None, re
     run = Run(Path(members[0]), Path(config), EnsembleMean(predictor), datamodule, 0, "", check)
     base = load_run(baseline, recipe) if baseline is not None else None
     rows = scoreboard_rows(task_results(run, base))
-    meta = {"model": str(model_folder), "members": len(predictor.members), "data_config": config,
+    # "model" names the column of the model's errors: the folder goes in model_path (no column name repeats)
+    meta = {"model_path": str(model_folder), "members": len(predictor.members), "data_config": config,
             "baseline_checkpoint": str(baseline), "split_check": check}
     write_csv(rows, meta, model_folder / "test_metrics.csv")
     write_markdown(rows, [], meta, model_folder / "test_metrics.md", [])
     return rows, datamodule
+
+
+def rows_from_markdown(path: Path) -> tuple[list, dict[str, str]]:
+    """The rows and metadata of a ``test_metrics.md`` written by ``write_markdown``, numbers as shown there."""
+    from equiprop.workflows.scoreboard import PREDICTORS, Row
+
+    meta, rows, header = {}, [], None
+    for line in path.read_text().splitlines():
+        if line.startswith("- ") and ": `" in line and header is None and not rows:  # metadata, above the table
+            key, value = line[2:].split(": `", 1)
+            meta[key] = value.removesuffix("`")
+        elif line.startswith("| task |"):
+            header = [c.strip() for c in line.strip().strip("|").split("|")]
+        elif header is not None and line.startswith("| "):
+            cells = dict(zip(header, (c.strip() for c in line.strip().strip("|").split("|"))))
+            rows.append(Row(cells["task"], cells["metric"], cells["units"], int(cells["n_train"]),
+                            int(cells["n_test"]), {p: float(cells[p]) for p in PREDICTORS if cells.get(p)}))
+        elif header is not None and not line.startswith("|"):
+            header = None  # the table ended
+    return rows, meta
+
+
+def rebuild_csv(model_folder: Path) -> Path:
+    """Rewrite ``test_metrics.csv`` from the ``test_metrics.md`` beside it, without training, for models built
+    before the writer was fixed (a metadata key "model" had replaced every model error by the folder's path). The
+    md's "model" line becomes the ``model_path`` column; every number is the one the md shows."""
+    from equiprop.workflows.scoreboard import write_csv
+
+    rows, meta = rows_from_markdown(model_folder / "test_metrics.md")
+    if not rows:
+        raise SystemExit(f"{model_folder / 'test_metrics.md'}: no table rows found")
+    meta = {("model_path" if key == "model" else key): value for key, value in meta.items()}
+    write_csv(rows, meta, model_folder / "test_metrics.csv")
+    return model_folder / "test_metrics.csv"
 
 
 def summary_metrics(rows, calibration: dict, units: dict) -> dict:
@@ -155,7 +193,12 @@ def main() -> int:
     parser.add_argument("--name", default="equiprop-mp-v1")
     parser.add_argument("--baseline-recipe", default="recipes/baseline_invariant.yaml")
     parser.add_argument("--no-baseline", action="store_true", help="leave the invariant baseline out of the table")
+    parser.add_argument("--csv-from-markdown", action="store_true",
+                        help="only rewrite checkpoints/NAME/test_metrics.csv from its test_metrics.md (no training)")
     args = parser.parse_args()
+    if args.csv_from_markdown:
+        print(f"wrote {rebuild_csv(Path('checkpoints') / args.name)}")
+        return 0
     run = yaml.safe_load(Path(args.recipe).read_text()).get("run_name") or Path(args.recipe).stem
     members, manifest_path = train_and_calibrate(args.recipe, args.seeds, run)
     ensemble = json.loads(manifest_path.read_text())

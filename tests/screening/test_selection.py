@@ -69,6 +69,12 @@ def test_voigt_bulk_and_components():
     ({"top_k": {"objective": "K_VRH", "k": 0}}, "top_k.k"),
     ({"top_k": {"objective": "K_VRH", "k": 3, "direction": "up"}}, "top_k.direction"),
     ({"straddle_sigma": 1}, "selection.straddle_sigma"),
+    # YAML's .nan / .inf: NaN passes no window and no check, inf chooses everything
+    ({"windows": [{"property": "Eg", "min": float("nan")}]}, "windows[0].min: expected a finite number"),
+    ({"windows": [{"property": "Eg", "max": float("inf")}]}, "windows[0].max: expected a finite number"),
+    ({"windows": [{"property": "Eg", "max": 10 ** 400}]}, "windows[0].max: expected a finite number"),
+    ({"straddle_sigmas": float("nan")}, "selection.straddle_sigmas: expected a finite number"),
+    ({"straddle_sigmas": float("inf")}, "selection.straddle_sigmas: expected a finite number"),
 ])
 def test_bad_recipes_name_the_key(section, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")) as err:

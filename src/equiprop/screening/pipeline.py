@@ -9,6 +9,8 @@ Per chunk, in the worker: records are checked (periodic; elements seen in traini
 empty / unknown element / non-finite / zero-volume cells; atoms closer than 0.5 Å, from the graph's own edges rather
 than a second neighbour list), graphs built with the checkpoint's cutoff / max / min neighbours and collated into
 ``Batch``es of ``batch_size``. Every item gets a row: "ok", or "failed" with the reason.
+
+Workers end with the main process, even one killed with SIGKILL (``equiprop.data.processes.DieWithParent``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch_geometric.data import Batch
 
 from equiprop.data.errors import DataError
 from equiprop.data.graph import record_to_graph
+from equiprop.data.processes import DieWithParent
 from equiprop.data.record import MAX_ATOMIC_NUMBER, CrystalRecord
 from equiprop.predict import describe_record, renamed
 from equiprop.screening.inputs import InputFailure
@@ -183,8 +186,9 @@ def run_stage(predictor, plan, chunks, store, stage: str, batch_size: int, worke
     pending = [(k, idx) for k, idx in chunks if not store.done(stage, k)]
     skipped = sum(len(idx) for k, idx in chunks if store.done(stage, k))
     dataset = ChunkDataset(plan, pending, predictor, batch_size, allow_unseen_elements)
+    # workers die with this process (kill -9 included): a worker blocked sending a chunk would otherwise live on
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, collate_fn=_identity,
-                                         prefetch_factor=2 if workers else None)
+                                         prefetch_factor=2 if workers else None, worker_init_fn=DieWithParent())
     start, computed, reasons = time.perf_counter(), 0, Counter()
     with tqdm(total=total, initial=skipped, desc=desc, unit="structure", smoothing=0.1) as bar:
         for k, rows in loader:  # DataLoader workers run with one torch thread each

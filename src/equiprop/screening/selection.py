@@ -7,6 +7,8 @@
       top_k: {objective: K_VRH, k: 100, direction: max}   # optional, among the window passers
       straddle_sigmas: 1.0
 
+Every number must be finite (YAML's ``.nan``/``.inf`` are refused, naming the key); a bound left out is open.
+
 The rule (``select``), per candidate predicted in Phase 1 (failed ones are never chosen, ``chosen_by`` ""):
 
 - it *passes the windows* when every window holds on its mean (``min <= mean <= max``; a missing bound is open);
@@ -111,10 +113,18 @@ def _keys(d, allowed: set, where: str) -> dict:
 
 
 def _number(d: dict, key: str, where: str) -> float | None:
+    """A finite number or None: YAML's .nan would pass no window and every check (NaN < 0 is False), .inf all."""
     value = d.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
-    return None if value is None else float(value)
+    if value is None:
+        return None
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    except OverflowError:  # an integer too large for a float
+        number = None
+    if number is None or not np.isfinite(number):
+        raise ConfigError(f"{where}.{key}: expected a finite number, got {value!r}"
+                          + (" (leave the key out for an open bound)" if key in ("min", "max") else ""))
+    return number
 
 
 def parse_quantity(d: dict, key: str, shapes: dict[str, tuple], where: str) -> Quantity:

@@ -15,6 +15,9 @@ one scalar output), assuming the value is distributed as N(mu, sigma^2):
 ``normalised_score + diversity * distance / median_distance``, where ``distance`` is the latent-space distance to the
 nearest labelled or already picked structure and ``median_distance`` the median pairwise distance of the pool, so a
 batch does not spend its budget on near-duplicates. ``diversity = 0`` is the plain ranking by score.
+
+A NaN or infinite window end, ``best`` or ``diversity`` is a ``ConfigError`` (NaN would pass any ``<`` check and rank
+nonsense); the command line refuses them earlier (``equiprop.workflows.options``).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ DIRECTIONS = ("max", "min")
 
 def window_probability(mu, sigma, low: float, high: float) -> np.ndarray:
     """P(low <= X <= high) for X ~ N(mu, sigma^2), elementwise."""
-    if not low < high:
-        raise ConfigError(f"--window needs LO < HI, got {low} {high}")
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):  # NaN fails every comparison: test it first
+        raise ConfigError(f"--window needs finite LO < HI, got {low} {high}")
     mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
     inside = ((mu >= low) & (mu <= high)).astype(np.float64)
     safe = np.where(sigma > 0, sigma, 1.0)
@@ -44,6 +47,8 @@ def expected_improvement(mu, sigma, best: float, direction: str = "max") -> np.n
     """E[max(X - best, 0)] (direction max) or E[max(best - X, 0)] (min) for X ~ N(mu, sigma^2), elementwise."""
     if direction not in DIRECTIONS:
         raise ConfigError(f"--direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+    if not np.isfinite(best):
+        raise ConfigError(f"--best must be a finite number, got {best}")
     mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
     gain = mu - best if direction == "max" else best - mu
     safe = np.where(sigma > 0, sigma, 1.0)
@@ -96,8 +101,8 @@ def greedy_diverse_selection(scores, candidates, budget: int, diversity: float =
         labelled: (m, d) latent vectors of structures already labelled (or None).
         scale: distance unit (default: median pairwise distance of candidates and labelled together).
     """
-    if diversity < 0:
-        raise ConfigError(f"--diversity must be >= 0, got {diversity}")
+    if not (np.isfinite(diversity) and diversity >= 0):
+        raise ConfigError(f"--diversity must be a finite number >= 0, got {diversity}")
     scores = normalise(scores)
     candidates = np.asarray(candidates, dtype=np.float64)
     labelled = np.zeros((0, candidates.shape[1])) if labelled is None else np.asarray(labelled, dtype=np.float64)

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 from collections import Counter
@@ -30,6 +29,7 @@ from equiprop.data import keys
 from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.record import CrystalRecord, from_pymatgen_dict, read_structure_file, structure_format
 from equiprop.data.sources.records_json import bundled_path, read_json
+from equiprop.workflows.options import ArgumentParser
 
 CHUNK = 512  # pool structures per teacher pass: bounded memory for the graphs
 
@@ -112,7 +112,7 @@ def student_recipe(recipe: dict, pseudo: Path, split_files: dict[str, Path], run
 
 
 def parse_arguments(argv: list[str]):
-    parser = argparse.ArgumentParser(prog="equiprop distill", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="equiprop distill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", nargs="+", required=True, help="teacher checkpoint(s) or ensemble manifest")
     parser.add_argument("-c", "--config", required=True, help="the student's recipe (e.g. an invariant model)")
     parser.add_argument("--pool", nargs="+", required=True,

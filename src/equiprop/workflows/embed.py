@@ -23,6 +23,7 @@ from equiprop.data.errors import DataError
 from equiprop.data.record import read_structure_file
 from equiprop.predict import Predictor
 from equiprop.data.record import collect_files
+from equiprop.workflows.options import ArgumentParser, positive_int
 
 
 def invariant_features(encoder, batch) -> torch.Tensor:
@@ -55,14 +56,14 @@ def embed_graphs(encoder, graphs: list, batch_size: int = 64) -> np.ndarray:
 
 
 def embed_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="equiprop embed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="equiprop embed", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="CIF/POSCAR/extxyz files or folders")
     source.add_argument("--dataset", choices=["default", "tiny"], help="a bundled dataset (labels included)")
     parser.add_argument("--output", required=True, help="emb.npz")
-    parser.add_argument("--limit", type=int, help="embed only the first N structures")
+    parser.add_argument("--limit", type=positive_int, help="embed only the first N structures (N >= 1)")
     args = parser.parse_args(argv)
     predictor = Predictor.from_checkpoint(args.checkpoint)
     records, skipped = [], []

@@ -16,6 +16,7 @@ runs write ``subset_results.json`` instead (not a leaderboard result).
 Data: ``--data-path`` names the task's file; else ``<shared>/matbench/<task>.json.gz`` when present; else matminer's
 copy or download ($MATMINER_DATA). ``--shared`` (default: $EQUIPROP_SHARED_DATA) is the folder that holds
 ``matbench/`` (subset maps, leaderboard CSV), ``matminer-0.4.0/`` and ``perov5/``; the subset protocol needs it.
+A fold outside 0-4 or a seed outside [0, 2**32) is refused before anything runs (``equiprop.workflows.options``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import MATBENCH_TASKS
 from equiprop.train.run import build_run, load_recipe, set_dotted
 from equiprop.train.run_dir import check_run_name
+from equiprop.workflows.options import ArgumentParser, number, random_seed
 
 SHARED_ENV = "EQUIPROP_SHARED_DATA"  # default of --shared: the folder holding matbench/, matminer-0.4.0/, perov5/
 # task -> (matminer CSV, a task that CSV provides) holding the local structures of the subset protocol
@@ -171,13 +173,14 @@ def official_record(task: str, folds: dict[int, dict], data_path: str | None, ou
 
 
 def matbench_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="equiprop matbench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="equiprop matbench", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True, choices=sorted(MATBENCH_TASKS))
     parser.add_argument("-c", "--config", required=True, help="a fit recipe (model, trainer, batch size, cutoff)")
-    parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--folds", type=number(int, 0, 4), nargs="+", default=[0, 1, 2, 3, 4],
+                        help="MatBench's five folds are 0 to 4")
     parser.add_argument("--subset", action="store_true", help="MatBench-subset protocol on local structures")
-    parser.add_argument("--seeds", type=int, nargs="+",
+    parser.add_argument("--seeds", type=random_seed, nargs="+",
                         help="one member per seed and fold; the fold predicts the members' mean (deep ensemble)")
     parser.add_argument("--data-path", help="the task's orient='split' JSON(.gz) (default: <shared>/matbench/"
                         "<task>.json.gz if present, else $MATMINER_DATA or matminer's download)")

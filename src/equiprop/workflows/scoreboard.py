@@ -197,10 +197,21 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def csv_fields(meta: dict[str, str]) -> list[str]:
+    """The CSV's columns; ValueError when a metadata key repeats one (a meta key "model" once overwrote every row's
+    model error with the model's path: DictWriter writes a repeated name's last value into both columns)."""
+    fields = ["task", "metric", "units", "n_train", "n_test", *PREDICTORS]
+    clash = [key for key in meta if key in fields]
+    if clash:
+        raise ValueError(f"scoreboard metadata {clash} would repeat a column of the table; rename it "
+                         f"(e.g. {clash[0]}_path)")
+    return fields + list(meta)
+
+
 def write_csv(rows: list[Row], meta: dict[str, str], path: Path) -> None:
     """One line per (task, metric); the run's metadata (commit, command, seed, recipes) repeated on every line so
-    that each line stands alone. An empty cell: the predictor does not apply to that row."""
-    fields = ["task", "metric", "units", "n_train", "n_test", *PREDICTORS, *meta]
+    that each line stands alone. An empty cell: the predictor does not apply to that row. Column names are unique."""
+    fields = csv_fields(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)

@@ -16,7 +16,8 @@ for elastic / piezo, as ``equiprop predict`` writes them), the reduced quantitie
 top_k / straddle / ""), and Phase-2 values ``p2_<output> [units]`` with ``p2_status, p2_reason, p2_error``.
 ``OUT.summary.json`` beside it: counts per stage, time and structures/s, checkpoints, the selection recipe, units.
 Exit status: 0 when something was predicted in Phase 1 (failed inputs are rows and counts, not errors); 1 when
-nothing was; 2 for a bad argument, checkpoint, recipe or work folder.
+nothing was; 2 for a bad argument (a number out of range included), checkpoint, recipe or work folder. Its
+DataLoader workers end with it, even when it is killed with SIGKILL (``equiprop.data.processes``).
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ from equiprop.screening.pipeline import META, run_stage, value_columns
 from equiprop.screening.predictor import load_stage_predictor, output_shapes
 from equiprop.screening.selection import load_selection, reduce_values, select
 from equiprop.shipped import resolve_all
+from equiprop.workflows.options import ArgumentParser, non_negative_int, positive_int
 from equiprop.workflows.predict import check_output
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="equiprop screen", description="Two-stage, resumable screening.")
+    parser = ArgumentParser(prog="equiprop screen", description="Two-stage, resumable screening.")
     parser.add_argument("--input", nargs="+", required=True,
                         help="folders, globs, CIF/POSCAR/extxyz files, ASE databases (.db) or bundled:NAME")
     parser.add_argument("--phase1", nargs="+", required=True,
@@ -55,24 +57,22 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-c", "--config", help="YAML recipe with a selection: section (default: choose all)")
     parser.add_argument("--output", required=True, help="OUT.csv or OUT.parquet (needs pyarrow)")
     parser.add_argument("--workdir", help="work folder for chunks and resuming (default: OUT.work beside OUT)")
-    parser.add_argument("--workers", type=int, default=2,
+    parser.add_argument("--workers", type=non_negative_int, default=2,
                         help="DataLoader workers, each reading, building graphs and predicting whole chunks with one "
                              "torch thread (0: all in this process)")
-    parser.add_argument("--batch-size", type=int, default=64,
+    parser.add_argument("--batch-size", type=positive_int, default=64,
                         help="structures per forward pass: 64 keeps a batch's per-edge tensors in cache (two workers "
                              "share the memory bus): 1,050 structures/s from extxyz vs 870 at 256 (docs/benchmarks.md)")
-    parser.add_argument("--chunk-size", type=int, default=512,
+    parser.add_argument("--chunk-size", type=positive_int, default=512,
                         help="items per chunk: the unit of resuming, and of work handed to a worker")
-    parser.add_argument("--threads", type=int, help="torch threads with --workers 0 (default: all cores)")
-    parser.add_argument("--mc-samples", type=int, help="MC-dropout draws per member (default: a manifest's, else 0)")
+    parser.add_argument("--threads", type=positive_int, help="torch threads with --workers 0 (default: all cores)")
+    parser.add_argument("--mc-samples", type=non_negative_int,
+                        help="MC-dropout draws per member (default: a manifest's, else 0)")
     parser.add_argument("--allow-unseen-elements", action="store_true",
                         help="predict structures with elements the model never saw in training (refused by default)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # every number in range (equiprop.workflows.options)
     if Path(args.output).suffix not in (".csv", ".parquet"):
         parser.error("--output must end in .csv or .parquet")
-    for name in ("workers", "batch_size", "chunk_size"):
-        if getattr(args, name) < (0 if name == "workers" else 1):
-            parser.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'workers' else 1}")
     return args
 
 

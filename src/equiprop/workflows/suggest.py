@@ -11,6 +11,9 @@ member's rotation-invariant per-structure features, as ``equiprop embed``), meas
 labelled and those picked before. Never proposed, each counted and reported: pool entries that carry a label of the
 task (``bundled:`` data), ids listed in ``--labelled``, repeated ids (the first is kept), and inputs that cannot be
 read or predicted (with the reason). Pool entries excluded as labelled still anchor the diversity term.
+
+Numbers are refused at the command line when they cannot mean anything (``equiprop.workflows.options``): NaN or
+infinite ``--best``, ``--window`` or ``--diversity``, a negative diversity, a budget below 1, LO >= HI.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.record import CrystalRecord
 from equiprop.uncertainty.acquisition import DIRECTIONS, STRATEGIES, acquisition_scores, greedy_diverse_selection
 from equiprop.workflows.embed import invariant_features
+from equiprop.workflows.options import (ArgumentParser, finite_float, non_negative_float, non_negative_int,
+                                       positive_int)
 from equiprop.data.record import read_inputs
 from equiprop.workflows.predict import check_output
 
@@ -139,29 +144,33 @@ def default_best(labelled: list, task: str, direction: str, reduce: str | None =
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="equiprop suggest", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="equiprop suggest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", nargs="+", required=True, help="structure files/folders, or bundled:NAME")
     parser.add_argument("--checkpoints", nargs="+", required=True, help="members (.ckpt) or one manifest .json")
     parser.add_argument("--task", required=True, help="the scalar output to acquire labels of")
-    parser.add_argument("--budget", type=int, required=True, help="structures to suggest")
+    parser.add_argument("--budget", type=positive_int, required=True, help="structures to suggest (>= 1)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="uncertainty")
-    parser.add_argument("--window", nargs=2, type=float, metavar=("LO", "HI"), help="target window (window)")
+    parser.add_argument("--window", nargs=2, type=finite_float, metavar=("LO", "HI"),
+                        help="target window (window): finite, LO < HI")
     parser.add_argument("--direction", choices=DIRECTIONS, default="max", help="improvement direction (ei)")
-    parser.add_argument("--best", type=float, help="value to improve on (ei; default: best label in the pool)")
+    parser.add_argument("--best", type=finite_float,
+                        help="value to improve on (ei; default: best label in the pool)")
     parser.add_argument("--reduce", choices=["isotropic"], help="a tensor task's scalar: trace/3, Voigt bulk modulus")
-    parser.add_argument("--diversity", type=float, default=0.5, help="LAMBDA of the latent distance term (0: off)")
+    parser.add_argument("--diversity", type=non_negative_float, default=0.5,
+                        help="LAMBDA >= 0 of the latent distance term, in median pairwise distances (0: off)")
     parser.add_argument("--labelled", help="text file of ids already labelled (one per line): never suggested")
-    parser.add_argument("--mc-samples", type=int, help="dropout draws per member (default: the manifest's, or 0)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--mc-samples", type=non_negative_int,
+                        help="dropout draws per member (default: the manifest's, or 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--allow-unseen-elements", action="store_true")
     parser.add_argument("--output", required=True, help="suggestions.csv (its folder must exist)")
-    args = parser.parse_args(argv)
-    if args.budget < 1:
-        parser.error("--budget must be >= 1")
+    args = parser.parse_args(argv)  # every number finite and in range (equiprop.workflows.options)
     if Path(args.output).suffix != ".csv":
         parser.error("--output must end in .csv")
     if args.strategy == "window" and args.window is None:
         parser.error("--strategy window needs --window LO HI")
+    if args.window is not None and not args.window[0] < args.window[1]:
+        parser.error(f"argument --window: needs LO < HI; got {args.window[0]:g} {args.window[1]:g}")
     return args
 
 

@@ -1,0 +1,60 @@
+"""Numeric command-line options that refuse what no run can mean: NaN, infinities, values out of range.
+
+Every number an equiprop command takes through argparse is parsed by one of these ``type=`` functions, so a bad value
+stops the command before anything is loaded with one error line naming the option, exit status 2::
+
+    equiprop suggest: error: argument --diversity: must be a finite number >= 0; got 'nan' (--help for usage)
+
+``ArgumentParser`` is argparse's with that one-line error in place of the usage block (as ``ConfigError`` reads).
+
+Why at the edge: ``float("nan")`` parses, and NaN compares false with everything, so it passes every later check of
+the form ``if x < 0`` and ranks nonsense; ``1e999`` parses as infinity. Integers cannot be NaN, but a negative
+budget, batch size or seed means nothing either (Lightning replaces a seed outside [0, 2**32) by a random one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+MAX_SEED = 2 ** 32 - 1  # numpy's (and Lightning's seed_everything's) range of seeds
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line (``PROG: error: MESSAGE (--help for usage)``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
+
+
+def number(kind: type = float, minimum: float | None = None, maximum: float | None = None):
+    """An argparse ``type=``: text -> ``kind`` (float or int), finite and within [minimum, maximum] (either end
+    optional); otherwise ``argparse.ArgumentTypeError`` saying what the option takes."""
+    what = "a finite number" if kind is float else "an integer"
+    low, high = (None if v is None else f"{kind(v)}" if kind is int else f"{v:g}" for v in (minimum, maximum))
+    if low is not None and high is not None:
+        what += f" from {low} to {high}"
+    elif low is not None:
+        what += f" >= {low}"
+    elif high is not None:
+        what += f" <= {high}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}") from None
+        if not math.isfinite(value) or (minimum is not None and value < minimum) or (
+                maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type by it in its own messages
+    return parse
+
+
+finite_float = number(float)
+non_negative_float = number(float, minimum=0)
+positive_int = number(int, minimum=1)
+non_negative_int = number(int, minimum=0)
+random_seed = number(int, minimum=0, maximum=MAX_SEED)
