@@ -44,7 +44,6 @@ import inspect
 import json
 import warnings
 import weakref
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +55,9 @@ from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord, from_ase, from_pymatgen
 from equiprop.nn.registry import build_encoder
 from equiprop.train.export import restore_backbone
+from equiprop.train.integrity import read_checkpoint
 from equiprop.data.tensor_ops import voigt_bulk_modulus, voigt_shear_modulus
 
-# what torch.load(weights_only=True) raises on files that are not (whole) checkpoints: empty (EOFError), truncated
-# or not a zip (RuntimeError, BadZipFile), plain text (KeyError, UnicodeDecodeError), ...
-CHECKPOINT_LOAD_ERRORS = (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, ValueError, TypeError, IndexError,
-                          AttributeError, UnicodeDecodeError, OSError, MemoryError)
 BINARY_UNITS = "probability"
 PROBE_SPACING = 3.0  # Å, nearest-neighbour distance of the probe crystal (shortened for smaller cutoffs)
 
@@ -291,21 +287,7 @@ def probe_crystal(species_seen: np.ndarray | None, cutoff: float) -> CrystalReco
 # -- checkpoint reading -------------------------------------------------------------------------------------------
 def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint as plain types; ConfigError/DataError naming the file if it is missing or not a checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path}")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols before failing; the error says it all
-            warnings.simplefilter("ignore")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - whatever the file is, the user gets one line naming it
-        if type(err).__name__ == "UnpicklingError":  # weights_only refused an object: never unpickled
-            raise DataError(str(path), "not an equiprop checkpoint: it holds objects other than tensors and plain "
-                                       "types, which equiprop never unpickles", "bad checkpoint") from None
-        if not isinstance(err, CHECKPOINT_LOAD_ERRORS):
-            raise
-        raise DataError(str(path), f"not a readable checkpoint (empty, truncated or not a torch file; "
-                                   f"{type(err).__name__})", "bad checkpoint") from None
+    checkpoint = read_checkpoint(path)  # weights_only: nothing unpickled
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("equiprop"), dict):
         raise DataError(str(path), "not an equiprop checkpoint (no 'equiprop' section)", "bad checkpoint")
     if not isinstance(checkpoint.get("state_dict"), dict):

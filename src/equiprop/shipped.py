@@ -53,21 +53,46 @@ def resolve(value: str | Path) -> str:
     return str(models[str(value)] / MODEL_FILE)
 
 
+def shipped_folder_of(path: str | Path) -> Path | None:
+    """The shipped model's folder that ``path`` is (or lies in), else None; links resolved, so the repo's
+    ``checkpoints/equiprop-mp-v1`` and ``equiprop/shipped_models/equiprop-mp-v1`` are one folder."""
+    target = Path(path).expanduser().resolve()
+    for folder in shipped_models().values():
+        folder = folder.resolve()
+        if target == folder or folder in target.parents:
+            return folder
+    return None
+
+
+def refuse_shipped(path: str | Path, option: str) -> None:
+    """ConfigError unless ``path`` lies outside every shipped model's folder: no command writes, replaces or deletes
+    a file of a model that ships (its members are pinned by sha256 in its model.json)."""
+    folder = shipped_folder_of(path)
+    if folder is not None:
+        raise ConfigError(f"{option} {path} lies in the shipped model {folder.name} ({folder}): shipped models are "
+                          "read-only; write somewhere else")
+
+
+def refuse_shipped_name(name: str, option: str = "run_name") -> None:
+    """A run may not take a shipped model's name: its folder under checkpoints/ is the shipped model."""
+    if str(name).split("/")[0] in shipped_models():
+        raise ConfigError(f"{option} {name!r} is the name of a shipped model (equiprop models): runs never write "
+                          "into a shipped model's folder; choose another name")
+
+
 def resolve_all(values) -> list[str]:
     return [resolve(v) for v in ([values] if isinstance(values, (str, Path)) else values)]
 
 
 def first_member(value: str | Path) -> str:
     """The checkpoint a transfer starts from: a checkpoint path as given; for a shipped model (or any ensemble
-    manifest) its first member, the seed named first in the card."""
+    manifest) its first member, the seed named first in the card, checked against the sha256 the manifest records."""
+    from equiprop.train.integrity import read_manifest
+
     path = Path(resolve(value))
     if path.suffix != ".json":
         return str(path)
-    try:
-        members = json.loads(path.read_text())["members"]
-        return str(path.parent / members[0])
-    except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
-        raise DataError(str(path), f"not a manifest with members ({type(err).__name__})", "bad manifest") from None
+    return read_manifest(path)["members"][0]
 
 
 def model_info(name: str) -> dict:

@@ -13,6 +13,7 @@ from equiprop.cli import main
 from equiprop.data.errors import ConfigError
 from equiprop.train.checkpoint_io import AtomicCheckpointIO
 from equiprop.train.run_dir import acquire_lock, check_run_name, lock_path, release_lock
+from equiprop.train.run_record import read_record
 
 @pytest.fixture
 def recipe(tmp_path, monkeypatch, cli_recipe):
@@ -104,8 +105,10 @@ def test_checkpoints_are_replaced_atomically_in_the_run_folder(tmp_path):
     with pytest.raises(Exception):  # torch.save fails half-way: a lambda cannot be serialised
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 2, "bad": lambda: None}, target)
     assert _digest(target) == before  # the earlier checkpoint is intact, not truncated
-    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no partial file left behind
+    # no partial file left behind; the run record names the checkpoint with the sha256 of what was written
+    assert sorted(p.name for p in target.parent.iterdir()) == [".equiprop-run.json", "last.ckpt"]
     assert torch.load(target, weights_only=True)["epoch"] == 1
+    assert read_record(target.parent)["files"] == {"last.ckpt": before}
 
 
 def test_fits_write_through_the_atomic_checkpoint_io(cli_recipe, tmp_path):

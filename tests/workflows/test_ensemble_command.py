@@ -27,6 +27,20 @@ def test_ensemble_trains_each_seed_once_and_writes_a_loadable_manifest(cli_recip
     predictor = load_predictor([manifest], warn=False)
     assert predictor.has_uncertainty and predictor.std_scale == content["std_scale"]
     assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "0"]) == 2  # a repeated seed adds nothing
+    assert set(content["member_sha256"]) == set(content["members"])  # the manifest pins its members
+
+    other = tmp_path / "other.yaml"  # same run name, other tasks: tiny_s0 is not one of its members
+    other.write_text(yaml.safe_dump({**cli_recipe, "data": {**cli_recipe["data"], "tasks": ["Ef"]}}))
+    capsys.readouterr()
+    assert main(["ensemble", "-c", str(other), "--seeds", "0", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "tiny_s0/best.ckpt was trained from another configuration" in err and "['Ef', 'Eg']" in err, err
+    assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "1", "--trainer.max_epochs=2"]) == 2  # other options
+    best = tmp_path / "checkpoints" / "tiny_s1" / "best.ckpt"
+    best.write_bytes(best.read_bytes() + b"\0")  # no longer what the fit wrote
+    assert main(["ensemble", "-c", str(recipe), "--seeds", "1"]) == 2
+    assert "no equiprop fit recorded writing it" in capsys.readouterr().err
+    assert (tmp_path / "checkpoints" / "tiny_s0" / "best.ckpt").stat().st_mtime_ns == first  # nothing retrained
 
 
 def test_an_ensemble_named_by_a_path_is_refused_before_anything_is_written(cli_recipe, tmp_path, monkeypatch, capsys):

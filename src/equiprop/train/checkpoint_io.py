@@ -4,6 +4,10 @@ Lightning writes through an fsspec transaction whose temporary file lies in ``$T
 filesystem than the run directory, the final move is a copy, and a process killed during it leaves ``last.ckpt``
 truncated. Here the bytes go to a hidden file beside the target, are flushed to disk, and ``os.replace`` swaps it in:
 a reader sees the old checkpoint or the new one, never part of one.
+
+Each file written is noted, with its sha256, in the run folder's record (``equiprop.train.run_record``), and a removal
+Lightning asks for (an older top-k checkpoint) happens only for a file so noted and unchanged: equiprop deletes only
+checkpoints it wrote.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from pathlib import Path
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from equiprop.train.run_record import note_removed, note_written
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -33,6 +39,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
+        note_written(target)
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None) -> dict:
+        # always weights only: Lightning itself would unpickle anything from a URL (its default there is False)
+        return super().load_checkpoint(path, map_location, weights_only=True)
+
+    def remove_checkpoint(self, path) -> None:
+        if not _is_local_file_protocol(path):
+            return super().remove_checkpoint(path)
+        if note_removed(path):  # ours and unchanged; anything else stays where it is
+            Path(path).unlink()
 
 
 def use_atomic_checkpoints(trainer) -> None:

@@ -18,7 +18,9 @@ from equiprop.data.datamodule import MultiTaskDataModule
 from equiprop.data.errors import ConfigError
 from equiprop.train.callbacks import MetricsTable
 from equiprop.train.checkpoint_io import use_atomic_checkpoints
+from equiprop.shipped import refuse_shipped
 from equiprop.train.run_dir import claim_run_dir, is_rank_zero, release_all, run_folder
+from equiprop.train.run_record import config_digest
 from equiprop.train.module import MultiTaskModel
 
 CHECKPOINT_ROOT = "checkpoints"
@@ -43,9 +45,21 @@ class EquipropCLI(LightningCLI):
                              # best.ckpt / last.ckpt are always this run's own, never best-v1.ckpt beside a stale one
                              "checkpoint.enable_version_counter": False})
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads ``--ckpt_path``'s hyperparameters here, first: the file is checked before (one line for a
+        file that is not a checkpoint of plain types; Lightning's traceback would suggest ``weights_only=False``)."""
+        if self.config.get("subcommand"):
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            if path:
+                check_resume_checkpoint(path)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        self.config_digest = config_digest(config)  # before the run's folders are filled in: what it computes
         run_dir = run_folder(CHECKPOINT_ROOT, config.run_name, nested=self.nested_run_names)
+        self.own_dir = run_dir
+        check_trainer_numbers(config.trainer)
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(run_dir)
         if config.trainer.default_root_dir is None:
@@ -53,6 +67,8 @@ class EquipropCLI(LightningCLI):
         if config.trainer.logger is None or config.trainer.logger is True:
             config.trainer.logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                      "init_args": {"save_dir": str(run_dir), "name": "tensorboard"}}
+        for option, folder in written_folders(config):  # a shipped model's folder is never written into
+            refuse_shipped(folder, option)
 
     def instantiate_classes(self) -> None:
         try:  # bad options fail here first, before any folder is touched
@@ -66,12 +82,55 @@ class EquipropCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if self.subcommand == "fit" and is_rank_zero():
             claim_run_dir(Path(config.checkpoint.dirpath), resume=config.get("ckpt_path") is not None,
-                          overwrite=bool(config.overwrite))
+                          overwrite=bool(config.overwrite), own_dir=self.own_dir, config=self.config_digest)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
         return trainer
+
+
+def written_folders(config) -> list[tuple[str, str]]:
+    """(option, folder) of every folder a run writes in: checkpoints, the trainer's root, the logger's save_dir."""
+    folders = [("checkpoint.dirpath", config.checkpoint.dirpath), ("trainer.default_root_dir",
+                                                                     config.trainer.default_root_dir)]
+    loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]
+    for logger in loggers:
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        if init_args is not None and init_args.get("save_dir"):
+            folders.append(("trainer.logger.save_dir", init_args.get("save_dir")))
+    return [(option, str(folder)) for option, folder in folders if folder]
+
+
+def check_trainer_numbers(trainer) -> None:
+    """One line for trainer counts Lightning would refuse with a traceback (e.g. ``--trainer.max_epochs=-5``)."""
+    import math
+
+    for key, lowest in (("max_epochs", -1), ("min_epochs", 0), ("max_steps", -1), ("min_steps", 0),
+                        ("log_every_n_steps", 1), ("check_val_every_n_epoch", 1), ("accumulate_grad_batches", 1)):
+        value = trainer.get(key)
+        if value is not None and value < lowest:
+            raise ConfigError(f"trainer.{key} must be >= {lowest}" + (" (-1: no limit)" if lowest == -1 else "")
+                              + f", got {value}")
+    for key in ("gradient_clip_val", "val_check_interval", "limit_train_batches", "limit_val_batches",
+                "limit_test_batches", "overfit_batches"):
+        value = trainer.get(key)
+        if isinstance(value, float) and (not math.isfinite(value) or value < 0):
+            raise ConfigError(f"trainer.{key} must be a finite number >= 0, got {value}")
+
+
+def check_resume_checkpoint(path) -> None:
+    """``--ckpt_path``: a readable checkpoint of plain types (one-line error otherwise; nothing is unpickled)."""
+    from equiprop.train.integrity import read_checkpoint
+
+    if str(path) in ("last", "best", "hpc", "registry"):  # Lightning's own names for a checkpoint it tracks
+        return
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict) \
+            or "pytorch-lightning_version" not in checkpoint:
+        raise ConfigError(f"--ckpt_path {path}: not a training checkpoint to resume (no Lightning training state, "
+                          "e.g. a weights-only member of a shipped model); start from its weights with "
+                          "--model.init_from instead")
 
 
 class WorkflowCLI(EquipropCLI):

@@ -83,6 +83,29 @@ def fit(recipe, overrides=()) -> None:
     lightning_command("fit", recipe, overrides)
 
 
+class _Parsed(Exception):
+    def __init__(self, digest: tuple[str, dict]):
+        super().__init__("parsed")
+        self.digest = digest
+
+
+def config_fingerprint(recipe, overrides=()) -> tuple[str, dict]:
+    """(sha256, summary) of the configuration ``fit(recipe, overrides)`` would run, as a fit records it in its run
+    folder (``train.run_record``), from parsing alone: nothing is built or written."""
+    from equiprop.train.cli import EquipropCLI, cli_kwargs, quietly
+    from equiprop.train.run_record import config_digest
+
+    class Probe(EquipropCLI):
+        def before_instantiate_classes(self) -> None:
+            raise _Parsed(config_digest(self.config[self.subcommand]))
+
+    try:
+        quietly(lambda: Probe(args=["fit", *config_args(recipe), *overrides], **cli_kwargs()))
+    except _Parsed as parsed:
+        return parsed.digest
+    raise ConfigError("the recipe could not be parsed")  # unreachable: Probe always stops at the hook
+
+
 def data_section(recipe) -> dict:
     """The ``data:`` section of a recipe (file, dict or None) as init arguments (class_path/init_args unwrapped)."""
     if recipe is None:

@@ -24,21 +24,31 @@ import time
 from pathlib import Path
 
 from equiprop.data.errors import ConfigError
+from equiprop.shipped import refuse_shipped, refuse_shipped_name
+from equiprop.train.run_record import owned_checkpoints, start_record
 
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+MAX_NAME = 200  # file names end at 255 bytes; ".<name>.fit.lock", "<name>_ensemble_calibration.md" add to a name
 
 
 def check_run_name(name) -> str:
-    """``name`` if it is one plain folder name, else a ConfigError naming it and what is allowed."""
+    """``name`` if it is one plain folder name, not too long for a file name and no shipped model's name, else a
+    ConfigError naming it and what is allowed."""
     if not isinstance(name, str) or PLAIN_NAME.fullmatch(name) is None:
         raise ConfigError(f"run_name {name!r} is not one folder name: use ASCII letters, digits, '_', '-' and '.' "
                           "(not first), no '/' (e.g. --run_name=my_run_s0); it names the folder under checkpoints/")
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"run_name {name[:40]!r}... is {len(name)} characters long: at most {MAX_NAME} (it names "
+                          "a folder, and files such as its lock and its ensemble manifest add to it)")
+    refuse_shipped_name(name)
     return name
 
 
 def run_folder(root: str | Path, name, nested: bool = False) -> Path:
     """``root/name``; ``nested``: ``name`` may be plain names joined by '/' (a workflow's sub-folders), never more."""
     if nested and isinstance(name, str) and "/" in name and all(PLAIN_NAME.fullmatch(p) for p in name.split("/")):
+        for part in name.split("/"):
+            check_run_name(part)
         return Path(root, *name.split("/"))
     return Path(root) / check_run_name(name)
 
@@ -111,18 +121,43 @@ HELD: list[Path] = []  # locks taken by this process
 atexit.register(release_all)
 
 
-def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
-    """Lock ``run_dir`` for this fit and make sure no earlier run's checkpoint can be mistaken for this one's."""
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, own_dir: Path | None = None,
+                  config: tuple[str | None, dict] = (None, {})) -> Path:
+    """Lock ``run_dir`` for this fit and make sure no earlier run's checkpoint can be mistaken for this one's.
+
+    ``own_dir``: ``checkpoints/<run_name>``, the only folder ``--overwrite=true`` deletes in (default ``run_dir``);
+    only checkpoints an equiprop run wrote there, unchanged since (``train.run_record``), are deleted. ``config``:
+    (digest, summary) of the resolved config, recorded for ``equiprop ensemble``'s reuse check."""
+    refuse_shipped(run_dir, "checkpoint folder")
     lock = acquire_lock(run_dir)
-    earlier = sorted(run_dir.glob("*.ckpt"))
-    if earlier and not resume:
-        if not overwrite:
-            release_lock(lock)
-            names = ", ".join(p.name for p in earlier[:4]) + (" ..." if len(earlier) > 4 else "")
-            last = run_dir / "last.ckpt"
-            raise ConfigError(f"{run_dir} already holds a run ({names}); resume it with --ckpt_path "
-                              f"{last if last.exists() else earlier[0]}, replace it with --overwrite=true, or choose "
-                              "another --run_name")
-        for path in earlier:
-            path.unlink()
+    try:
+        earlier = sorted(run_dir.glob("*.ckpt"))
+        if earlier and not resume:
+            if not overwrite:
+                names = ", ".join(p.name for p in earlier[:4]) + (" ..." if len(earlier) > 4 else "")
+                last = run_dir / "last.ckpt"
+                raise ConfigError(f"{run_dir} already holds a run ({names}); resume it with --ckpt_path "
+                                  f"{last if last.exists() else earlier[0]}, replace it with --overwrite=true, or "
+                                  "choose another --run_name")
+            remove_earlier_run(run_dir, own_dir or run_dir)
+        start_record(run_dir, *config, keep_files=resume)
+    except BaseException:
+        release_lock(lock)
+        raise
     return lock
+
+
+def remove_earlier_run(run_dir: Path, own_dir: Path) -> None:
+    """``--overwrite=true``: delete the checkpoints an equiprop run wrote in ``checkpoints/<run_name>/``, or refuse
+    (naming them) when the folder holds any other: a file equiprop did not write is never deleted."""
+    if run_dir.resolve() != own_dir.resolve():
+        raise ConfigError(f"--overwrite=true deletes only in the run's own folder {own_dir}; the checkpoint folder "
+                          f"{run_dir} (checkpoint.dirpath) holds checkpoints equiprop will not delete: choose an "
+                          "empty folder")
+    ours, others = owned_checkpoints(run_dir)
+    if others:
+        names = ", ".join(p.name for p in others[:4]) + (" ..." if len(others) > 4 else "")
+        raise ConfigError(f"{run_dir} holds checkpoints no equiprop run wrote there, or changed since ({names}): "
+                          "--overwrite=true deletes only what an equiprop run wrote; move them away first")
+    for path in ours:
+        path.unlink()

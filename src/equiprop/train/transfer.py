@@ -7,12 +7,13 @@ Compatibility is checked before any weight is copied: encoder class and configur
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
 from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import TaskSpec
 from equiprop.nn.base import describe
 from equiprop.train.export import restore_backbone
+from equiprop.train.integrity import read_checkpoint
 
 FINETUNE_MODES = ("all", "frozen_encoder", "last_layers")
 
@@ -21,12 +22,12 @@ def read_pretrained(path: str) -> dict:
     """The checkpoint to start from: a path, or a shipped model's name (its first member, ``equiprop.shipped``)."""
     from equiprop.shipped import first_member
 
-    path = first_member(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"init_from: checkpoint not found: {path}") from None
-    if "equiprop" not in checkpoint:
+    path = first_member(path)  # a manifest's member is checked against its recorded sha256
+    if not Path(path).is_file():
+        raise ConfigError(f"init_from: checkpoint not found: {path}")
+    checkpoint = read_checkpoint(path)  # weights only: a crafted file is refused in one line, never unpickled
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("equiprop"), dict) \
+            or not isinstance(checkpoint.get("state_dict"), dict):
         raise ConfigError(f"init_from: {path} is not an equiprop checkpoint")
     checkpoint["path"] = path
     return checkpoint

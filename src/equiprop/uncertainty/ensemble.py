@@ -14,7 +14,7 @@ multiplied by it (``equiprop.uncertainty.calibration``).
 
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +22,9 @@ import torch
 
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.predict import CheckedPredictions, Predictor, batch_outputs, per_structure
+from equiprop.train.integrity import MANIFEST_FORMAT, read_manifest  # noqa: F401 - the manifest API lives there
 
 STD_SUFFIX = "_std"
-MANIFEST_FORMAT = "equiprop-ensemble-1"
 
 
 class UncertainPredictor(CheckedPredictions):
@@ -51,6 +51,7 @@ class UncertainPredictor(CheckedPredictions):
                 if getattr(other, attribute) != getattr(first, attribute):
                     raise ConfigError(f"ensemble members differ in {attribute}: {getattr(first, attribute)} vs "
                                       f"{getattr(other, attribute)}; members must come from one recipe")
+        check_same_units(members)
         self.tasks, self.output_tasks = first.tasks, first.output_tasks
         self.cutoff, self.max_neighbors, self.min_neighbors = first.cutoff, first.max_neighbors, first.min_neighbors
         self.notices = sorted({notice for m in members for notice in m.notices})
@@ -146,6 +147,27 @@ class UncertainPredictor(CheckedPredictions):
         return self.members[0].checked_graphs(structures, checked)
 
 
+def check_same_units(members: list[Predictor], paths: list[str] | None = None) -> None:
+    """ConfigError naming the output, both units and both members unless every member gives every output in the
+    same units: averaging eV/atom with meV/atom is a wrong number, and the table's header could name only one."""
+    names = paths or [f"member {i}" for i in range(len(members))]
+    first = members[0].units()
+    for name, member in zip(names[1:], members[1:]):
+        for output, unit in member.units().items():
+            if output in first and unit != first[output]:
+                raise ConfigError(f"ensemble members disagree on the units of {output}: {first[output]!r} in "
+                                  f"{names[0]} vs {unit!r} in {name}; members must be trained on one task definition")
+
+
+def check_manifest_units(where: str, manifest_units: dict, predictor) -> None:
+    """DataError naming the manifest when the units it states differ from its members' (a stale or edited file)."""
+    units = predictor.units()
+    wrong = [f"{name}: manifest {unit!r}, members {units[name]!r}" for name, unit in manifest_units.items()
+             if name in units and units[name] != unit]
+    if wrong:
+        raise DataError(where, f"units differ from its members' ({'; '.join(wrong)})", "bad manifest")
+
+
 def same_frozen_encoder(a, b) -> bool:
     """Whether two encoders compute the same features: same class and configuration, no trainable weight (a frozen
     pretrained encoder), equal tensors."""
@@ -158,24 +180,6 @@ def same_frozen_encoder(a, b) -> bool:
 
 
 # -- loading --------------------------------------------------------------------------------------------------------
-def read_manifest(path: str | Path) -> dict:
-    """An ensemble manifest (JSON written by ``equiprop calibrate``): members resolved relative to it."""
-    path = Path(path)
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(str(path), f"not a readable ensemble manifest ({type(err).__name__}: {err})",
-                        "bad manifest") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise DataError(str(path), f"not an equiprop ensemble manifest (format {MANIFEST_FORMAT!r} expected)",
-                        "bad manifest")
-    members = manifest.get("members")
-    if not isinstance(members, list) or not members:
-        raise DataError(str(path), "the manifest lists no members", "bad manifest")
-    manifest["members"] = [str((path.parent / m) if not Path(m).is_absolute() else Path(m)) for m in members]
-    return manifest
-
-
 def load_predictor(paths, mc_samples: int | None = None, batch_size: int = 32, allow_unseen_elements: bool = False,
                    seed: int = 0, warn: bool = True) -> UncertainPredictor:
     """An ``UncertainPredictor`` from checkpoint paths (one or more .ckpt: a deep ensemble), one manifest .json
@@ -184,10 +188,22 @@ def load_predictor(paths, mc_samples: int | None = None, batch_size: int = 32, a
     from equiprop.shipped import resolve_all
 
     paths = resolve_all(paths)  # a shipped model's name -> its manifest
-    std_scale, manifest_samples = None, 0
+    std_scale, manifest_samples, manifest, manifest_path = None, 0, None, paths[0]
     if len(paths) == 1 and Path(paths[0]).suffix == ".json":
-        manifest = read_manifest(paths[0])
-        paths, std_scale = manifest["members"], manifest.get("std_scale")
-        manifest_samples = int(manifest.get("mc_samples", 0))
+        manifest = read_manifest(paths[0])  # every member's sha256 checked, scales finite and positive
+        paths, std_scale, notices = manifest["members"], manifest["std_scale"], manifest["notices"]
+        manifest_samples = manifest.get("mc_samples", 0)
+        if isinstance(manifest_samples, bool) or not isinstance(manifest_samples, int) or manifest_samples < 0:
+            raise DataError(manifest_path, f"mc_samples is {manifest_samples!r}: a whole number >= 0 is expected",
+                            "bad manifest")
+    else:
+        notices = []
     members = [Predictor.from_checkpoint(p, batch_size, allow_unseen_elements, warn=warn) for p in paths]
-    return UncertainPredictor(members, manifest_samples if mc_samples is None else mc_samples, std_scale, seed)
+    check_same_units(members, paths)
+    predictor = UncertainPredictor(members, manifest_samples if mc_samples is None else mc_samples, std_scale, seed)
+    if manifest is not None:
+        check_manifest_units(manifest_path, manifest.get("units", {}), predictor)
+    predictor.notices += notices
+    for notice in notices if warn else ():
+        warnings.warn(notice, stacklevel=2)
+    return predictor

@@ -28,7 +28,8 @@ from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.uncertainty.calibration import EXPECTED_WITHIN, calibration_metrics, calibration_plot, \
     fit_std_scale, flat_components
-from equiprop.uncertainty.ensemble import MANIFEST_FORMAT, UncertainPredictor, load_predictor
+from equiprop.train.integrity import DIGEST_KEY, MANIFEST_FORMAT, member_digests
+from equiprop.uncertainty.ensemble import UncertainPredictor, load_predictor
 
 METRICS = ["n", "mae", "mean_sigma", "within_1sigma", "within_2sigma", "miscalibration_area", "spearman",
            "zero_sigma"]
@@ -87,7 +88,8 @@ def calibration_results(val: dict, test: dict, tasks: dict) -> dict[str, dict]:
 
 def write_manifest(path: Path, members: list[str], mc_samples: int, results: dict, extra: dict) -> None:
     entries = [os.path.relpath(Path(m).resolve(), path.parent.resolve()) for m in members]
-    manifest = {"format": MANIFEST_FORMAT, "members": entries, "mc_samples": mc_samples,
+    manifest = {"format": MANIFEST_FORMAT, "members": entries, DIGEST_KEY: member_digests(path, entries),
+                "mc_samples": mc_samples,
                 "std_scale": {n: r["std_scale"] for n, r in results.items()},
                 "units": {n: r["units"] for n, r in results.items()},
                 "std_scale_fitted_on": "validation split (equiprop calibrate)", **extra,
@@ -183,6 +185,23 @@ def default_manifest(checkpoint: str) -> Path:
     return run.parent / f"{stem}_ensemble.json"
 
 
+def check_reusable(best: Path, recipe, member_args: list[str]) -> None:
+    """ConfigError unless ``best`` was written by a fit of this recipe and these options (its run record's config
+    digest, ``train.run_record``) and is unchanged since: a member from another recipe is never averaged in."""
+    from equiprop.train.run import config_fingerprint
+    from equiprop.train.run_record import owned_checkpoints, read_record
+
+    record = read_record(best.parent)
+    digest, summary = config_fingerprint(recipe, member_args)
+    if best not in owned_checkpoints(best.parent)[0]:
+        raise ConfigError(f"{best} exists but no equiprop fit recorded writing it (or it changed since): equiprop "
+                          "ensemble cannot tell which recipe trained it; choose another --run-name or move it away")
+    if record.get("config_sha256") != digest:
+        raise ConfigError(f"{best} was trained from another configuration than this ensemble's (it: "
+                          f"{record.get('config_summary')}; this: {summary}): choose another --run-name, or move "
+                          "that run away")
+
+
 def ensemble_command(argv: list[str]) -> int:
     """Train the recipe once per seed (reusing finished members), then calibrate them as one ensemble."""
     from equiprop.train.run import fit, load_recipe
@@ -200,11 +219,13 @@ def ensemble_command(argv: list[str]) -> int:
     members = []
     for seed in args.seeds:
         best = Path("checkpoints") / f"{name}_s{seed}" / "best.ckpt"
+        member_args = [f"--seed_everything={seed}", f"--run_name={name}_s{seed}", *overrides]
         if best.exists():
+            check_reusable(best, args.config, member_args)
             print(f"equiprop ensemble: seed {seed}: reusing {best}")
         else:
             print(f"equiprop ensemble: seed {seed}: training {best.parent}")
-            fit(args.config, [f"--seed_everything={seed}", f"--run_name={name}_s{seed}", *overrides])
+            fit(args.config, member_args)
             if not best.exists():
                 raise ConfigError(f"seed {seed}: training finished without {best}")
         members.append(str(best))
