@@ -14,7 +14,6 @@ calibration curves.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -30,6 +29,8 @@ from equiprop.uncertainty.calibration import EXPECTED_WITHIN, calibration_metric
     fit_std_scale, flat_components
 from equiprop.train.integrity import DIGEST_KEY, MANIFEST_FORMAT, member_digests
 from equiprop.uncertainty.ensemble import UncertainPredictor, load_predictor
+from equiprop.workflows.options import ArgumentParser, non_negative_int, random_seed
+from equiprop.workflows.predict import check_output
 
 METRICS = ["n", "mae", "mean_sigma", "within_1sigma", "within_2sigma", "miscalibration_area", "spearman",
            "zero_sigma"]
@@ -165,15 +166,18 @@ def run_calibration(checkpoints: list[str], mc_samples: int, manifest: Path, rep
 
 
 def calibrate_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="equiprop calibrate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="equiprop calibrate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", nargs="+", required=True, help="ensemble members (.ckpt)")
-    parser.add_argument("--mc-samples", type=int, default=0, help="dropout draws per member (models with dropout)")
+    parser.add_argument("--mc-samples", type=non_negative_int, default=0,
+                        help="dropout draws per member (models with dropout)")
     parser.add_argument("--recipe", help="data section to use when a member has no saved config.yaml")
     parser.add_argument("--manifest", help="ensemble manifest to write (default: <first run folder>_ensemble.json)")
     parser.add_argument("--report", help="report prefix (default: the manifest's name + _calibration)")
     args = parser.parse_args(argv)
     manifest = Path(args.manifest or default_manifest(args.checkpoints[0]))
     report = Path(args.report) if args.report else manifest.with_name(manifest.stem + "_calibration")
+    check_output(manifest, "--manifest")
+    check_output(report, "--report")
     run_calibration(args.checkpoints, args.mc_samples, manifest, report, args.recipe,
                     "equiprop calibrate " + " ".join(argv))
     return 0
@@ -207,11 +211,13 @@ def ensemble_command(argv: list[str]) -> int:
     from equiprop.train.run import fit, load_recipe
     from equiprop.train.run_dir import check_run_name
 
-    parser = argparse.ArgumentParser(prog="equiprop ensemble", description="Train a deep ensemble and calibrate it.")
+    parser = ArgumentParser(prog="equiprop ensemble", description="Train a deep ensemble and calibrate it.")
     parser.add_argument("-c", "--config", required=True, help="the recipe every member is trained with")
-    parser.add_argument("--seeds", nargs="+", type=int, required=True, help="one member per seed (seed_everything)")
+    parser.add_argument("--seeds", nargs="+", type=random_seed, required=True,
+                        help="one member per seed (seed_everything)")
     parser.add_argument("--run-name", help="members go to checkpoints/<run-name>_s<seed> (default: the recipe's)")
-    parser.add_argument("--mc-samples", type=int, default=0, help="dropout draws per member in calibration")
+    parser.add_argument("--mc-samples", type=non_negative_int, default=0,
+                        help="dropout draws per member in calibration")
     args, overrides = parser.parse_known_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds repeats a seed: {args.seeds}; identical members add no information")

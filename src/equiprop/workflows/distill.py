@@ -29,6 +29,7 @@ from equiprop.data import keys
 from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.record import CrystalRecord, from_pymatgen_dict, read_structure_file, structure_format
 from equiprop.data.sources.records_json import bundled_path, read_json
+from equiprop.shipped import refuse_shipped
 from equiprop.workflows.options import ArgumentParser
 
 CHUNK = 512  # pool structures per teacher pass: bounded memory for the graphs
@@ -132,6 +133,7 @@ def distill_command(argv: list[str]) -> int:
     recipe = load_recipe(args.config)
     run_name = check_run_name(args.run_name or f"{recipe.get('run_name') or Path(args.config).stem}_distilled")
     workdir = Path(args.workdir or Path("checkpoints") / f"{run_name}_pseudo")
+    refuse_shipped(workdir, "--workdir")
     teacher = load_predictor(args.teacher, batch_size=64, warn=False)
     datamodule = build_datamodule(args.config, [])
     datamodule.setup("fit")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from equiprop.data.record import read_structure_file
 from equiprop.predict import Predictor
 from equiprop.data.record import collect_files
 from equiprop.workflows.options import ArgumentParser, positive_int
+from equiprop.workflows.predict import check_output
 
 
 def invariant_features(encoder, batch) -> torch.Tensor:
@@ -65,6 +67,7 @@ def embed_command(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="emb.npz")
     parser.add_argument("--limit", type=positive_int, help="embed only the first N structures (N >= 1)")
     args = parser.parse_args(argv)
+    check_output(Path(args.output))
     predictor = Predictor.from_checkpoint(args.checkpoint)
     records, skipped = [], []
     if args.dataset:

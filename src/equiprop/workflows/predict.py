@@ -16,35 +16,40 @@ import numpy as np
 
 from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.record import CrystalRecord, failure_row, read_inputs
+from equiprop.shipped import refuse_shipped
 from equiprop.uncertainty import STD_SUFFIX, UncertainPredictor, load_predictor
+from equiprop.workflows.options import ArgumentParser, non_negative_int, positive_int
 
 
-def check_output(path: Path) -> None:
-    """ConfigError unless ``path`` can be written: its folder exists and is writable (before any computing)."""
+def check_output(path: Path, option: str = "--output") -> None:
+    """ConfigError unless ``path`` can be written: outside every shipped model's folder, its folder exists and is
+    writable (before any computing)."""
+    path = Path(path)
+    refuse_shipped(path, option)
     folder = path.parent
     if not folder.is_dir():
         problem = "is not a folder" if folder.exists() else "does not exist"
-        raise ConfigError(f"--output {path}: folder {folder} {problem}")
+        raise ConfigError(f"{option} {path}: folder {folder} {problem}")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"--output {path}: folder {folder} is not writable")
+        raise ConfigError(f"{option} {path}: folder {folder} is not writable")
     if path.is_dir():
-        raise ConfigError(f"--output {path} is a folder; give a file name ending in .csv or .json")
+        raise ConfigError(f"{option} {path} is a folder; give a file name")
     if path.exists() and not os.access(path, os.W_OK):
-        raise ConfigError(f"--output {path}: file is not writable")
+        raise ConfigError(f"{option} {path}: file is not writable")
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="equiprop predict", description="Predict properties of crystals.")
+    parser = ArgumentParser(prog="equiprop predict", description="Predict properties of crystals.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a shipped pretrained model by name (`equiprop models`), e.g. equiprop-mp-v1")
     source.add_argument("--checkpoint", nargs="+",
                         help="a checkpoint written by `equiprop fit`; several (a deep ensemble) or one ensemble "
                              "manifest .json (`equiprop calibrate`) add <task>_std columns")
-    parser.add_argument("--mc-samples", type=int, default=None,
+    parser.add_argument("--mc-samples", type=non_negative_int, default=None,
                         help="Monte-Carlo dropout draws per checkpoint (models trained with model.dropout)")
     parser.add_argument("--input", nargs="+", required=True, help="CIF/POSCAR/extxyz files or folders of them")
     parser.add_argument("--output", required=True, help="out.csv or out.json (its folder must exist)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--allow-unseen-elements", action="store_true",
                         help="predict structures with elements the model never saw in training (refused by default)")
     parser.add_argument("--allow-failures", action="store_true",

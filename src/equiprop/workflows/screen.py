@@ -40,7 +40,7 @@ from equiprop.screening.inputs import InputPlan, expand
 from equiprop.screening.pipeline import META, run_stage, value_columns
 from equiprop.screening.predictor import load_stage_predictor, output_shapes
 from equiprop.screening.selection import load_selection, reduce_values, select
-from equiprop.shipped import resolve_all
+from equiprop.shipped import refuse_shipped, resolve_all
 from equiprop.workflows.options import ArgumentParser, non_negative_int, positive_int
 from equiprop.workflows.predict import check_output
 
@@ -164,6 +164,7 @@ def screen(args: argparse.Namespace) -> dict:
     """Run (or resume) a screen; returns the summary (also written to OUT.summary.json)."""
     output = Path(args.output)
     check_output(output)
+    refuse_shipped(args.workdir or output.with_name(output.name + ".work"), "--workdir")
     check_parquet(output)
     # a shipped model's name -> its manifest, so that resuming compares the files behind it
     args.phase1, args.phase2 = resolve_all(args.phase1), resolve_all(args.phase2)

@@ -37,7 +37,9 @@ import yaml
 
 from equiprop.data.errors import ConfigError
 from equiprop.train.run import build_run, load_recipe, set_dotted
+from equiprop.shipped import refuse_shipped
 from equiprop.train.run_dir import check_run_name
+from equiprop.workflows.options import ArgumentParser, non_negative_int
 
 SECONDS_PER_EPOCH = "seconds_per_epoch"
 DEFAULT_METRIC = "val/loss"
@@ -270,10 +272,11 @@ def write_outputs(study, recipe: dict, tune: dict, run_dir: Path) -> dict:
 
 
 def tune_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="equiprop tune", description=__doc__,
+    parser = ArgumentParser(prog="equiprop tune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="recipe with a tune: section")
-    parser.add_argument("--n-trials", type=int, required=True, help="finished trials the study should hold")
+    parser.add_argument("--n-trials", type=non_negative_int, required=True,
+                        help="finished trials the study should hold")
     parser.add_argument("--storage", help="Optuna RDB URL (default: SQLite next to the run)")
     parser.add_argument("--study-name", help="default: the recipe's run_name")
     args, overrides = parser.parse_known_args(argv)
@@ -287,6 +290,8 @@ def tune_command(argv: list[str]) -> int:
     check_tune(tune)
     run_name = check_run_name(recipe.get("run_name", Path(args.config).stem))  # trials nest in its folder
     run_dir = Path("checkpoints") / run_name
+    if args.storage and args.storage.startswith("sqlite:///"):  # a file: never one of a shipped model
+        refuse_shipped(args.storage.removeprefix("sqlite:///"), "--storage")
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = args.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
     study = make_study(tune, make_storage(tune, storage), args.study_name or run_name)
