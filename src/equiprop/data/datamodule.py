@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -15,9 +15,10 @@ from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from equiprop.data import keys
-from equiprop.data.dataset import DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key, key_rows
-from equiprop.data.errors import ConfigError, check_choice
-from equiprop.data.graph_store import GraphStore, StoredGraphs, build_store, streamed_pass
+from equiprop.data.dataset import (CORRUPTED_CACHE, DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key, key_rows,
+                                   read_report, streamed_pass, writable_cache_dir, write_report)
+from equiprop.data.errors import ConfigError, DataError, check_choice
+from equiprop.data.graph_store import CORRUPTED, OUTDATED, STORE_FORMAT_VERSION, GraphStore, StoredGraphs, build_store
 from equiprop.data.merge import CELL_TOL, MergeReport, merge_sources, merge_staged
 from equiprop.data.normalization import TaskStats, compute_stats, stats_from_dataset
 from equiprop.data.report import format_summary, merge_summary, source_summary
@@ -92,28 +93,70 @@ class MultiTaskDataModule(L.LightningDataModule):
         return {name: task.units for name, task in self.tasks.items()}
 
     # -- building -------------------------------------------------------------------------------------------------
-    def load_graphs(self) -> tuple[GraphDataset | StoredGraphs, dict]:
-        """All graphs and the build report, from the cache when its key matches, else built and cached (in memory
-        or on disk, ``storage``)."""
+    def load_graphs(self, damaged: DataError | None = None) -> tuple[GraphDataset | StoredGraphs, dict]:
+        """All graphs and the build report, from the cache when its key matches and it passes its checks, else built
+        and cached (in memory or on disk, ``storage``). A cache of ours that fails a check (a changed byte, row or
+        column, a bad report, an older format; ``damaged``: a disk store whose rows ``setup`` found damaged) is
+        rebuilt with a warning and the report's ``rebuilt`` says why: derived data, rebuilt identical to a fresh
+        build, never read as numbers."""
         key = cache_key(self.sources, self.tasks, self.graph_params)
         path, report_path = self.cache_dir / f"{key}.pt", self.cache_dir / f"{key}.json"
         store = GraphStore(self.cache_dir / f"{key}.sqlite")
-        if report_path.exists() and path.exists() and self.storage != "disk":
-            report = json.loads(report_path.read_text())
-            return GraphDataset.load_from(path), {**report, "from_cache": True}
-        if report_path.exists() and store.path.exists() and self.storage != "memory" and store.meta("complete"):
-            report = json.loads(report_path.read_text())
-            self._index = store.index()
-            return StoredGraphs(store, self.tasks, self._index[0]), {**report, "from_cache": True}
+        stores, rebuilt = (store, store), None  # (where a disk build writes, where its store ends up)
+        if damaged is not None:
+            rebuilt, stores = self._rebuilding(damaged), (GraphStore(self.cache_dir / f"{key}.rebuild.sqlite"), store)
+        elif path.exists() and self.storage != "disk":
+            try:
+                report = read_report(report_path)
+                if not report.get("cache_sha256"):
+                    raise DataError(str(path), "no checksum of the graph cache is recorded", CORRUPTED_CACHE)
+                return GraphDataset.load_from(path, report["cache_sha256"]), {**report, "from_cache": True}
+            except DataError as err:
+                rebuilt = self._rebuilding(err)
+        if store.path.exists() and self.storage != "memory" and damaged is None:
+            try:
+                cached = self._cached_store(store)
+                if cached is not None:
+                    return cached
+            except DataError as err:
+                rebuilt = self._rebuilding(err)
+                if err.kind != CORRUPTED_CACHE:  # the store itself: built afresh beside it, then moved over it
+                    stores = (GraphStore(self.cache_dir / f"{key}.rebuild.sqlite"), store)
+        writable_cache_dir(self.cache_dir)  # before reading any source: a one-line error, not a late traceback
+        graphs, report = self._build(key, path, report_path, stores)
+        return graphs, {**report, "from_cache": False, **({"rebuilt": rebuilt} if rebuilt else {})}
+
+    def _cached_store(self, store: GraphStore):
+        """(graphs, report) of a complete store that passes its checks; None for a killed build (resumed)."""
+        if store.meta("format") != STORE_FORMAT_VERSION:
+            raise DataError(str(store.path), f"the graph store has format {store.meta('format')}, not "
+                                             f"{STORE_FORMAT_VERSION} (an older equiprop wrote it)", OUTDATED)
+        if not store.meta("complete"):
+            return None
+        index = store.index()  # verifies the row count and the digest of the split's columns
+        report = read_report(_store_report(store))
+        self._index = index
+        return StoredGraphs(store, self.tasks, index[0]), {**report, "from_cache": True}
+
+    def _rebuilding(self, err: DataError) -> str:
+        """Why a damaged cache of ours is rebuilt (warned); a DataError if its folder cannot take the new one."""
+        try:
+            writable_cache_dir(self.cache_dir)
+        except ConfigError as folder:
+            raise DataError(err.where, f"{err.problem}, and it cannot be rebuilt: {folder}", err.kind) from None
+        warnings.warn(f"{err}: rebuilt from the sources")
+        return str(err)
+
+    def _build(self, key: str, path: Path, report_path: Path, stores: tuple[GraphStore, GraphStore]):
         per_atom = frozenset(name for name, task in self.tasks.items() if task.level == "atom")
         streaming = [source for source in self.sources if hasattr(source, "stream")]
         if streaming and (self.storage == "disk" or (self.storage == "auto" and sum(
                 source.count() for source in streaming) > AUTO_DISK_STRUCTURES)):  # counted before anything is read
-            return self._streamed_build(store, report_path, key, per_atom)
+            return self._streamed_build(stores, key, per_atom)
         results = [source.load(self.tasks) for source in self.sources]
         records, merge_report = merge_sources(results, self.merge_cell_tol, per_atom)
         if self.storage == "disk" or (self.storage == "auto" and len(records) > AUTO_DISK_STRUCTURES):
-            return self._build_on_disk(store, report_path, records, results, merge_report)
+            return self._build_on_disk(stores, records, results, merge_report)
         source_summaries = [source_summary(r) for r in results]
         graphs, graph_skips = build_graphs(records, self.tasks, self.cutoff, self.max_neighbors,
                                            self.min_neighbors)
@@ -127,12 +170,11 @@ class MultiTaskDataModule(L.LightningDataModule):
                   "num_graphs": len(graphs), "num_edges": int(sum(g.num_edges for g in graphs)),
                   "extended_radius": _extended(graphs),
                   "graph": self.graph_params, "cache_path": str(path)}
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        dataset.save_to(path)
-        report_path.write_text(json.dumps(report, indent=1))
-        return dataset, {**report, "from_cache": False}
+        report["cache_sha256"] = dataset.save_to(path)  # the graphs first: a report always names a whole file
+        write_report(report_path, report)
+        return dataset, report
 
-    def _streamed_build(self, store: GraphStore, report_path: Path, key: str, per_atom: frozenset[str]):
+    def _streamed_build(self, stores: tuple[GraphStore, GraphStore], key: str, per_atom: frozenset[str]):
         """A disk build whose streaming sources (``ExtXYZ``) are read once and never held: one streams straight into
         the store; several (or with in-memory sources) are merged through an SQLite staging file, removed after."""
         results, streams = [], []
@@ -145,21 +187,25 @@ class MultiTaskDataModule(L.LightningDataModule):
             results.append(result)
             streams.append(records)
         if len(streams) == 1:
-            return self._build_on_disk(store, report_path, streams[0], results, MergeReport())
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+            return self._build_on_disk(stores, streams[0], results, MergeReport())
         staging = self.cache_dir / f"{key}.staging.sqlite"
         records, merge_report = merge_staged(streams, staging, self.merge_cell_tol, per_atom)
         try:
-            return self._build_on_disk(store, report_path, records, results, merge_report)
+            return self._build_on_disk(stores, records, results, merge_report)
         finally:
             records.connection.close()
             staging.unlink(missing_ok=True)
 
-    def _build_on_disk(self, store: GraphStore, report_path: Path, records, results, merge_report):
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+    def _build_on_disk(self, stores: tuple[GraphStore, GraphStore], records, results, merge_report):
+        building, store = stores
         total = len(records) if hasattr(records, "__len__") else None
-        built = build_store(store, records, self.tasks, self.graph_params, total=total)
-        self._index = row_ids, _, _, _, edges = store.index()  # read once: setup splits on it
+        built = build_store(building, records, self.tasks, self.graph_params, total=total)
+        if building is not store:  # a rebuild beside a damaged store: replaces it whole, atomically
+            building.close()
+            store.close()
+            Path(f"{store.path}-journal").unlink(missing_ok=True)  # the old file's journal must not touch the new
+            os.replace(building.path, store.path)
+        self._index = row_ids, _, _, _, edges = store.index()  # read once: setup splits on it; verified
         summaries = [source_summary(r) for r in results]  # after the stream: its counts are complete
         if not len(row_ids):
             raise ConfigError("no structure could be read from the configured sources; skipped: "
@@ -170,10 +216,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                   "num_graphs": len(row_ids), "num_edges": int(edges.sum()), "extended_radius": built["extended"],
                   "graph": self.graph_params, "cache_path": str(store.path), "storage": "disk",
                   "build": {k: built[k] for k in ("shards_built", "shards_resumed")}}
-        tmp = report_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, report_path)
-        return StoredGraphs(store, self.tasks, row_ids), {**report, "from_cache": False}
+        write_report(_store_report(store), report)
+        return StoredGraphs(store, self.tasks, row_ids), report
 
     def prepare_data(self) -> None:
         """Lightning calls this on one process per node, then ``setup`` on every process after a barrier: the
@@ -187,7 +231,13 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.dataset, report = self._prepared or self.load_graphs()
         self._prepared = None
         if isinstance(self.dataset, StoredGraphs):
-            return self._setup_streamed(report)
+            try:
+                return self._setup_streamed(report)  # reads every row once: each is checked against its CRC
+            except DataError as err:
+                if err.kind != CORRUPTED or not report["from_cache"] or (self.trainer and self.trainer.world_size > 1):
+                    raise  # several ranks must not rebuild one store at once
+                self.dataset, report = self.load_graphs(damaged=err)
+                return self._setup_streamed(report)
         ids, groups = self.structure_ids, list(self.dataset._data[keys.CHEMICAL_SYSTEM])
         split = self.split(ids, groups)
         self.subsets = {name: self.dataset.index_select(torch.as_tensor(idx, dtype=torch.long))
@@ -278,6 +328,11 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self.normalization = {n: TaskStats(**s) for n, s in state["normalization"].items()}
+
+
+def _store_report(store: GraphStore) -> Path:
+    """A disk store's report: its own file, so that a memory build of the same key never overwrites it."""
+    return store.path.with_name(store.path.name + ".json")
 
 
 def _extended(graphs) -> dict:

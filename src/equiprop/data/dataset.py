@@ -3,6 +3,11 @@
 The cache key is a hash of the cache format version, every source (class, arguments, content of the files it
 reads), every task definition and every graph parameter: change any of them and a new cache is built, so a cache can
 never serve stale graphs or another task's labels.
+
+What is read back is verified: the in-memory cache (``<key>.pt``) is loaded only if its sha256 matches the one its
+build report (``<key>.json``) recorded, and a report only if it is JSON matching the digest written into it; a
+mismatch is a one-line DataError (kind ``CORRUPTED_CACHE``), on which the data module rebuilds. Every cache file is
+written atomically (a temporary file, then ``os.replace``).
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 
 from equiprop.data import keys
-from equiprop.data.errors import DataError, SkipLog
+from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.graph import CrystalGraph, record_to_graph
 from equiprop.data.record import CrystalRecord
 from equiprop.data.tasks import TaskSpec
 
 CACHE_FORMAT_VERSION = 2  # 2: graphs carry keys.EDGE_LENGTH_SCALE
 DEFAULT_CACHE_DIR = "~/.cache/equiprop/graphs"
+CORRUPTED_CACHE = "corrupted cache"  # DataError kind of a cache file that fails its check: the data module rebuilds
 
 
 class GraphDataset(InMemoryDataset):
@@ -33,10 +39,13 @@ class GraphDataset(InMemoryDataset):
         if graphs is not None:
             self.data, self.slices = self.collate(graphs)
 
-    def save_to(self, path: Path) -> None:
+    def save_to(self, path: Path) -> str:
+        """Write the graphs to ``path``; returns the file's sha256 (for the report; ``load_from`` checks it)."""
         tmp = path.with_suffix(".tmp")
         torch.save((self._data.to_dict(), self.slices), tmp)
+        digest = file_digest(tmp)
         os.replace(tmp, path)  # atomic: a killed run never leaves half a cache behind
+        return digest
 
     def statistics(self, indices) -> dict:
         """What a model derives from its training structures: mean neighbours per atom and the elements present."""
@@ -49,8 +58,16 @@ class GraphDataset(InMemoryDataset):
                 "species": sorted(int(z) for z in torch.unique(species))}
 
     @classmethod
-    def load_from(cls, path: Path) -> "GraphDataset":
-        data, slices = torch.load(path, weights_only=True)  # tensors, lists and str only: nothing is unpickled
+    def load_from(cls, path: Path, digest: str | None = None) -> "GraphDataset":
+        """The graphs ``save_to`` wrote; with ``digest``, a file whose sha256 differs is a DataError, never read."""
+        if digest is not None and file_digest(path) != digest:
+            raise DataError(str(path), "the graph cache fails its checksum (its bytes changed after it was written)",
+                            CORRUPTED_CACHE)
+        try:
+            data, slices = torch.load(path, weights_only=True)  # tensors, lists and str only: nothing is unpickled
+        except Exception as err:  # noqa: BLE001 - any unloadable file is one line naming it
+            raise DataError(str(path), f"the graph cache does not load ({type(err).__name__})", CORRUPTED_CACHE) \
+                from None
         dataset = cls()
         dataset.data, dataset.slices = CrystalGraph.from_dict(data), slices
         return dataset
@@ -75,6 +92,70 @@ def build_graphs(records: list[CrystalRecord], tasks: dict[str, TaskSpec], cutof
         except DataError as err:
             skips.add(err.kind, f"{record.id}: {err.problem}")
     return graphs, skips
+
+
+# -- one streaming pass ---------------------------------------------------------------------------------------------
+def streamed_pass(graphs, tasks: dict[str, TaskSpec]) -> dict:
+    """What the in-memory path reads from its collated tensors, in one pass over ``graphs`` (in their order): per
+    task the labelled model-space rows and the atoms of their structures, the structures carrying a label, and the
+    elements present. Memory: the labels (folded into one tensor every 4,096 graphs), not the graphs."""
+    labels = {name: [] for name in tasks}
+    atoms = {name: [] for name in tasks}
+    counts = dict.fromkeys(tasks, 0)
+    species = set()
+    for k, graph in enumerate(graphs):
+        species.update(torch.unique(graph[keys.ATOMIC_NUMBERS]).tolist())
+        for name in tasks:
+            mask = graph[keys.mask_key(name)]
+            if bool(mask.any()):
+                counts[name] += 1
+                labels[name].append(graph[keys.label_key(name)][mask])
+                atoms[name].append(torch.full((int(mask.sum()),), graph.num_nodes))
+        if k % 4096 == 4095:  # a million small tensors would cost more than their numbers
+            labels = {n: [torch.cat(v)] if v else v for n, v in labels.items()}
+            atoms = {n: [torch.cat(v)] if v else v for n, v in atoms.items()}
+    shapes = {name: (0, *task.model_shape) for name, task in tasks.items()}
+    return {"labels": {n: torch.cat(v) if v else torch.zeros(shapes[n]) for n, v in labels.items()},
+            "atoms": {n: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for n, v in atoms.items()},
+            "counts": counts, "species": sorted(species)}
+
+
+def write_report(path: Path, report: dict) -> None:
+    """The build report as JSON, with the sha256 of its content in it (``read_report`` checks it), atomically."""
+    content = json.loads(json.dumps(report))  # as it will read back (tuples as lists, ...)
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**content, "digest": digest}, indent=1))
+    os.replace(tmp, path)
+
+
+def read_report(path: Path) -> dict:
+    """A report ``write_report`` wrote; bad JSON or content that fails its digest is a one-line DataError."""
+    try:
+        content = json.loads(Path(path).read_text())
+        digest = content.pop("digest", None) if isinstance(content, dict) else None
+    except (OSError, ValueError) as err:
+        raise DataError(str(path), f"the graph cache report is unreadable ({type(err).__name__})",
+                        CORRUPTED_CACHE) from None
+    if digest is None:
+        raise DataError(str(path), "the graph cache report records no digest (an older equiprop wrote it)",
+                        CORRUPTED_CACHE)
+    if digest != hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest():
+        raise DataError(str(path), "the graph cache report fails its checksum (not what equiprop wrote)",
+                        CORRUPTED_CACHE)
+    return content
+
+
+def writable_cache_dir(folder: Path) -> Path:
+    """``folder``, created if need be; a ConfigError naming it if it cannot be written to (not advice to delete)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass
+    if not (folder.is_dir() and os.access(folder, os.W_OK)):
+        raise ConfigError(f"the graph cache folder {folder} is not writable: set EQUIPROP_CACHE (or data.cache_dir) "
+                          "to a writable folder")
+    return folder
 
 
 def file_digest(path: Path) -> str:

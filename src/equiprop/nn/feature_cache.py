@@ -7,13 +7,19 @@ periodicity and the graph's edges with their image shifts (so another cutoff or 
 cache folder is named by a hash of the encoder's frozen state: its class, its configuration, where the cache sits in
 the network, and a digest of the frozen weights, so a changed model or weight is a cache miss.
 
-Storage: one SQLite file per folder (``features.sqlite``, like ``data.graph_store``), one row per structure with a
-CRC-32 of its bytes. A batch is one query; memory holds at most ``EQUIPROP_FEATURE_MEMORY_MB`` (default 1024) of
-recently used rows, so a Materials-Project-size cache (~20 GB) streams from disk instead of being loaded whole.
-Rows of a batch are written in one transaction (a killed run keeps whole batches only); concurrent writers (DDP
-ranks) wait for SQLite's lock and never clash. A row whose bytes fail their checksum is never read as numbers: it is
-deleted with a warning naming the file and structure, and recomputed. A file SQLite cannot read is moved aside with a
-warning and the cache starts again. Shards of the previous format (``<sha256>.pt``) are verified and imported.
+Storage: one SQLite file per folder (``features.sqlite``, like ``data.graph_store``), one row per structure: key,
+dtype, shape, a CRC-32 and the bytes. A batch is one query; memory holds at most ``EQUIPROP_FEATURE_MEMORY_MB``
+(default 1024) of recently used rows, so a Materials-Project-size cache (~20 GB) streams from disk instead of being
+loaded whole. Rows of a batch are written in one transaction (a killed run keeps whole batches only); concurrent
+writers (DDP ranks) wait for SQLite's lock and never clash.
+
+Nothing damaged is read as numbers. The CRC covers the key, dtype and shape as well as the bytes, and a row is also
+refused if its dtype is not one an encoder stores or its shape does not account for its bytes: such a row is deleted
+with a warning naming the file and structure, and recomputed. Rows of the previous row format (a CRC of the bytes
+only; ``PRAGMA user_version`` below ``ROW_FORMAT``) are deleted once, with a warning giving their count, and
+recomputed. A file SQLite cannot read is moved aside with a warning and the cache starts again. A folder that cannot
+be written to is read as it is (rows still checked) and new features stay in memory, with a warning. Shards of the
+oldest format (``<sha256>.pt``) are verified and imported.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import sqlite3
 import warnings
 import zlib
 from collections import OrderedDict
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -34,6 +42,10 @@ import torch
 from equiprop.data import keys
 
 CACHE_FORMAT_VERSION = 2  # the folder's namespace; 2: per-structure rows with checksums (SQLite, or .pt shards)
+ROW_FORMAT = 2  # the file's user_version; 2: the CRC covers key, dtype and shape too (1: the payload only)
+# what encoders store; any other dtype string in a row is damage, never handed to numpy
+ROW_DTYPES = frozenset(np.dtype(t).str for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32,
+                                                 np.int64, np.uint8, np.bool_))
 DEFAULT_FEATURE_CACHE = "~/.cache/equiprop/features"
 STORE_NAME = "features.sqlite"
 QUERY_CHUNK = 500  # keys per SELECT (SQLite's bound-parameter limit is 999 on old builds)
@@ -84,10 +96,29 @@ def structure_keys(data) -> list[str]:
     return result
 
 
+def row_crc(key, dtype, shape, payload: bytes) -> int:
+    """CRC-32 of a row's bytes and of the columns that say how to read them."""
+    return zlib.crc32(payload, zlib.crc32(json.dumps([key, dtype, shape], default=repr).encode()))
+
+
 def encode_row(key: str, value: torch.Tensor) -> tuple:
     array = value.detach().cpu().contiguous().numpy()
-    payload = array.tobytes()
-    return key, array.dtype.str, json.dumps(list(array.shape)), zlib.crc32(payload), payload
+    payload, dtype, shape = array.tobytes(), array.dtype.str, json.dumps(list(array.shape))
+    return key, dtype, shape, row_crc(key, dtype, shape, payload), payload
+
+
+def row_problem(row: tuple) -> str | None:
+    """What is wrong with a stored row (key, dtype, shape, crc, payload), or None if it can be read as it says."""
+    key, dtype, shape, crc, payload = row
+    if not isinstance(payload, bytes) or row_crc(key, dtype, shape, payload) != crc:
+        return "fails its checksum"
+    try:
+        dims = json.loads(shape)
+        ok = (dtype in ROW_DTYPES and isinstance(dims, list) and all(type(d) is int and d >= 0 for d in dims)
+              and math.prod(dims) * np.dtype(dtype).itemsize == len(payload))
+    except (TypeError, ValueError):
+        ok = False
+    return None if ok else f"has an impossible dtype or shape ({dtype!r}, {shape!r})"
 
 
 class FeatureCache:
@@ -130,10 +161,11 @@ class FeatureCache:
         return result
 
     def _decode(self, row) -> torch.Tensor | None:
-        key, dtype, shape, crc, payload = row
-        if zlib.crc32(payload) != crc:
-            warnings.warn(f"feature cache {self.path}: the row of structure {key} fails its checksum (corrupted): "
-                          "deleted; it is recomputed")
+        key, dtype, shape, _, payload = row
+        problem = row_problem(row)
+        if problem is not None:
+            warnings.warn(f"feature cache {self.path}: the row of structure {key} {problem} (corrupted): deleted; it "
+                          "is recomputed")
             self._write("DELETE FROM features WHERE key = ?", [(key,)])
             return None
         return torch.from_numpy(np.frombuffer(bytearray(payload), dtype=np.dtype(dtype)).reshape(json.loads(shape)))
@@ -157,11 +189,10 @@ class FeatureCache:
                     [encode_row(k, v) for k, v in entries.items()])
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
-        if self._read_only:
-            return
         try:
-            with self.connection:
-                self.connection.executemany(sql, rows)
+            self._execute("SELECT 1", [])  # opened first: the folder may prove read-only, the file damaged
+            if not self._read_only:
+                self._execute(sql, rows, many=True)
         except sqlite3.OperationalError as err:  # a read-only cache folder: features stay in memory for this run
             self._read_only = True
             warnings.warn(f"feature cache {self.path} is not writable ({err}): features are kept in memory only")
@@ -173,32 +204,97 @@ class FeatureCache:
     @property
     def connection(self) -> sqlite3.Connection:
         if self._connection is None or self._pid != os.getpid():
-            self.directory.mkdir(parents=True, exist_ok=True)
-            namespace = self.directory / "namespace.json"
-            if not namespace.exists():
-                namespace.write_text(json.dumps(self.namespace, indent=1, default=str))
-            self._connection, self._pid = sqlite3.connect(self.path, timeout=120), os.getpid()
-            self._connection.executescript(SCHEMA)
-            self._import_shards()
+            self._connection, self._pid = None, os.getpid()
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                files = [self.directory, *(f for f in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+                                           if f.exists())]
+                if not all(os.access(f, os.W_OK) for f in files):  # never let SQLite map a read-only WAL index
+                    raise PermissionError(f"{', '.join(str(f) for f in files if not os.access(f, os.W_OK))} "
+                                          "read-only")
+                namespace = self.directory / "namespace.json"
+                if not namespace.exists():
+                    namespace.write_text(json.dumps(self.namespace, indent=1, default=str))
+                self._connection = sqlite3.connect(self.path, timeout=120)
+                self._connection.executescript(SCHEMA)
+                self._upgrade()
+            except (PermissionError, sqlite3.OperationalError) as err:
+                if isinstance(err, sqlite3.OperationalError) and not ("readonly" in str(err) or "unable to open"
+                                                                      in str(err)):
+                    raise  # locked past the timeout: not a folder problem
+                self._open_read_only(err)
+            else:
+                self._import_shards()
         return self._connection
 
-    def _execute(self, sql: str, params) -> list:
-        """Rows of one query; a file SQLite cannot read is moved aside (with a warning) and the cache starts again."""
+    def _upgrade(self) -> None:
+        """Rows of the previous row format (their dtype and shape outside the CRC) are deleted once, counted."""
+        connection, old = self._connection, 0
+        if connection.execute("PRAGMA user_version").fetchone()[0] >= ROW_FORMAT:
+            return
+        connection.execute("BEGIN IMMEDIATE")  # one process upgrades; the others then see the new version
         try:
-            return self.connection.execute(sql, params).fetchall()
+            if connection.execute("PRAGMA user_version").fetchone()[0] < ROW_FORMAT:
+                old = connection.execute("SELECT count(*) FROM features").fetchone()[0]
+                connection.execute("DELETE FROM features")
+                connection.execute(f"PRAGMA user_version = {ROW_FORMAT}")
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        if old:
+            warnings.warn(f"feature cache {self.path}: {old} rows of an older format (dtype and shape outside their "
+                          "checksum) deleted; they are recomputed")
+
+    def _open_read_only(self, err: Exception) -> None:
+        """A folder that cannot be written to: its file is read as it is (rows still checked), if of the current
+        format; new features stay in memory for this run."""
+        self._read_only, disk, note = True, None, "features are kept in memory only"
+        if self._connection is not None:
+            self._connection.close()
+        try:  # immutable: no journal or lock files, which the folder could not hold
+            disk = sqlite3.connect(f"file:{quote(str(self.path))}?immutable=1", uri=True)
+            if disk.execute("PRAGMA user_version").fetchone()[0] != ROW_FORMAT:
+                disk.close()
+                disk, note = None, note + " (its rows are of an older format: recomputed)"
+        except sqlite3.DatabaseError:
+            disk = None
+        self._connection = disk or sqlite3.connect(":memory:")
+        if disk is None:
+            self._connection.executescript(SCHEMA)
+        warnings.warn(f"feature cache {self.path} is not writable ({err}): {note}")
+
+    def _execute(self, sql: str, params, many: bool = False) -> list:
+        """Rows of one query (``many``: one statement over rows, in one transaction); a file SQLite cannot read is
+        moved aside (with a warning) and the cache starts again."""
+        def run():
+            if not many:
+                return self.connection.execute(sql, params).fetchall()
+            with self.connection:
+                self.connection.executemany(sql, params)
+            return []
+
+        try:
+            return run()
         except sqlite3.DatabaseError as err:
             if isinstance(err, sqlite3.OperationalError):  # locked or unopenable: not a damaged file
                 raise
             if self._connection is not None:
                 self._connection.close()
             self._connection = None
+            if self._read_only:  # cannot be moved aside: this run works from memory
+                self._connection = sqlite3.connect(":memory:")
+                self._connection.executescript(SCHEMA)
+                warnings.warn(f"feature cache {self.path} is unreadable ({err}) and not writable: features are "
+                              "kept in memory only")
+                return []
             aside = self.path.with_name(f"{STORE_NAME}.corrupt-{os.getpid()}")
             os.replace(self.path, aside)
             for suffix in ("-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             warnings.warn(f"feature cache {self.path} is unreadable ({err}): moved to {aside}; its structures "
                           "are recomputed")
-            return self.connection.execute(sql, params).fetchall()
+            return run()
 
     def _import_shards(self) -> None:
         """Shards of the previous format (``<sha256>.pt``): verified, imported in one transaction, then deleted."""
