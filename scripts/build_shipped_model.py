@@ -209,10 +209,13 @@ def main() -> int:
         report = manifest_path.with_name(manifest_path.stem + "_calibration" + suffix)
         if report.exists():
             (out / f"calibration{suffix}").write_text(report.read_text())
+    from equiprop.train.integrity import member_digests
+
     first = torch.load(out / names[0], map_location="cpu", weights_only=True)["equiprop"]
     backbone = {k: v for k, v in first["backbone"].items() if k != "dropped_tensors"}
     model = {"format": ensemble["format"], "name": args.name, "description": DESCRIPTION,
-             "members": names, "mc_samples": 0, "std_scale": ensemble["std_scale"],
+             "members": names, "member_sha256": member_digests(out / "model.json", names),
+             "mc_samples": 0, "std_scale": ensemble["std_scale"],
              "std_scale_fitted_on": ensemble["std_scale_fitted_on"], "units": ensemble["units"],
              "backbone": backbone,
              "tasks": {n: {"units": t["units"], "kind": t["kind"], "description": t.get("description", ""),

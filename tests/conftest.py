@@ -96,3 +96,63 @@ CLI_RECIPE = {
 def cli_recipe():
     """A fresh copy of CLI_RECIPE (a dict) to change and write."""
     return copy.deepcopy(CLI_RECIPE)
+
+
+class ProcessWatch:
+    """Child processes of a command run in a subprocess (psutil), for the tests that kill it with SIGKILL."""
+
+    @staticmethod
+    def gone(process) -> bool:
+        """Ended (a zombie not yet reaped by init counts as ended: it holds no memory and runs nothing)."""
+        import psutil
+
+        try:
+            return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    @staticmethod
+    def wait_for(condition, timeout: float, step: float = 0.05) -> bool:
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if condition():
+                return True
+            time.sleep(step)
+        return condition()
+
+    def kill_and_check(self, argv: list[str], cwd, min_children: int = 2, start_timeout: float = 120) -> None:
+        """Start ``argv``, wait for ``min_children`` descendants, SIGKILL it, assert none outlives it by 5 s."""
+        import signal
+        import subprocess
+
+        import psutil
+
+        command = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
+        children = []
+        try:
+            parent = psutil.Process(command.pid)
+            started = self.wait_for(lambda: len(parent.children(recursive=True)) >= min_children
+                                    or command.poll() is not None, start_timeout)
+            children = parent.children(recursive=True)
+            assert started and command.poll() is None and len(children) >= min_children, \
+                command.stderr.read().decode()[-2000:]
+            import time
+
+            time.sleep(0.5)  # the workers are busy (the case that used to leave one behind)
+            command.send_signal(signal.SIGKILL)
+            command.wait(10)
+            assert self.wait_for(lambda: all(self.gone(c) for c in children), 5), \
+                f"still alive 5 s after {argv[3]} was killed: {[c.pid for c in children if not self.gone(c)]}"
+        finally:  # a failed run leaves nothing behind either
+            for process in [*children, psutil.Process(command.pid)] if command.poll() is None else children:
+                if not self.gone(process):
+                    process.kill()
+            command.wait(10)
+            command.stderr.close()
+
+
+@pytest.fixture
+def process_watch() -> ProcessWatch:
+    return ProcessWatch()

@@ -226,3 +226,30 @@ def test_resume_after_an_input_file_changed_is_refused(tmp_path, cif_folder, che
     changed.write_text(changed.read_text() + "\n")
     with pytest.raises(ConfigError, match="different inputs"):
         run(tmp_path, [folder], checkpoints[:1])
+
+
+def _flip_digit(path):
+    text = path.read_bytes().decode()
+    at = next(i for i in range(len(text) // 2, len(text)) if text[i].isdigit())
+    path.write_bytes((text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1:]).encode())
+
+
+@pytest.mark.parametrize("damage", [
+    _flip_digit,
+    lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # truncated
+    lambda p: p.write_bytes(b"".join(p.read_bytes().splitlines(keepends=True)[:-1])),  # no checksum (older chunk)
+    lambda p: p.write_bytes(b"\xff\xfe not text"),
+])
+def test_a_damaged_work_chunk_is_computed_again_to_identical_results(damage, tmp_path, cif_folder, checkpoints,
+                                                                     counting, capsys):
+    first = run(tmp_path, [cif_folder], checkpoints[:1])
+    expected = (tmp_path / "out.csv").read_text()
+    chunk = tmp_path / "out.csv.work" / "phase1" / "chunk_000003.csv"
+    damage(chunk)
+    capsys.readouterr()
+    counting.update(written=[])
+    again = run(tmp_path, [cif_folder], checkpoints[:1])
+    assert counting["written"] == [("phase1", 3)]  # that chunk alone, computed again
+    assert again["phase1"]["chunks_damaged"] == 1 and first["phase1"]["chunks_damaged"] == 0
+    assert f"{chunk}: fails its checksum" in capsys.readouterr().err
+    assert (tmp_path / "out.csv").read_text() == expected

@@ -18,6 +18,7 @@ from equiprop.data import keys
 from equiprop.data.dataset import (CORRUPTED_CACHE, DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key, key_rows,
                                    read_report, streamed_pass, writable_cache_dir, write_report)
 from equiprop.data.errors import ConfigError, DataError, check_choice
+from equiprop.data.processes import DieWithParent
 from equiprop.data.graph_store import CORRUPTED, OUTDATED, STORE_FORMAT_VERSION, GraphStore, StoredGraphs, build_store
 from equiprop.data.merge import CELL_TOL, MergeReport, merge_sources, merge_staged
 from equiprop.data.normalization import TaskStats, compute_stats, stats_from_dataset
@@ -310,7 +311,8 @@ class MultiTaskDataModule(L.LightningDataModule):
                                          seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
         return DataLoader(self.subsets[name], batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           shuffle=shuffle and sampler is None, sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+                          persistent_workers=self.num_workers > 0,
+                          worker_init_fn=DieWithParent() if self.num_workers else None)  # no orphan on kill -9
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

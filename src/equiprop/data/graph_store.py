@@ -41,6 +41,7 @@ import torch
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.graph import CrystalGraph, graph_edges, label_rows
+from equiprop.data.processes import DieWithParent
 from equiprop.data.record import CrystalRecord
 from equiprop.data.tasks import TaskSpec
 
@@ -372,7 +373,7 @@ def build_store(store: GraphStore, records: Iterable[CrystalRecord], tasks: dict
     built = 0
     bar = tqdm(total=total, desc="graphs", unit="structure", disable=not progress, smoothing=0.1)
     bar.update(sum(n for n, _, _ in done.values()))
-    pool = get_context("fork").Pool(workers) if workers > 1 else None
+    pool = get_context("fork").Pool(workers, initializer=DieWithParent()) if workers > 1 else None
     try:
         for shard, rows, shard_skips, digest in (pool.imap(_encode_shard, jobs) if pool else map(_encode_shard, jobs)):
             store.write_shard(shard, (shard * shard_size, (shard + 1) * shard_size), rows, shard_skips, digest)

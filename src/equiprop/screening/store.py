@@ -6,7 +6,9 @@
 
 Every file is written to a temporary name and renamed into place (``os.replace``), so a killed screen leaves whole
 chunks or none: on restart, chunks on disk are skipped before their inputs are even read. A work folder made with
-other settings is refused (one line naming what differs) rather than mixed with new results.
+other settings is refused (one line naming what differs) rather than mixed with new results. Each chunk ends with a
+``#sha256=...`` line over the rows above it: a chunk that fails it (a flipped digit, a truncated or edited file, a
+chunk from before the checksum) is counted, named in a warning and computed again, never read into the output.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import hashlib
 import os
+import sys
 from pathlib import Path
 
 from equiprop.data.dataset import file_digest
-from equiprop.data.errors import ConfigError
+from equiprop.data.errors import ConfigError, DataError
 
 MANIFEST_VERSION = 1
+CHECKSUM_PREFIX = "#sha256="
 SETTINGS = {"inputs": "inputs", "phase1": "Phase-1 checkpoints", "phase2": "Phase-2 checkpoints",
             "selection_sha256": "selection recipe", "chunk_size": "--chunk-size",
             "allow_unseen_elements": "--allow-unseen-elements", "mc_samples": "--mc-samples"}
@@ -48,9 +53,27 @@ def _difference(name: str, old, new) -> str:
     return f"{SETTINGS[name]} (was {old!r}, now {new!r})"
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checked_text(path: Path) -> str | None:
+    """A chunk file's rows (its checksum line removed) if they match the checksum, else None."""
+    try:
+        text = path.read_bytes().decode()  # as written: csv's \r\n line ends kept
+    except (OSError, UnicodeDecodeError):
+        return None
+    body, _, last = text.rstrip("\n").rpartition("\n")
+    if not last.startswith(CHECKSUM_PREFIX) or last[len(CHECKSUM_PREFIX):] != _digest(body + "\n"):
+        return None
+    return body + "\n"
+
+
 class WorkDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.verified: set[tuple[str, int]] = set()  # chunks whose checksum held in this run
+        self.damaged: list[Path] = []  # chunks that failed it: computed again
 
     def open(self, manifest: dict) -> bool:
         """Create the folder, or check an existing one was made with these settings; True when resuming."""
@@ -78,7 +101,20 @@ class WorkDir:
         return self.path / stage / f"chunk_{k:06d}.csv"
 
     def done(self, stage: str, k: int) -> bool:
-        return self.chunk_path(stage, k).is_file()
+        """Whether the chunk is on disk and intact; a damaged one is reported (once) and counts as not done."""
+        if (stage, k) in self.verified:
+            return True
+        path = self.chunk_path(stage, k)
+        if not path.is_file():
+            return False
+        if checked_text(path) is None:
+            if path not in self.damaged:
+                self.damaged.append(path)
+                print(f"equiprop screen: warning: {path}: fails its checksum (damaged, edited or from an older "
+                      "equiprop): computed again", file=sys.stderr)
+            return False
+        self.verified.add((stage, k))
+        return True
 
     def write_chunk(self, stage: str, k: int, header: list[str], rows: list[list]) -> None:
         path = self.chunk_path(stage, k)
@@ -87,9 +123,15 @@ class WorkDir:
         writer = csv.writer(buffer)
         writer.writerow(header)
         writer.writerows(rows)
-        atomic_write(path, buffer.getvalue())
+        text = buffer.getvalue()
+        atomic_write(path, f"{text}{CHECKSUM_PREFIX}{_digest(text)}\n")
+        self.verified.add((stage, k))
 
     def read_chunk(self, stage: str, k: int) -> tuple[list[str], list[list[str]]]:
-        with self.chunk_path(stage, k).open(newline="") as f:
-            rows = list(csv.reader(f))
+        path = self.chunk_path(stage, k)
+        text = checked_text(path)
+        if text is None:  # changed after this run checked or wrote it
+            raise DataError(str(path), "fails its checksum: the work folder changed during the screen; run the "
+                                       "screen again (damaged chunks are computed again)", "damaged chunk")
+        rows = list(csv.reader(io.StringIO(text, newline="")))
         return rows[0], rows[1:]

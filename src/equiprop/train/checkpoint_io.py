@@ -41,8 +41,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             partial.unlink(missing_ok=True)
         note_written(target)
 
-    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None) -> dict:
-        # always weights only: Lightning itself would unpickle anything from a URL (its default there is False)
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, **_) -> dict:
+        # always weights only, whatever the caller asks: Lightning would unpickle anything from a URL by default
         return super().load_checkpoint(path, map_location, weights_only=True)
 
     def remove_checkpoint(self, path) -> None:

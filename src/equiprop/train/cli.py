@@ -47,7 +47,7 @@ class EquipropCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Lightning reads ``--ckpt_path``'s hyperparameters here, first: the file is checked before (one line for a
-        file that is not a checkpoint of plain types; Lightning's traceback would suggest ``weights_only=False``)."""
+        file that is not a checkpoint of plain types; torch's traceback would advise loading it unsafely)."""
         if self.config.get("subcommand"):
             path = self.config[self.config.subcommand].get("ckpt_path")
             if path:

@@ -1,8 +1,8 @@
 """Files read back are checked before they are used: checkpoints loaded safely, digests compared, manifests validated.
 
 - ``read_checkpoint``: ``torch.load(weights_only=True)`` only (tensors and plain types, nothing unpickled). Whatever
-  the file is, the caller gets one line naming it; the message never suggests ``weights_only=False`` (torch's own
-  advice for a refused object, which would run the file's code).
+  the file is, the caller gets one line naming it; the message never passes on torch's own advice for a refused
+  object (to reload it unsafely, which would run the file's code).
 - ``file_sha256`` / ``check_digest``: a file whose bytes differ from the sha256 recorded for it (a flipped bit, a
   member swapped for another model's) is a one-line DataError naming the file, before a single weight is used.
 - ``read_manifest``: an ensemble manifest (``model.json`` of a shipped model, ``<run>_ensemble.json`` written by
