@@ -11,6 +11,7 @@ whose ``model`` column once held the model's path instead of its test error.
 
 import copy
 import csv
+import io
 import json
 import math
 import re
@@ -57,8 +58,13 @@ def check_table(path: Path, numbers=(), optional=()) -> list[dict]:
     """Unique headers; ``numbers``, ``optional`` and every column named like a metric or carrying units hold only
     numbers or empty cells (a failed row, a predictor that does not apply); each of ``numbers`` at least one number.
     """
-    with Path(path).open(newline="") as f:
-        header, *rows = list(csv.reader(f))
+    from equiprop.screening.store import CHECKSUM_PREFIX, checked_text
+
+    text = Path(path).read_bytes().decode()
+    if CHECKSUM_PREFIX in text:  # a screen's work chunk: its rows, once their checksum holds
+        text = checked_text(Path(path))
+        assert text is not None, f"{path.name}: fails its checksum"
+    header, *rows = list(csv.reader(io.StringIO(text, newline="")))
     repeated = sorted({name for name in header if header.count(name) > 1})
     assert not repeated, f"{path.name}: columns named more than once: {repeated}"
     missing = [name for name in numbers if name not in header]

@@ -199,7 +199,8 @@ def run_stage(predictor, plan, chunks, store, stage: str, batch_size: int, worke
     seconds = time.perf_counter() - start
     return {"structures_computed": computed, "structures_resumed": skipped, "chunks_computed": len(pending),
             "chunks_resumed": len(chunks) - len(pending),
-            "chunks_damaged": sum(path.parent.name == stage for path in store.damaged),  # computed again "seconds": round(seconds, 3),
+            "chunks_damaged": sum(path.parent.name == stage for path in store.damaged),  # computed again
+            "seconds": round(seconds, 3),
             "structures_per_second": round(computed / seconds, 1) if computed and seconds > 0 else None}
 
 
