@@ -75,7 +75,8 @@ class Trials:
         else:
             ok = code == 0 and any(w in line for line in lines for w in ("rebuilt", "computed again", "recomputed"))
         ok = ok and digests(SHIPPED) == self.shipped and (check is None or check())
-        last = (errors or lines or [""])[-1]
+        said = [line for line in lines if "Warning" in line or "warning:" in line]
+        last = (errors or said or lines or [""])[-1]
         self.rows.append((name, code, "ok" if ok else "FAILED", last[:150]))
         print(f"{'ok' if ok else 'FAILED':<7} {name:<58} exit {code}  {last[:150]}", flush=True)
 
@@ -171,6 +172,35 @@ def cache_trials(t: Trials, recipe: Path) -> None:
     t.run("graph store report: bad JSON", disk, "rebuilt")
 
 
+def feature_cache_trial(t: Trials, recipe: Path) -> None:
+    """SevenNet-0 features of the tiny set cached by a frozen-encoder fit; then a dtype and a shape edited."""
+    foundation = t.work / "foundation.yaml"
+    foundation.write_text(yaml.safe_dump({**TINY, "run_name": "tiny_foundation",
+                                          "model": {"encoder": {"class_path": "equiprop.nn.FoundationEncoder",
+                                                                "init_args": {}}},
+                                          "data": {**TINY["data"], "cutoff": 5.0}}))
+    code, lines = equiprop("fit", "-c", foundation, cwd=t.work)
+    assert code == 0, lines[-5:]
+    cache = next((t.work / "cache" / "features").rglob("*.sqlite"))
+    for name, statement in (("dtype '<f4' -> '<f8'", "UPDATE features SET dtype='<f8' WHERE rowid%3=0"),
+                            ("shape changed", "UPDATE features SET shape='[1, 7]' WHERE rowid%5=0")):
+        sql(cache, statement)
+        t.run(f"feature cache: {name}", ["fit", "-c", foundation, "--overwrite=true"], "rebuilt")
+
+
+def read_only_trial(t: Trials, recipe: Path) -> None:
+    folder = t.work / "read_only_cache"
+    folder.mkdir()
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(folder)]).returncode:
+        t.rows.append(("read-only cache folder", 0, "skipped", "chattr +i unavailable"))
+        return
+    try:  # root ignores permission bits; an immutable folder refuses even root
+        t.run("graph cache in a read-only folder", ["data", "summary", "-c", recipe,
+                                                    f"--data.cache_dir={folder}"], "error")
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
 def orphan_trial(t: Trials, best: Path) -> None:
     import psutil
 
@@ -207,6 +237,8 @@ def main() -> int:
     shipped_trials(t)
     run_trials(t, recipe, best)
     cache_trials(t, recipe)
+    feature_cache_trial(t, recipe)
+    read_only_trial(t, recipe)
     orphan_trial(t, best)
     print(f"\n{'trial':<58} {'exit':>4}  result  last line")
     for name, code, result, last in t.rows:
