@@ -7,6 +7,7 @@ only there takes the ``shared_data`` fixture or carries ``@pytest.mark.requires_
 one-line reason, when the folder is absent. The 58 tiny structures (``tiny_entries``) ship in ``tests/fixtures/``.
 """
 
+import contextlib
 import copy
 import json
 import os
@@ -96,6 +97,45 @@ CLI_RECIPE = {
 def cli_recipe():
     """A fresh copy of CLI_RECIPE (a dict) to change and write."""
     return copy.deepcopy(CLI_RECIPE)
+
+
+@pytest.fixture(scope="session")
+def cli_recipe_factory():
+    """Fresh copies of CLI_RECIPE for module-scoped fixtures (``cli_recipe_factory()``)."""
+    return lambda: copy.deepcopy(CLI_RECIPE)
+
+
+@contextlib.contextmanager
+def _read_only(folder):
+    """``folder`` and its files unwritable. Permission bits do not bind root: as root, the immutable attribute
+    (the test is skipped where it cannot be set)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        paths = [folder, *folder.rglob("*")]
+        modes = {p: p.stat().st_mode for p in paths}
+        for p in paths:
+            p.chmod(modes[p] & ~0o222)
+        try:
+            yield
+        finally:
+            for p in paths:
+                p.chmod(modes[p])
+        return
+    if not shutil.which("chattr") or subprocess.run(["chattr", "-R", "+i", str(folder)],
+                                                    capture_output=True).returncode:
+        pytest.skip("running as root where the immutable attribute cannot be set: no read-only folder to test")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-R", "-i", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only():
+    """``with read_only(folder):`` the folder and its files cannot be written while the block runs."""
+    return _read_only
 
 
 class ProcessWatch:

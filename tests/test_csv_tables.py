@@ -9,7 +9,6 @@ screening/store.py), ``suggest``, ``calibrate``/``ensemble`` reports (workflows/
 whose ``model`` column once held the model's path instead of its test error.
 """
 
-import copy
 import csv
 import io
 import json
@@ -125,21 +124,9 @@ def test_the_checker_catches_a_repeated_column_and_a_path_in_a_number_column(tmp
 
 
 # -- every writer, run for real on tiny inputs ----------------------------------------------------------------------
-RECIPE = {  # tests/conftest.py's CLI_RECIPE: two tiny fits make an ensemble with sigmas
-    "run_name": "tiny", "seed_everything": 0,
-    "trainer": {"max_epochs": 1, "accelerator": "cpu", "log_every_n_steps": 1, "limit_train_batches": 2,
-                "limit_val_batches": 1, "enable_progress_bar": False, "enable_model_summary": False},
-    "model": {"encoder": {"class_path": "equiprop.nn.EquivariantEncoder",
-                          "init_args": {"max_ell": 1, "multiplicities": [8, 4], "num_layers": 1}}},
-    "data": {"sources": [{"class_path": "equiprop.data.sources.BundledDataset", "init_args": {"dataset": "tiny"}}],
-             "tasks": ["Ef", "Eg"], "cutoff": 4.5, "batch_size": 8,
-             "split": {"class_path": "equiprop.data.splits.RandomSplit",
-                       "init_args": {"val_fraction": 0.25, "test_fraction": 0.25}}},
-}
-
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, cli_recipe_factory):
     """A folder with a tiny two-member ensemble (``equiprop ensemble``: members, manifest, calibration report) and
     the fixture structures as CIF files; commands run from it."""
     from pymatgen.core import Structure
@@ -150,7 +137,7 @@ def workspace(tmp_path_factory):
     (root / "cifs").mkdir()
     for e in entries[:12]:
         (root / "cifs" / f"{e['material_id']}.cif").write_text(str(CifWriter(Structure.from_dict(e["structure"]))))
-    recipe = copy.deepcopy(RECIPE)
+    recipe = cli_recipe_factory()
     recipe["data"]["cache_dir"] = str(root / "cache")
     (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.MonkeyPatch.context() as patch:
@@ -220,17 +207,17 @@ def test_scoreboard_table(at):
 
 
 @pytest.mark.integration
-def test_learning_curve_table(at):
+def test_learning_curve_table(at, cli_recipe):
     """``run_study`` as recipes/learning_curve.py calls it: one tiny fit, the training-median row, CSV and plot."""
     from equiprop.workflows.curves import run_study
 
-    run_study({"tiny": copy.deepcopy(RECIPE)}, "Ef", ["8"], [0], Path("curve"))
+    run_study({"tiny": cli_recipe}, "Ef", ["8"], [0], Path("curve"))
     rows = check_table(at / "curve.csv", ["n_train", "seed", "mae", "epochs"])
     assert sorted(r["model"] for r in rows) == ["tiny", "training-median"]
 
 
 @pytest.mark.integration
-def test_tune_trials_table(at):
+def test_tune_trials_table(at, cli_recipe):
     """``write_outputs`` of ``equiprop tune`` on a study of two recorded trials (the fits are test_tune's)."""
     import optuna
 
@@ -243,6 +230,6 @@ def test_tune_trials_table(at):
                                                   user_attrs={"seconds_per_epoch": 1.5}))
     tune = {"metric": "val/loss", "search_space": {"model.lr": {"type": "float", "low": 1e-4, "high": 1e-2}}}
     (at / "tune_run").mkdir(exist_ok=True)
-    write_outputs(study, copy.deepcopy(RECIPE), tune, at / "tune_run")
+    write_outputs(study, cli_recipe, tune, at / "tune_run")
     rows = check_table(at / "tune_run" / "trials.csv", ["number", "value", "params_model.lr"])
     assert [float(r["value"]) for r in rows] == [0.5, 0.25] and not any(math.isnan(float(r["value"])) for r in rows)

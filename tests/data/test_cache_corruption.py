@@ -7,9 +7,7 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import traceback
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -64,30 +62,6 @@ def one_line(err: Exception, *words: str) -> None:
     for word in words:
         assert str(word) in message, (word, message)
     assert err.__cause__ is None or isinstance(err.__cause__, (DataError, ConfigError)), "a raw exception leaked"
-
-
-@contextmanager
-def read_only(folder):
-    """``folder`` and its files unwritable. Permission bits do not bind root: as root, the immutable attribute
-    (skipped where it cannot be set)."""
-    if os.geteuid() != 0:
-        paths = [folder, *folder.rglob("*")]
-        modes = {p: p.stat().st_mode for p in paths}
-        for p in paths:
-            p.chmod(modes[p] & ~0o222)
-        try:
-            yield
-        finally:
-            for p in paths:
-                p.chmod(modes[p])
-        return
-    if not shutil.which("chattr") or subprocess.run(["chattr", "-R", "+i", str(folder)],
-                                                    capture_output=True).returncode:
-        pytest.skip("running as root where the immutable attribute cannot be set: no read-only folder to test")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-R", "-i", str(folder)], check=True)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +142,7 @@ def test_a_damaged_memory_cache_or_report_is_rebuilt(tmp_path, fresh, damage):
     reload(cache, "memory", fresh, f"{os.path.basename(path) if 'report' not in damage else 'report'}.*rebuilt")
 
 
-def test_a_memory_cache_in_a_read_only_folder(tmp_path, fresh):
+def test_a_memory_cache_in_a_read_only_folder(tmp_path, fresh, read_only):
     cache, path, _ = built(tmp_path, "memory")
     with read_only(cache):
         dm = module(cache, "memory")  # intact: read as it is
@@ -279,7 +253,7 @@ def test_a_damaged_store_file_or_report_is_rebuilt(tmp_path, fresh, damage):
         assert rebuilt["build"] == {"shards_built": 0, "shards_resumed": 1}
 
 
-def test_a_store_in_a_read_only_folder(tmp_path, fresh):
+def test_a_store_in_a_read_only_folder(tmp_path, fresh, read_only):
     cache, path, _ = built(tmp_path, "disk")
     with read_only(cache):
         dm = module(cache, "disk")  # intact: read as it is

@@ -8,12 +8,9 @@ import hashlib
 import io
 import multiprocessing
 import os
-import shutil
 import sqlite3
-import subprocess
 import warnings
 import zlib
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -264,33 +261,10 @@ def test_a_truncated_file_is_moved_aside_and_recomputed(tmp_path):
     assert torch.equal(FeatureCache(tmp_path, NAMESPACE).get("a"), torch.arange(600.0))
 
 
-@contextmanager
-def _read_only(folder):
-    """``folder`` and its files unwritable (as root, whom permission bits do not bind: the immutable attribute)."""
-    if os.geteuid() != 0:
-        paths = [folder, *folder.rglob("*")]
-        modes = {p: p.stat().st_mode for p in paths}
-        for p in paths:
-            p.chmod(modes[p] & ~0o222)
-        try:
-            yield
-        finally:
-            for p in paths:
-                p.chmod(modes[p])
-        return
-    if not shutil.which("chattr") or subprocess.run(["chattr", "-R", "+i", str(folder)],
-                                                    capture_output=True).returncode:
-        pytest.skip("running as root where the immutable attribute cannot be set: no read-only folder to test")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-R", "-i", str(folder)], check=True)
-
-
-def test_a_read_only_folder_is_read_and_new_features_stay_in_memory(tmp_path):
+def test_a_read_only_folder_is_read_and_new_features_stay_in_memory(tmp_path, read_only):
     value = torch.linspace(1.0, 2.0, 12).reshape(4, 3)
     path = _one_row_cache(tmp_path, value)
-    with _read_only(tmp_path):
+    with read_only(tmp_path):
         reader = FeatureCache(tmp_path, NAMESPACE)
         with pytest.warns(UserWarning, match=f"feature cache {path} is not writable.*kept in memory only"):
             assert torch.equal(reader.get("a"), value)  # intact rows still read (and checked)
@@ -300,19 +274,19 @@ def test_a_read_only_folder_is_read_and_new_features_stay_in_memory(tmp_path):
     assert check.get("new") is None  # nothing was written
     _close(check)
     _edit(path, "UPDATE features SET dtype = '<f8' WHERE key = 'a'")
-    with _read_only(tmp_path), warnings.catch_warnings(record=True) as caught:
+    with read_only(tmp_path), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert FeatureCache(tmp_path, NAMESPACE).get("a") is None  # damaged, and cannot be deleted: a miss
     assert any("the row of structure a fails its checksum" in str(w.message) for w in caught)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with _read_only(empty), pytest.warns(UserWarning, match="is not writable.*kept in memory only"):
+    with read_only(empty), pytest.warns(UserWarning, match="is not writable.*kept in memory only"):
         fresh = FeatureCache(empty, NAMESPACE)  # no folder can be made there: memory only, no traceback
         fresh.put({"x": torch.ones(3)})
         assert torch.equal(fresh.get("x"), torch.ones(3)) and fresh.get("y") is None
 
 
-def test_a_read_only_folder_with_a_live_wal_is_read_without_crashing(tmp_path):
+def test_a_read_only_folder_with_a_live_wal_is_read_without_crashing(tmp_path, read_only):
     """A cache copied (or frozen) while in use holds ``-wal`` and ``-shm`` files: SQLite must not map a read-only
     WAL index (a bus error, not even a traceback); the file is read as it is instead."""
     writer = FeatureCache(tmp_path, NAMESPACE)
@@ -320,7 +294,7 @@ def test_a_read_only_folder_with_a_live_wal_is_read_without_crashing(tmp_path):
     writer.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     writer.put({"b": torch.zeros(4)})  # still in the WAL, connection open
     assert (writer.directory / "features.sqlite-shm").exists()
-    with _read_only(tmp_path), pytest.warns(UserWarning, match="is not writable.*-shm.*read-only"):
+    with read_only(tmp_path), pytest.warns(UserWarning, match="is not writable.*-shm.*read-only"):
         reader = FeatureCache(tmp_path, NAMESPACE)
         assert torch.equal(reader.get("a"), torch.ones(4))  # the checkpointed row; "b" is recomputed
     _close(writer)

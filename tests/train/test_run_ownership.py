@@ -93,6 +93,8 @@ def test_no_fit_writes_into_a_shipped_model(option, message, recipe, cli_recipe,
     ("--trainer.max_epochs=-5", "trainer.max_epochs must be >= -1"),
     ("--trainer.max_steps=-2", "trainer.max_steps must be >= -1"),
     ("--trainer.gradient_clip_val=nan", "trainer.gradient_clip_val"),
+    ("--model.lr=nan", "model.lr: Expected a <class 'float'>. Got value: nan"),  # jsonargparse's own refusal
+    ("--model.weight_decay=inf", "model.weight_decay: Expected a <class 'float'>. Got value: inf"),
 ])
 def test_bad_run_options_are_one_line_errors(option, message, recipe, tmp_path, capsys):
     assert main(["fit", "-c", str(recipe), option]) == 2
