@@ -105,16 +105,16 @@ def test_unknown_species_and_wrong_cutoff_are_clear_errors(records):
         encoder(_batch([og], cutoff=5.0))
     with pytest.raises(ConfigError, match="cutoff must be the potential's own 5.0"):
         FoundationEncoder(cutoff=4.5)
-    with pytest.raises(ConfigError, match="model must be one of"):
+    with pytest.raises(ConfigError, match="unknown backbone .7net-unknown.; available: 7net-0"):
         FoundationEncoder(model="7net-unknown")
 
 
 def test_transfer_modes_freeze_what_they_say(records):
     frozen = FoundationEncoder(transfer="frozen")
-    assert frozen.frozen() and frozen.cache_point == frozen.num_layers
+    assert frozen.frozen() and frozen.cache_points == [frozen.num_layers]
     partial = FoundationEncoder(transfer="finetune", trainable_layers=2)
     trainable = {n.split("_", 1)[0] for n, p in partial.potential.named_parameters() if p.requires_grad}
-    assert trainable == {"3", "4"} and partial.cache_point == 3
+    assert trainable == {"3", "4"} and partial.cache_points == [3]
     scratch = FoundationEncoder(transfer="from_scratch", cache_features=False)
     assert not torch.equal(scratch.potential.state_dict()["0_convolution.weight_nn.layer0.weight"],
                            frozen.potential.state_dict()["0_convolution.weight_nn.layer0.weight"])

@@ -70,10 +70,10 @@ def test_shortcut_equals_running_the_potential_on_the_inverted_crystal(structure
     batch = _batch([make[s]() for s in structures])
     encoder = FoundationEncoder(cache_features=False)
     with torch.no_grad():
-        vectors, species = edge_vectors(batch), encoder.species_index(batch)
-        plus = encoder._pass_features(batch, vectors, species, [])
-        reference = encoder._pass_features(batch, -vectors, species, [])
-        shortcut = encoder._inverted_pass(batch, vectors, species, *plus)
+        vectors, species = edge_vectors(batch), encoder.backbones[0].species_index(batch)
+        plus = encoder._pass(0, batch, vectors, species, [])
+        reference = encoder._pass(0, batch, -vectors, species, [])
+        shortcut = encoder._inverted_pass(0, batch, vectors, species, *plus)
     for ours, theirs in zip(shortcut, reference):
         assert torch.allclose(ours, theirs, atol=2e-5 * float(theirs.abs().max()) + 1e-6)
     if "wurtzite" in structures:  # the polar crystal really differs under inversion: the odd part is not zero

@@ -1,28 +1,35 @@
-"""FoundationEncoder: the interaction layers of a pretrained universal interatomic potential (SevenNet, e3nn) as the
-shared encoder, with three transfer modes.
+"""FoundationEncoder: the layers of one or several pretrained universal interatomic potentials (backbones,
+``equiprop.nn.backbones``: SevenNet-0, SevenNet-l3i5, SevenNet-MF-0, CHGNet 0.3.0) as the shared encoder, with three
+transfer modes.
 
 Which features, with which irreps (SevenNet-0: 5 layers, hidden ``128x0e+64x1e+32x2e``, last layer ``128x0e``):
 
 - the scalars of every layer (``scalar_layers``, default all: 5 x 128 = ``640x0e``), so heads read shallow and deep
-  chemistry; optionally the potential's per-atom energy (``energy_feature``, eV, ``1x0e``) and zero-shot physics
+  chemistry; optionally the first backbone's per-atom energy (``energy_feature``, eV, ``1x0e``) and zero-shot physics
   descriptors of the potential (``descriptors``, see ``potential_physics``), broadcast to the structure's atoms;
 - the l>0 features of the last layers that have them (``tensor_layers``, default the last one: SevenNet-0's block 3,
   ``64x1e+32x2e``), so tensor heads read pretrained equivariant features.
 
+Several backbones (``model: [7net-0, chgnet-0.3.0]``): their per-atom scalars are concatenated (backbone by backbone,
+in the order given), then the l>0 features of those that have them; each backbone's frozen features are cached on
+their own (``FeatureCache`` per backbone), so adding a backbone to a study computes only its features.
+``scalar_layers`` / ``tensor_layers`` apply to every backbone (negative indices count from the last layer).
+
 Parity. SevenNet is trained without parity (``is_parity: False``): its "1e" features mix vectors and pseudovectors,
-so they are SO(3)- but not O(3)-equivariant. With ``parity: True`` (default) the encoder runs the potential on the
+so they are SO(3)- but not O(3)-equivariant. With ``parity: True`` (default) the encoder runs such a backbone on the
 structure x and on its inversion Ix (all edge vectors negated; same atoms) and returns
 ``g+ = (f(x) + f(Ix)) / 2`` as even irreps (0e, 1e, 2e) and ``g- = (f(x) - f(Ix)) / 2`` of the l>0 features as odd
 irreps (1o, 2o): g+ is invariant and g- changes sign under inversion, and both rotate as f does, so the encoder is
 exactly O(3)-equivariant. Dielectric (0e+2e) and elastic (0e+2e+4e) heads read g+; the piezoelectric tensor
 (1o+2o+3o) reads g- linearly (1o, 2o) and through the readout's quadratic path (3o from 1o x 2e, 2o x 1e, ...); a
-centrosymmetric crystal then gets exactly zero piezo response. ``parity: False`` runs one pass and returns SevenNet's
-own SO(3) labels (odd tensors then cannot be built).
+centrosymmetric crystal then gets exactly zero piezo response. A backbone whose features are O(3)-equivariant as
+computed (``Backbone.parity``: CHGNet's invariant scalars) runs once. ``parity: False`` runs one pass and returns
+SevenNet's own SO(3) labels (odd tensors then cannot be built).
 
 Transfer modes (``transfer``): ``frozen`` (no weight trains; features computed once per structure and cached),
-``finetune`` (all weights train, or with ``trainable_layers: k`` only the last k layers; the frozen first layers'
-outputs are cached so each step runs only the trainable layers), ``from_scratch`` (same architecture, random
-weights: the control that shows what pretraining gives).
+``finetune`` (all weights train, or with ``trainable_layers: k`` only the last k layers of each backbone; the frozen
+first layers' outputs are cached so each step runs only the trainable layers), ``from_scratch`` (same architecture,
+random weights: the control that shows what pretraining gives).
 """
 
 from __future__ import annotations
@@ -36,40 +43,42 @@ from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.data.graph import edge_vectors
 from equiprop.data.precision import full_precision
-from equiprop.data.symmetry import inversion_partners
+from equiprop.nn.backbones import Backbone, build_backbone
 from equiprop.nn.base import Encoder
 from equiprop.nn.feature_cache import FeatureCache, structure_keys, weights_digest
-from equiprop.nn.potential import READOUT_MODULES, FoundationModel, PotentialRunner, file_sha256
+from equiprop.nn.foundation_passes import PassesMixin
 from equiprop.nn.potential_physics import PotentialPhysics, descriptor_size
 
 Descriptor = Literal["bulk_modulus", "gamma_phonons"]  # potential_physics.DESCRIPTOR_SIZES
 
 
-class FoundationEncoder(PotentialRunner, Encoder):
-    """Pretrained SevenNet interaction layers -> per-atom equivariant features (see the module docstring).
+class FoundationEncoder(PassesMixin, Encoder):
+    """Pretrained backbones' layers -> per-atom equivariant features (see the module docstring).
 
     Args:
-        model: ``7net-0`` (SevenNet-0, 11Jul2024, MPtrj) or ``7net-l3i5`` (max_ell 3).
+        model: a backbone's name or a list of them (``equiprop.nn.backbones.BACKBONES``): ``7net-0`` (SevenNet-0,
+            11Jul2024), ``7net-l3i5`` (max_ell 3), ``7net-mf-0`` (multi-fidelity, PBE), ``chgnet-0.3.0``.
         transfer: ``frozen``, ``finetune`` or ``from_scratch``.
-        trainable_layers: with ``finetune``, train only the last k interaction layers (None: all weights).
-        cutoff: Å; must equal the potential's own cutoff (5 Å); the CLI links ``data.cutoff`` to it.
+        trainable_layers: with ``finetune``, train only the last k layers of each backbone (None: all weights).
+        cutoff: Å; must equal the own cutoff of every backbone that runs on equiprop's graph (SevenNet: 5 Å); the
+            CLI links ``data.cutoff`` to it.
         parity: O(3) features by inversion symmetrisation (True) or SevenNet's SO(3) features (False).
         scalar_layers: layers whose scalars are output (None: all).
         tensor_layers: layers whose l>0 features are output (None: the last layer that has any).
-        energy_feature: also output the potential's per-atom energy (eV).
-        descriptors: zero-shot physics of the pretrained potential as extra scalars per structure:
+        energy_feature: also output the first backbone's per-atom energy (eV).
+        descriptors: zero-shot physics of the first backbone as extra scalars per structure:
             ``bulk_modulus`` (strain-energy curvature, GPa), ``gamma_phonons`` (Γ-point frequencies, cm^-1).
         cache_features: cache frozen features per structure (in memory and under ``cache_dir``).
         cache_dir: feature cache folder (default ``$EQUIPROP_CACHE/features`` or ~/.cache/equiprop/features).
         inversion_shortcut: with parity, take a centrosymmetric crystal's inverted pass as a permutation of its own
-            (``_inverted_pass``: ~1.4x faster on MP-like data); the same features up to float rounding (~1e-6), so
-            runs whose cached features were computed without it reproduce bit for bit only without it.
+            (~1.4x faster on MP-like data); the same features up to float rounding (~1e-6), so runs whose cached
+            features were computed without it reproduce bit for bit only without it.
     """
 
-    full_neighbor_list = True  # the potential was trained on all neighbours within its cutoff
+    full_neighbor_list = True  # the potentials were trained on all neighbours within their cutoff
     runtime_args = ("cache_features", "cache_dir", "inversion_shortcut")  # how, not what: out of cache keys
 
-    def __init__(self, model: FoundationModel = "7net-0",
+    def __init__(self, model: str | list[str] = "7net-0",
                  transfer: Literal["frozen", "finetune", "from_scratch"] = "frozen",
                  trainable_layers: int | None = None, cutoff: float = 5.0, parity: bool = True,
                  scalar_layers: list[int] | None = None, tensor_layers: list[int] | None = None,
@@ -79,164 +88,182 @@ class FoundationEncoder(PotentialRunner, Encoder):
         self.inversion_shortcut = inversion_shortcut
         if transfer not in ("frozen", "finetune", "from_scratch"):
             raise ConfigError(f"FoundationEncoder: transfer must be frozen, finetune or from_scratch, got {transfer!r}")
-        config = self.load(model, pretrained=transfer != "from_scratch", cutoff=cutoff)
-        self.transfer, self.parity = transfer, parity
-        self.layer_irreps = [o3.Irreps(ir) for ir in config["irreps_manual"][1:]]  # output of each layer
-        self.scalar_layers = self._check_layers(scalar_layers, list(range(self.num_layers)), "scalar_layers")
-        with_tensors = [k for k, ir in enumerate(self.layer_irreps) if ir.lmax > 0]
-        self.tensor_layers = self._check_layers(tensor_layers, with_tensors[-1:], "tensor_layers")
-        if any(self.layer_irreps[k].lmax == 0 for k in self.tensor_layers):
-            raise ConfigError(f"FoundationEncoder {model}: tensor_layers {self.tensor_layers} include a scalar-only "
-                              f"layer; layers with l>0 features: {with_tensors}")
+        names = [model] if isinstance(model, str) else list(model)
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"FoundationEncoder: model must name one or more different backbones, got {model!r}")
+        self.backbones = torch.nn.ModuleList([build_backbone(n, pretrained=transfer != "from_scratch")
+                                              for n in names])
+        self.names, self.transfer, self.parity = names, transfer, parity
+        self.cutoff = self._check_cutoff(cutoff)
+        self.scalar_layers = [self._check_layers(b, scalar_layers, list(range(b.num_layers)), "scalar_layers")
+                              for b in self.backbones]
+        self.tensor_layers = [self._check_layers(b, tensor_layers, [k for k, ir in enumerate(b.layer_irreps)
+                                                                    if ir.lmax > 0][-1:], "tensor_layers")
+                              for b in self.backbones]
         self.energy_feature = energy_feature
         self.descriptor_names = list(descriptors or [])
         if self.descriptor_names and transfer == "from_scratch":
             raise ConfigError("FoundationEncoder: descriptors come from the pretrained potential; "
                               "from_scratch has none (drop descriptors for the control)")
         self._set_trainable(trainable_layers)
-        self.cache_point = self._cache_point(trainable_layers) if cache_features else 0
+        self.cache_points = [self._cache_point(b, trainable_layers) if cache_features else 0 for b in self.backbones]
         self.cache_dir = cache_dir
-        self._cache: FeatureCache | None = None
+        self._caches: dict[int, FeatureCache] = {}
         self._physics = None  # potential_physics.PotentialPhysics, built on first use
+        self.part_dims = [self._part_dims(i) for i in range(len(self.backbones))]
         self.irreps_out = self._irreps_out()
 
     # -- configuration ----------------------------------------------------------------------------------------------
-    def _check_layers(self, layers, default, option):
+    def _check_cutoff(self, cutoff: float) -> float:
+        for b in self.backbones:
+            if getattr(b, "uses_equiprop_graph", True) and abs(float(cutoff) - b.cutoff) > 1e-9:
+                raise ConfigError(f"FoundationEncoder {b.info.name}: cutoff must be the potential's own {b.cutoff} "
+                                  f"Å, got {cutoff} (set data.cutoff: {b.cutoff})")
+        return float(cutoff)
+
+    def _check_layers(self, backbone: Backbone, layers, default, option) -> list[int]:
+        n = backbone.num_layers
         layers = default if layers is None else [int(k) for k in layers]
-        bad = [k for k in layers if not 0 <= k < self.num_layers]
+        bad = [k for k in layers if not -n <= k < n]
         if bad:
-            raise ConfigError(f"FoundationEncoder: {option} must be in 0..{self.num_layers - 1}, got {bad}")
-        return sorted(set(layers))
+            raise ConfigError(f"FoundationEncoder {backbone.info.name}: {option} must be in 0..{n - 1} (or -{n}..-1 "
+                              f"from the last), got {bad}")
+        layers = sorted({k % n for k in layers})
+        if option == "tensor_layers" and any(backbone.layer_irreps[k].lmax == 0 for k in layers):
+            with_tensors = [k for k, ir in enumerate(backbone.layer_irreps) if ir.lmax > 0]
+            if with_tensors or len(self.names) == 1:
+                raise ConfigError(f"FoundationEncoder {backbone.info.name}: tensor_layers {layers} include a "
+                                  f"scalar-only layer; layers with l>0 features: {with_tensors}")
+            return []  # an invariant backbone among several: it gives scalars only
+        return layers
 
     def _set_trainable(self, trainable_layers):
-        readout = [p for n in READOUT_MODULES for p in self.potential._modules[n].parameters()]
-        if trainable_layers is not None and (self.transfer != "finetune"
-                                             or not 1 <= trainable_layers <= self.num_layers):
-            raise ConfigError(f"FoundationEncoder: trainable_layers (1..{self.num_layers}) needs "
-                              f"transfer: finetune, got {trainable_layers} with {self.transfer}")
-        if self.transfer == "frozen":
-            self.potential.requires_grad_(False)
-        elif trainable_layers is not None:
-            self.potential.requires_grad_(False)
-            for module in self.layer_modules()[self.num_layers - trainable_layers:]:
-                module.requires_grad_(True)
-        if not self.energy_feature:
-            for p in readout:  # the energy readout is not a feature unless asked: its weights stay untouched
-                p.requires_grad_(False)
+        if trainable_layers is not None and (self.transfer != "finetune" or not all(
+                1 <= trainable_layers <= b.num_layers for b in self.backbones)):
+            raise ConfigError(f"FoundationEncoder: trainable_layers (1..{min(b.num_layers for b in self.backbones)})"
+                              f" needs transfer: finetune, got {trainable_layers} with {self.transfer}")
+        for i, b in enumerate(self.backbones):
+            if self.transfer == "frozen":
+                b.requires_grad_(False)
+            elif trainable_layers is not None:
+                b.requires_grad_(False)
+                for module in b.layer_modules()[b.num_layers - trainable_layers:]:
+                    module.requires_grad_(True)
+            if not (self.energy_feature and i == 0):
+                for module in b.readout_modules():  # the energy readout is not a feature unless asked: untouched
+                    module.requires_grad_(False)
 
-    def _cache_point(self, trainable_layers) -> int:
+    def _cache_point(self, backbone: Backbone, trainable_layers) -> int:
         """Layers [0, point) are frozen and cached; point == num_layers caches the whole output; 0 caches nothing."""
         if self.transfer == "frozen":
-            return self.num_layers
-        if self.transfer == "finetune" and trainable_layers is not None:
-            return self.num_layers - trainable_layers
+            return backbone.num_layers
+        if self.transfer == "finetune" and trainable_layers is not None and backbone.splittable:
+            return backbone.num_layers - trainable_layers
         return 0
 
-    def _tensor_irreps(self, parity_sign: int) -> o3.Irreps:
-        return o3.Irreps([(mul, (ir.l, parity_sign)) for k in self.tensor_layers
-                          for mul, ir in self.layer_irreps[k] if ir.l > 0])
+    def _symmetrised(self, backbone: Backbone) -> bool:
+        return self.parity and not backbone.parity
+
+    def _part_dims(self, i: int) -> tuple[int, int, int]:
+        """(scalars, even l>0, odd l>0) columns of backbone i's features."""
+        b = self.backbones[i]
+        scalars = sum(b.scalar_count(k) for k in self.scalar_layers[i]) + int(self.energy_feature and i == 0)
+        tensors = sum(b.layer_irreps[k].dim - b.scalar_count(k) for k in self.tensor_layers[i])
+        return scalars, tensors, tensors if self._symmetrised(b) else 0
+
+    def _tensor_irreps(self, i: int, parity_sign: int | None) -> o3.Irreps:
+        """Backbone i's l>0 irreps: relabelled even/odd (symmetrised), or as the backbone states them (None)."""
+        b = self.backbones[i]
+        return o3.Irreps([(mul, (ir.l, ir.p if parity_sign is None else parity_sign)) for k in self.tensor_layers[i]
+                          for mul, ir in b.layer_irreps[k] if ir.l > 0])
 
     def _irreps_out(self) -> o3.Irreps:
-        num_scalars = sum(self.layer_irreps[k].count(o3.Irrep("0e")) for k in self.scalar_layers)
-        num_scalars += int(self.energy_feature) + self.num_descriptors
-        irreps = o3.Irreps(f"{num_scalars}x0e") + self._tensor_irreps(1)
-        return irreps + self._tensor_irreps(-1) if self.parity else irreps
+        num_scalars = sum(dims[0] for dims in self.part_dims) + self.num_descriptors
+        irreps = o3.Irreps(f"{num_scalars}x0e")
+        for i, b in enumerate(self.backbones):
+            irreps += self._tensor_irreps(i, 1 if self._symmetrised(b) else None)
+        for i, b in enumerate(self.backbones):
+            if self._symmetrised(b):
+                irreps += self._tensor_irreps(i, -1)
+        return irreps
 
     @property
     def num_descriptors(self) -> int:
         return sum(descriptor_size(name) for name in self.descriptor_names)
 
+    @property
+    def potential(self) -> torch.nn.Module:
+        """The first backbone's own model (SevenNet's ``AtomGraphSequential``)."""
+        return getattr(self.backbones[0], "model", self.backbones[0])
+
+    @property
+    def num_layers(self) -> int:
+        return sum(b.num_layers for b in self.backbones)
+
     def layer_modules(self) -> list[torch.nn.Module]:
-        return [torch.nn.ModuleList([self.potential._modules[n] for n in names]) for names in self.layer_names]
+        return [module for b in self.backbones for module in b.layer_modules()]
 
     def pretrained_source(self) -> dict | None:
-        """Where the pretrained weights come from (``equiprop.train.export``): None for ``from_scratch``."""
+        """Where the pretrained weights come from (``equiprop.train.export``): None for ``from_scratch``; several
+        backbones: their records joined, with one sha256 over theirs."""
         if self.transfer == "from_scratch":
             return None
-        import sevenn
-        from sevenn.util import pretrained_name_to_path
+        sources = [b.pretrained_source() for b in self.backbones]
+        if len(sources) == 1:
+            return sources[0]
+        import hashlib
 
-        path = pretrained_name_to_path(self.model_name)
-        return {"package": "sevenn", "version": sevenn.__version__, "model": self.model_name,
-                "file": str(path), "sha256": file_sha256(path)}
+        joined = {k: "+".join(str(s[k]) for s in sources) for k in ("package", "version", "model", "file")}
+        digest = hashlib.sha256("".join(s["sha256"] for s in sources).encode()).hexdigest()
+        return {**joined, "sha256": digest, "parts": sources}
 
-    def _pass_prefix(self, data, vectors, species) -> list[torch.Tensor]:
-        """Outputs of the frozen layers [0, cache_point) for one pass (x or its inversion)."""
-        d = self.graph_dict(data, vectors)
-        return self.run_layers(d, self.embed(d, species), 0, self.cache_point)
+    def energy(self, data) -> torch.Tensor:  # -> (num_graphs,) eV: the first backbone's own total energy
+        from torch_geometric.utils import scatter
 
-    def _pass_features(self, data, vectors, species, prefix: list[torch.Tensor]) -> list[torch.Tensor]:
-        """[scalars, tensors] of one pass, running the layers after ``prefix`` (and the energy readout if asked)."""
-        d = self.graph_dict(data, vectors)
-        x = prefix[-1] if prefix else self.embed(d, species)
-        outputs = list(prefix) + self.run_layers(d, x, len(prefix), self.num_layers)
-        scalars = [outputs[k][:, :self.layer_irreps[k].count(o3.Irrep("0e"))] for k in self.scalar_layers]
-        if self.energy_feature:
-            scalars.append(self.atomic_energies(d).unsqueeze(-1))
-        tensors = [outputs[k][:, self.layer_irreps[k].count(o3.Irrep("0e")):] for k in self.tensor_layers]
-        return [torch.cat(scalars, dim=1), torch.cat(tensors, dim=1)]
+        b = self.backbones[0]
+        outputs, state = b.layer_features(data, edge_vectors(data), b.species_index(data), [])
+        energies = b.atomic_energies(state)
+        if energies is None:
+            raise ConfigError(f"backbone {b.info.name} gives no per-atom energies")
+        batch = data[keys.BATCH]
+        return scatter(energies, batch, dim=0, dim_size=int(batch.max()) + 1, reduce="sum")
 
-    def _features(self, data, prefixes: list[list[torch.Tensor]] | None = None) -> torch.Tensor:
-        vectors, species = edge_vectors(data), self.species_index(data)
-        if not self.parity:
-            return torch.cat(self._pass_features(data, vectors, species, prefixes[0] if prefixes else []), dim=1)
-        s_plus, t_plus = self._pass_features(data, vectors, species, prefixes[0] if prefixes else [])
-        if prefixes or not self.inversion_shortcut:
-            s_minus, t_minus = self._pass_features(data, -vectors, species, prefixes[1] if prefixes else [])
-        else:
-            s_minus, t_minus = self._inverted_pass(data, vectors, species, s_plus, t_plus)
-        return torch.cat([(s_plus + s_minus) / 2, (t_plus + t_minus) / 2, (t_plus - t_minus) / 2], dim=1)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before backbones held SevenNet's weights as "potential.*"
+        old = prefix + "potential."
+        for key in [k for k in state_dict if k.startswith(old)]:
+            state_dict[prefix + "backbones.0.model." + key[len(old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _inverted_pass(self, data, vectors, species, scalars, tensors) -> list[torch.Tensor]:
-        """[scalars, tensors] of the potential on the inverted crystal. For a centrosymmetric crystal atom i of the
-        inverted crystal sees exactly the neighbours atom p(i) sees in the crystal, so its features are f(x)[p]
-        (no second pass); the potential runs only on the structures without an inversion centre."""
-        partner = inversion_partners(data)
-        centred = partner >= 0
-        out = [scalars[partner.clamp(min=0)], tensors[partner.clamp(min=0)]]
-        if bool(centred.all()):
-            return out
-        keep = ~centred  # atoms of the structures that need the inverted pass
-        index = torch.cumsum(keep.long(), 0) - 1  # old node -> new node among the kept atoms
-        edges = keep[data[keys.EDGE_INDEX][0]]
-        batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else torch.zeros_like(index)
-        sub = {keys.EDGE_INDEX: index[data[keys.EDGE_INDEX][:, edges]],
-               keys.ATOMIC_NUMBERS: data[keys.ATOMIC_NUMBERS][keep],
-               keys.BATCH: torch.unique(batch[keep], return_inverse=True)[1]}
-        minus = self._pass_features(sub, -vectors[edges], species[keep], [])
-        for part, value in zip(out, minus):
-            part[keep] = value
-        return out
-
-    # -- forward, with the cache of frozen work ---------------------------------------------------------------------
-    @full_precision  # SevenNet's e3nn layers, pretrained in float32: outside autocast (data.precision)
+    # -- forward, with one cache of frozen work per backbone ---------------------------------------------------------
+    @full_precision  # the backbones' layers, pretrained in float32: outside autocast (data.precision)
     def forward(self, data) -> torch.Tensor:  # -> (num_nodes, irreps_out.dim)
-        if self.cache_point == 0:
-            features = self._features(data)
-        elif self.cache_point == self.num_layers:
-            features = self._cached(data, lambda: self._features(data).detach(), split=None)
-        else:
-            features = self._features(data, self._cached(data, lambda: self._prefixes(data), split=True))
+        parts = [self._backbone_rows(i, data).split(self.part_dims[i], dim=1) for i in range(len(self.backbones))]
+        features = torch.cat([p[k] for k in range(3) for p in parts], dim=1)  # scalars, even, odd: backbone order
         return self._with_descriptors(data, features)
 
-    def _prefixes(self, data) -> torch.Tensor:  # -> (num_nodes, passes x prefix dims), frozen layers' outputs
-        vectors, species = edge_vectors(data), self.species_index(data)
-        signs = (1.0, -1.0) if self.parity else (1.0,)
-        return torch.cat([o for s in signs for o in self._pass_prefix(data, s * vectors, species)], dim=1).detach()
+    def _backbone_rows(self, i: int, data) -> torch.Tensor:  # -> (num_nodes, sum(part_dims[i]))
+        point, b = self.cache_points[i], self.backbones[i]
+        if point == 0:
+            return self._features(i, data)
+        if point == b.num_layers:
+            return self._cached(i, data, lambda: self._features(i, data).detach(), split=False)
+        return self._features(i, data, self._cached(i, data, lambda: self._prefixes(i, data), split=True))
 
-    def _cached(self, data, compute, split):
-        """Per-atom rows for every structure of the batch: from the cache, computing only the missing structures."""
-        cache = self.feature_cache()
+    def _cached(self, i: int, data, compute, split: bool):
+        """Per-atom rows for every structure of the batch: from backbone i's cache, computing only what is missing."""
+        cache = self.feature_cache(i)
         with torch.no_grad():
             if not hasattr(data, "num_graphs") or data.num_graphs is None:
                 rows = compute()
             else:
                 rows = self._lookup(data, cache, compute)
-        if split is None:
+        if not split:
             return rows
-        dims = [self.layer_irreps[k].dim for k in range(self.cache_point)]
-        chunks = rows.split(dims * (2 if self.parity else 1), dim=1)
-        return [list(chunks[i * len(dims):(i + 1) * len(dims)]) for i in range(2 if self.parity else 1)]
+        b, passes = self.backbones[i], 2 if self._symmetrised(self.backbones[i]) else 1
+        dims = [b.layer_irreps[k].dim for k in range(self.cache_points[i])]
+        chunks = rows.split(dims * passes, dim=1)
+        return [list(chunks[p * len(dims):(p + 1) * len(dims)]) for p in range(passes)]
 
     def _lookup(self, data, cache: FeatureCache, compute) -> torch.Tensor:
         names = structure_keys(data)
@@ -251,26 +278,23 @@ class FoundationEncoder(PotentialRunner, Encoder):
             return torch.cat([fresh[k] if f is None else f.to(rows.dtype) for k, f in zip(names, found)])
         return torch.cat(found).to(data[keys.POSITIONS].dtype)
 
-    def feature_cache(self) -> FeatureCache:
-        if self._cache is None:
-            frozen = {n: p for n, p in self.potential.state_dict().items()
-                      if self._frozen_name(n)}
-            # what the cached rows depend on: not where they are kept, nor the descriptors appended after the cache
+    def feature_cache(self, i: int = 0) -> FeatureCache:
+        """Backbone i's cache. What its rows depend on: the backbone, the options that shape its rows, where the
+        cache point lies, the dtype and its frozen weights; not where they are kept, nor the descriptors."""
+        if i not in self._caches:
+            b, point = self.backbones[i], self.cache_points[i]
             config = {k: v for k, v in self.config.items() if k not in (*self.runtime_args, "descriptors")}
-            self._cache = FeatureCache(self.cache_dir, {
-                "encoder": "FoundationEncoder", "config": config, "cache_point": self.cache_point,
-                "dtype": str(self.potential_dtype), "weights": weights_digest(frozen)})
-        return self._cache
-
-    def _frozen_name(self, name: str) -> bool:
-        layer = name.split("_", 1)[0]
-        return not (layer.isdigit() and int(layer) >= self.cache_point)
+            config.update(model=self.names[i], energy_feature=self.energy_feature and i == 0)
+            self._caches[i] = FeatureCache(self.cache_dir, {
+                "encoder": "FoundationEncoder", "config": config, "cache_point": point, "dtype": str(b.dtype),
+                "weights": weights_digest(b.frozen_state(point))})
+        return self._caches[i]
 
     def _with_descriptors(self, data, features: torch.Tensor) -> torch.Tensor:
         if not self.descriptor_names:
             return features
         if self._physics is None:
-            self._physics = PotentialPhysics(self.model_name, self.descriptor_names, self.cache_dir)
+            self._physics = PotentialPhysics(self.names[0], self.descriptor_names, self.cache_dir)
         per_graph = self._physics.descriptors(data).to(features)  # (num_graphs, num_descriptors)
         batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else torch.zeros(
             data.num_nodes, dtype=torch.long)

@@ -145,9 +145,7 @@ class PotentialPhysics:
                           batch=(batch[keys.BATCH].unsqueeze(0) + g * torch.arange(c).unsqueeze(1)).flatten(),
                           num_nodes=n * c)
         species = self.runner.species_index(batch).repeat(c)
-        d = self.runner.graph_dict(replicated, copies.reshape(-1, 3).to(self.runner.potential_dtype))
-        self.runner.run_layers(d, self.runner.embed(d, species), 0, self.runner.num_layers)
-        atomic = self.runner.atomic_energies(d)
+        atomic = self.runner.atomic_energies_of(replicated, copies.reshape(-1, 3).to(self.runner.dtype), species)
         return torch.zeros(c * g, dtype=atomic.dtype).index_add(0, replicated.batch, atomic).reshape(c, g)
 
     def stiffness(self, batch, relaxed: bool = False) -> torch.Tensor:
