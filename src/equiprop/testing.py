@@ -103,6 +103,28 @@ def assert_encoder_symmetries(encoder, records: list[CrystalRecord], cutoff: flo
         _assert_close(features([p for p, _ in pairs]), reference[rows], rtol, "encoder supercell")
 
 
+def assert_backbone_contract(backbone, records: list[CrystalRecord]) -> None:
+    """A backbone (``equiprop.nn.backbones``) is what it says: registered under its name, its info filled in, the
+    sha256 it records is its weights file's, and every layer gives one row per atom of its declared width."""
+    import hashlib
+
+    from equiprop.data.graph import edge_vectors
+    from equiprop.nn.backbones import backbone_class
+
+    info = backbone.info
+    assert backbone_class(info.name) is type(backbone), info.name
+    assert all([info.title, info.package, info.licence, info.citation, info.pretrained_on]), info
+    source = backbone.pretrained_source()
+    assert source["sha256"] == hashlib.sha256(backbone.weights_path().read_bytes()).hexdigest(), source
+    assert len(backbone.layer_irreps) == backbone.num_layers == len(backbone.layer_modules())
+    assert all(isinstance(ir, o3.Irreps) and ir[0].ir == o3.Irrep("0e") for ir in backbone.layer_irreps)
+    batch = _batch(records, backbone.cutoff)
+    with torch.no_grad():
+        outputs, _ = backbone.layer_features(batch, edge_vectors(batch), backbone.species_index(batch), [])
+    assert [tuple(o.shape) for o in outputs] == [(batch.num_nodes, ir.dim) for ir in backbone.layer_irreps]
+    assert all(bool(torch.isfinite(o).all()) for o in outputs)
+
+
 def assert_model_symmetries(model, records: list[CrystalRecord], cutoff: float | None = None,
                             rtol: float = 1e-5, checks=CHECKS, seed: int = 0) -> None:
     """Physical outputs of a ``MultiTaskModel`` (``predict_physical``): scalars invariant, Cartesian tensors rotate
