@@ -82,6 +82,10 @@ class Encoder(nn.Module):
         """The interaction layers in order: what ``finetune: last_layers`` trains the last k of."""
         return list(getattr(self, "layers", []))
 
+    def layer_stacks(self) -> list[list[nn.Module]]:
+        """The layers as stacks, each in order (layer-wise learning rates count depth within a stack)."""
+        return [self.layer_modules()]
+
     def set_avg_num_neighbors(self, value: float) -> None:
         """Called once with the training data's mean neighbour count; encoders that normalise by it override."""
 

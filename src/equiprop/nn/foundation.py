@@ -203,6 +203,9 @@ class FoundationEncoder(PassesMixin, Encoder):
     def layer_modules(self) -> list[torch.nn.Module]:
         return [module for b in self.backbones for module in b.layer_modules()]
 
+    def layer_stacks(self) -> list[list[torch.nn.Module]]:
+        return [b.layer_modules() for b in self.backbones]
+
     def pretrained_source(self) -> dict | None:
         """Where the pretrained weights come from (``equiprop.train.export``): None for ``from_scratch``; several
         backbones: their records joined, with one sha256 over theirs."""

@@ -21,6 +21,7 @@ from equiprop.nn.priors import PRIOR_QUANTITY, PhysicsPriors
 from equiprop.data.tensor_ops import invariant_mask, voigt_bulk_modulus, voigt_shear_modulus
 from equiprop.train.loss import (REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss,
                                  tensor_part_columns, tensor_task_loss)
+from equiprop.train.finetune import encoder_param_groups
 from equiprop.train.metrics import TaskMetrics
 from equiprop.train.normalizer import TaskNormalizer
 from equiprop.train.transfer import frozen_parameters, load_pretrained
@@ -66,6 +67,7 @@ class MultiTaskModel(L.LightningModule):
         finetune: what trains after init_from: "all", "frozen_encoder" or "last_layers".
         trainable_layers: with finetune="last_layers", how many of the last interaction blocks train.
         encoder_lr_factor: learning rate of the (trainable) encoder relative to ``lr``.
+        layer_lr_decay: with it < 1, each encoder layer's learning rate is this times the next one's (``train.finetune``).
         isotropic_weight: weight of a tensor task's isotropic-part (0e) loss.
         anisotropic_weight: weight of a tensor task's anisotropic-part (l>0) loss.
         warmup_epochs: linear learning-rate warmup from lr/10 over this many epochs (fractions allowed; 0: none).
@@ -89,7 +91,7 @@ class MultiTaskModel(L.LightningModule):
                  weight_decay: float = 0.0, scheduler: Scheduler = "cosine", plateau_patience: int = 5,
                  init_from: str | None = None, init_heads: dict[str, str] | None = None,
                  finetune: Finetune = "all", trainable_layers: int = 1,
-                 encoder_lr_factor: float = 1.0, isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0,
+                 encoder_lr_factor: float = 1.0, layer_lr_decay: float = 1.0, isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0,
                  warmup_epochs: float = 0.0, environment_channels: int = 0, dropout: float = 0.0,
                  priors: dict[str, PriorName] | None = None, prior_potential: str = "7net-0",
                  prior_relaxed_ion: bool = False, head_hidden: int = 64, head_layers: int = 1):
@@ -98,6 +100,8 @@ class MultiTaskModel(L.LightningModule):
                                        ("model.scheduler", scheduler, Scheduler),
                                        ("model.finetune", finetune, Finetune)):
             check_choice(option, value, choices)
+        if not 0 < layer_lr_decay <= 1:
+            raise ConfigError(f"model.layer_lr_decay must be in (0, 1], got {layer_lr_decay}")
         for option, value in (("model.lr", lr), ("model.weight_decay", weight_decay),
                               ("model.encoder_lr_factor", encoder_lr_factor), ("model.warmup_epochs", warmup_epochs),
                               ("model.environment_channels", environment_channels)):
@@ -345,13 +349,17 @@ class MultiTaskModel(L.LightningModule):
             self.log(f"weight/{name}", weight)
 
     # -- optimisation ---------------------------------------------------------------------------------------------
+    @property
+    def backbone(self):  # Lightning's BackboneFinetuning (heads first, then the encoder) finds the encoder here
+        return self.encoder
+
     def configure_optimizers(self):
         weighting = set(id(p) for p in self.weighting.parameters())
         encoder = set(id(p) for p in self.encoder.parameters())
         trainable = [p for p in self.parameters() if p.requires_grad]
         groups = [{"params": [p for p in trainable if id(p) not in weighting | encoder]},
-                  {"params": [p for p in trainable if id(p) in encoder],
-                   "lr": self.hparams.lr * self.hparams.encoder_lr_factor},
+                  *encoder_param_groups(self.encoder, [p for p in trainable if id(p) in encoder],
+                                        self.hparams.lr * self.hparams.encoder_lr_factor, self.hparams.layer_lr_decay),
                   {"params": [p for p in trainable if id(p) in weighting], "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.lr,
                                       weight_decay=self.hparams.weight_decay)
