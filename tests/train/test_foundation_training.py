@@ -120,3 +120,29 @@ def test_gamma_phonon_descriptors_run_inside_a_trainer(tmp_path):
     with torch.inference_mode():
         predictions = predictor.predict_graphs([data.subsets["test"][0], data.subsets["val"][0]])
     assert all(p["K_VRH"] > 0 for p in predictions)
+
+
+def test_two_backbones_from_a_recipe_line_fit_save_and_predict(cli_recipe, tmp_path, monkeypatch, tiny_entries):
+    """``model: [7net-0, chgnet-0.3.0]`` through ``equiprop fit``, then the checkpoint predicts through ``Predictor``
+    with both backbones restored (their sha256 recorded in the checkpoint's backbone record)."""
+    pytest.importorskip("chgnet")
+    from pymatgen.core import Structure
+
+    from equiprop.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cli_recipe["model"]["encoder"] = {"class_path": "equiprop.nn.FoundationEncoder",
+                                      "init_args": {"model": ["7net-0", "chgnet-0.3.0"]}}
+    cli_recipe["data"].update(cutoff=5.0, tasks=["Ef", "eps_electronic"], cache_dir=str(tmp_path / "graphs"))
+    import yaml
+
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cli_recipe))
+    assert main(["fit", "-c", "recipe.yaml", "--trainer.max_epochs=2"]) == 0
+    predictor = Predictor.from_checkpoint(tmp_path / "checkpoints" / "tiny" / "best.ckpt", warn=False)
+    assert [b.info.name for b in predictor.model.encoder.backbones] == ["7net-0", "chgnet-0.3.0"]
+    source = predictor.model.encoder.pretrained_source()
+    assert [p["model"] for p in source["parts"]] == ["7net-0", "chgnet-0.3.0"]
+    structures = [Structure.from_dict(e["structure"]) for e in tiny_entries[:4]]
+    rows = [r for r in predictor.predict_records(structures) if isinstance(r, dict)]  # others: unseen elements
+    assert rows and all(torch.isfinite(torch.as_tensor(r["Ef"])) for r in rows)
+    assert all(r["eps_electronic"].shape == (3, 3) for r in rows)

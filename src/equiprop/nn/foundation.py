@@ -116,7 +116,10 @@ class FoundationEncoder(PassesMixin, Encoder):
     # -- configuration ----------------------------------------------------------------------------------------------
     def _check_cutoff(self, cutoff: float) -> float:
         for b in self.backbones:
-            if getattr(b, "uses_equiprop_graph", True) and abs(float(cutoff) - b.cutoff) > 1e-9:
+            if self.parity and not b.parity and not b.uses_equiprop_graph:  # its inverted pass cannot be formed
+                raise ConfigError(f"FoundationEncoder {b.info.name}: a backbone without parity that builds its own "
+                                  "graphs cannot be symmetrised over the inversion; use parity: false")
+            if b.uses_equiprop_graph and abs(float(cutoff) - b.cutoff) > 1e-9:
                 raise ConfigError(f"FoundationEncoder {b.info.name}: cutoff must be the potential's own {b.cutoff} "
                                   f"Å, got {cutoff} (set data.cutoff: {b.cutoff})")
         return float(cutoff)

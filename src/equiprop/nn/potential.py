@@ -1,31 +1,14 @@
 """A pretrained potential on its own, below the physics (``PotentialPhysics``: zero-shot energies, stresses and
 phonons for descriptors and priors): a frozen backbone (``equiprop.nn.backbones``) that has per-atom energies.
-
-``file_sha256`` fingerprints the weights file a backbone loads (``equiprop.train.export`` checks it on load).
 """
 
 from __future__ import annotations
-
-import os
-from functools import lru_cache
 
 import torch
 
 from equiprop.data.errors import ConfigError
 from equiprop.data.graph import edge_vectors
-
-
-@lru_cache(maxsize=8)
-def _file_sha256(path: str, size: int, mtime: float) -> str:
-    from equiprop.data.dataset import file_digest
-
-    return file_digest(path)
-
-
-def file_sha256(path) -> str:
-    """sha256 of a file, computed once per (path, size, mtime) in a process."""
-    stat = os.stat(path)
-    return _file_sha256(str(path), stat.st_size, stat.st_mtime)
+from equiprop.nn.backbones import build_backbone
 
 
 class PretrainedPotential(torch.nn.Module):
@@ -34,10 +17,8 @@ class PretrainedPotential(torch.nn.Module):
 
     def __init__(self, name: str):
         super().__init__()
-        from equiprop.nn.backbones import build_backbone
-
         self.backbone = build_backbone(name)
-        if not getattr(self.backbone, "uses_equiprop_graph", True) or not self.backbone.splittable:
+        if not self.backbone.uses_equiprop_graph or not self.backbone.splittable:
             raise ConfigError(f"backbone {name}: the potential's physics needs a backbone that runs on equiprop's "
                               "graphs layer by layer (the SevenNet models)")
         self.model_name, self.cutoff = name, self.backbone.cutoff

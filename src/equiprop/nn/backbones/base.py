@@ -9,6 +9,9 @@ from, under which licence, what to cite) is registered under ``info.name`` and b
 - ``parity``: whether those features are O(3)-equivariant as computed (an invariant backbone: yes; SevenNet, trained
   without parity: no, and ``FoundationEncoder`` symmetrises it over the inversion);
 - ``splittable``: whether it runs from any layer on (a cached frozen prefix, fine-tuning of the last k layers);
+- ``uses_equiprop_graph``: whether it runs on equiprop's edge list and edge vectors (SevenNet) or builds its own
+  graphs from positions and cell (CHGNet): only the former can be inverted by negating edge vectors, strained for
+  the potential's physics, or must match ``data.cutoff``;
 - ``begin`` / ``run_layers`` (or, if not splittable, ``layer_features``), and where it has them the per-atom energies
   the physics priors use (``atomic_energies``).
 
@@ -21,7 +24,9 @@ and the digest of its frozen weights.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,8 +35,21 @@ from e3nn import o3
 
 from equiprop.data.errors import ConfigError
 
-BACKBONES: dict[str, type["Backbone"]] = {}
+BACKBONES: dict[str, type["Backbone"]] = {}  # filled as each backbone's file is imported (``backbones/__init__``)
 MPTRJ = "MPtrj (Materials Project relaxation trajectories, PBE/PBE+U)"
+
+
+@lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime: float) -> str:
+    from equiprop.data.dataset import file_digest
+
+    return file_digest(path)
+
+
+def file_sha256(path) -> str:
+    """sha256 of a weights file, computed once per (path, size, mtime) in a process."""
+    stat = os.stat(path)
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime)
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,7 @@ class Backbone(torch.nn.Module):
     info: ClassVar[BackboneInfo]
     parity: ClassVar[bool]
     splittable: ClassVar[bool] = True
+    uses_equiprop_graph: ClassVar[bool] = True
     cutoff: float
     num_layers: int
     layer_irreps: list[o3.Irreps]
@@ -78,8 +97,6 @@ class Backbone(torch.nn.Module):
     def pretrained_source(self) -> dict:
         """{package, version, model, file, sha256} of the weights (``equiprop.train.export``)."""
         from importlib.metadata import version
-
-        from equiprop.nn.potential import file_sha256
 
         path = self.weights_path()
         return {"package": self.info.package, "version": version(self.info.package), "model": self.info.name,
@@ -111,7 +128,8 @@ class Backbone(torch.nn.Module):
         return []
 
     def species_index(self, data) -> torch.Tensor:
-        """What ``begin`` takes for the atoms' species; DataError naming the structures of elements it never saw."""
+        """What ``begin`` / ``layer_features`` take for the atoms' species; DataError naming the structures of
+        elements it never saw."""
         raise NotImplementedError
 
     def begin(self, data, vectors: torch.Tensor, species: torch.Tensor) -> tuple[dict, torch.Tensor]:
@@ -132,15 +150,3 @@ class Backbone(torch.nn.Module):
 
     def atomic_energies(self, state: dict) -> torch.Tensor | None:  # -> (num_nodes,) eV, after the last layer
         return None
-
-
-def backbone_class(name: str) -> type[Backbone]:
-    import equiprop.nn.backbones  # noqa: F401  registers the built-in backbones
-
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; available: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name]
-
-
-def build_backbone(name: str, pretrained: bool = True) -> Backbone:
-    return backbone_class(name)(pretrained=pretrained)
