@@ -74,7 +74,8 @@ class CHGNet030(Backbone):
         from chgnet.model import CHGNet
 
         # as CHGNet.load(model_name="0.3.0") builds it, from the file in the wheel (never a download)
-        checkpoint = torch.load(self.weights_path(), map_location="cpu", weights_only=True)["model"]
+        path = self.weights_path()
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)["model"]
         with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count
             if pretrained:
                 return CHGNet.from_dict(checkpoint, mlp_out_bias=False, version="0.3.0")
