@@ -309,9 +309,13 @@ class MultiTaskDataModule(L.LightningDataModule):
             # would. Under DDP, Lightning injects its own DistributedSampler with the same property.
             sampler = DistributedSampler(self.subsets[name], num_replicas=1, rank=0, shuffle=True,
                                          seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        # A DDP rank runs threads (gloo, multiprocessing queue feeders) while it forks its workers; CPython 3.11 can
+        # then deadlock in the forked child before any Python runs. Spawned workers start from exec: no such state.
+        distributed = self.trainer is not None and self.trainer.world_size > 1
         return DataLoader(self.subsets[name], batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           shuffle=shuffle and sampler is None, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0,
+                          multiprocessing_context="spawn" if self.num_workers and distributed else None,
                           worker_init_fn=DieWithParent() if self.num_workers else None)  # no orphan on kill -9
 
     def train_dataloader(self) -> DataLoader:
