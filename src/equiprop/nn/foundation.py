@@ -41,7 +41,6 @@ from e3nn import o3
 
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError
-from equiprop.data.graph import edge_vectors
 from equiprop.data.precision import full_precision
 from equiprop.nn.backbones import Backbone, build_backbone
 from equiprop.nn.base import Encoder
@@ -224,15 +223,7 @@ class FoundationEncoder(PassesMixin, Encoder):
         return {**joined, "sha256": digest, "parts": sources}
 
     def energy(self, data) -> torch.Tensor:  # -> (num_graphs,) eV: the first backbone's own total energy
-        from torch_geometric.utils import scatter
-
-        b = self.backbones[0]
-        outputs, state = b.layer_features(data, edge_vectors(data), b.species_index(data), [])
-        energies = b.atomic_energies(state)
-        if energies is None:
-            raise ConfigError(f"backbone {b.info.name} gives no per-atom energies")
-        batch = data[keys.BATCH]
-        return scatter(energies, batch, dim=0, dim_size=int(batch.max()) + 1, reduce="sum")
+        return self.backbones[0].energy(data)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints from before backbones held SevenNet's weights as "potential.*"

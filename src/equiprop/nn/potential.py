@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 
 from equiprop.data.errors import ConfigError
-from equiprop.data.graph import edge_vectors
 from equiprop.nn.backbones import build_backbone
 
 
@@ -33,20 +32,7 @@ class PretrainedPotential(torch.nn.Module):
         return self.backbone.species_index(data)
 
     def atomic_energies_of(self, data, vectors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        """(num_nodes,) eV of the graph ``data`` with these edge vectors (Å): every layer, then the readout."""
-        b = self.backbone
-        state, x = b.begin(data, vectors, species)
-        b.run_layers(state, x, 0, b.num_layers)
-        energies = b.atomic_energies(state)
-        if energies is None:
-            raise ConfigError(f"backbone {self.model_name} gives no per-atom energies")
-        return energies
+        return self.backbone.atomic_energies_of(data, vectors, species)
 
     def energy(self, data) -> torch.Tensor:  # -> (num_graphs,) total energy, eV: the potential's own prediction
-        from torch_geometric.utils import scatter
-
-        from equiprop.data import keys
-
-        atomic = self.atomic_energies_of(data, edge_vectors(data), self.species_index(data))
-        batch = data[keys.BATCH]
-        return scatter(atomic, batch, dim=0, dim_size=int(batch.max()) + 1, reduce="sum")
+        return self.backbone.energy(data)

@@ -3,7 +3,7 @@
 - ``read_checkpoint``: ``torch.load(weights_only=True)`` only (tensors and plain types, nothing unpickled). Whatever
   the file is, the caller gets one line naming it; the message never passes on torch's own advice for a refused
   object (to reload it unsafely, which would run the file's code).
-- ``file_sha256`` / ``check_digest``: a file whose bytes differ from the sha256 recorded for it (a flipped bit, a
+- ``check_digest``: a file whose bytes differ from the sha256 recorded for it (a flipped bit, a
   member swapped for another model's) is a one-line DataError naming the file, before a single weight is used.
 - ``read_manifest``: an ensemble manifest (``model.json`` of a shipped model, ``<run>_ensemble.json`` written by
   ``equiprop calibrate``/``ensemble``): its members resolved beside it, each member's sha256 (``member_sha256``)
@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import warnings
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from equiprop.data.dataset import file_digest
 from equiprop.data.errors import ConfigError, DataError
 
 MANIFEST_FORMAT = "equiprop-ensemble-1"
@@ -31,17 +31,9 @@ CHECKPOINT_LOAD_ERRORS = (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, 
                           AttributeError, UnicodeDecodeError, OSError, MemoryError)
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_digest(path: str | Path, expected: str, recorded_in: str) -> None:
     """DataError naming ``path`` unless its sha256 is ``expected`` (as recorded in ``recorded_in``)."""
-    actual = file_sha256(path)
+    actual = file_digest(path)
     if actual != expected:
         raise DataError(str(path), f"sha256 {actual[:16]}... differs from the {expected[:16]}... recorded in "
                                    f"{recorded_in}: the file was changed, damaged or swapped for another; restore it "
@@ -72,7 +64,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def member_digests(manifest_path: Path, entries: list[str]) -> dict[str, str]:
     """{entry: sha256} of the members a manifest at ``manifest_path`` lists (entries relative to its folder)."""
-    return {entry: file_sha256(_member_path(manifest_path, entry)) for entry in entries}
+    return {entry: file_digest(_member_path(manifest_path, entry)) for entry in entries}
 
 
 def _member_path(manifest_path: Path, entry: str) -> Path:

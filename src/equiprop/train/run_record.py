@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from equiprop.data.errors import ConfigError
-from equiprop.train.integrity import file_sha256
+from equiprop.data.dataset import file_digest
 
 RECORD_NAME = ".equiprop-run.json"
 RECORD_FORMAT = "equiprop-run-1"
@@ -72,7 +72,7 @@ def note_written(path: str | Path) -> None:
         record = read_record(path.parent)
     except ConfigError:
         record = {}  # a damaged record is replaced by one naming what this run wrote
-    record.setdefault("files", {})[path.name] = file_sha256(path)
+    record.setdefault("files", {})[path.name] = file_digest(path)
     write_record(path.parent, {k: v for k, v in record.items() if k != "format"})
 
 
@@ -81,7 +81,7 @@ def note_removed(path: str | Path) -> bool:
     path = Path(path)
     record = read_record(path.parent)
     digest = record.get("files", {}).get(path.name)
-    if digest is None or not path.is_file() or file_sha256(path) != digest:
+    if digest is None or not path.is_file() or file_digest(path) != digest:
         return False
     del record["files"][path.name]
     write_record(path.parent, {k: v for k, v in record.items() if k != "format"})
@@ -94,7 +94,7 @@ def owned_checkpoints(run_dir: Path) -> tuple[list[Path], list[Path]]:
     ours, others = [], []
     for path in sorted(run_dir.glob("*.ckpt")):
         digest = files.get(path.name)
-        (ours if digest is not None and file_sha256(path) == digest else others).append(path)
+        (ours if digest is not None and file_digest(path) == digest else others).append(path)
     return ours, others
 
 

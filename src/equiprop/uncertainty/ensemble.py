@@ -22,7 +22,7 @@ import torch
 
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.predict import CheckedPredictions, Predictor, batch_outputs, per_structure
-from equiprop.train.integrity import MANIFEST_FORMAT, read_manifest  # noqa: F401 - the manifest API lives there
+from equiprop.train.integrity import read_manifest
 
 STD_SUFFIX = "_std"
 

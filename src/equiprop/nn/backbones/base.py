@@ -150,3 +150,21 @@ class Backbone(torch.nn.Module):
 
     def atomic_energies(self, state: dict) -> torch.Tensor | None:  # -> (num_nodes,) eV, after the last layer
         return None
+
+    def atomic_energies_of(self, data, vectors: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """(num_nodes,) eV of the graph with these edge vectors (Å): every layer, then the energy readout."""
+        _, state = self.layer_features(data, vectors, species, [])
+        energies = self.atomic_energies(state)
+        if energies is None:
+            raise ConfigError(f"backbone {self.info.name} gives no per-atom energies")
+        return energies
+
+    def energy(self, data) -> torch.Tensor:  # -> (num_graphs,) eV: the potential's own total energy
+        from torch_geometric.utils import scatter
+
+        from equiprop.data import keys
+        from equiprop.data.graph import edge_vectors
+
+        energies = self.atomic_energies_of(data, edge_vectors(data), self.species_index(data))
+        batch = data[keys.BATCH]
+        return scatter(energies, batch, dim=0, dim_size=int(batch.max()) + 1, reduce="sum")
