@@ -35,15 +35,17 @@ DESCRIPTION = ("formation energy, band gap, bulk and shear moduli, dielectric (e
                "piezoelectric tensors of inorganic crystals; frozen SevenNet-0 features, deep ensemble of head sets")
 
 
-def train_and_calibrate(recipe: str, seeds: list[int], run: str) -> tuple[list[str], Path]:
+def train_and_calibrate(recipe: str, seeds: list[int], run: str, member_checkpoint: str = "best.ckpt"
+                        ) -> tuple[list[str], Path]:
     from equiprop.workflows.calibrate import ensemble_command
 
     manifest = Path("checkpoints") / f"{run}_ensemble.json"
-    members = [Path("checkpoints") / f"{run}_s{s}" / "best.ckpt" for s in seeds]
+    members = [Path("checkpoints") / f"{run}_s{s}" / member_checkpoint for s in seeds]
     stale = manifest.exists() and json.loads(manifest.read_text()).get("members") != [
-        str(Path(f"{run}_s{s}") / "best.ckpt") for s in seeds]
+        str(Path(f"{run}_s{s}") / member_checkpoint) for s in seeds]
     if not manifest.exists() or stale or not all(m.exists() for m in members):
-        ensemble_command(["-c", recipe, "--seeds", *map(str, seeds), "--trainer.enable_progress_bar=false"])
+        ensemble_command(["-c", recipe, "--seeds", *map(str, seeds), "--member-checkpoint", member_checkpoint,
+                          "--trainer.enable_progress_bar=false"])
     return [str(m) for m in members], manifest
 
 
@@ -193,6 +195,8 @@ def main() -> int:
     parser.add_argument("--name", default="equiprop-mp-v1")
     parser.add_argument("--baseline-recipe", default="recipes/baseline_invariant.yaml")
     parser.add_argument("--no-baseline", action="store_true", help="leave the invariant baseline out of the table")
+    parser.add_argument("--member-checkpoint", default="best.ckpt",
+                        help="each member's checkpoint (per_task_best.ckpt: each task's head from its own best epoch)")
     parser.add_argument("--csv-from-markdown", action="store_true",
                         help="only rewrite checkpoints/NAME/test_metrics.csv from its test_metrics.md (no training)")
     args = parser.parse_args()
@@ -200,7 +204,7 @@ def main() -> int:
         print(f"wrote {rebuild_csv(Path('checkpoints') / args.name)}")
         return 0
     run = yaml.safe_load(Path(args.recipe).read_text()).get("run_name") or Path(args.recipe).stem
-    members, manifest_path = train_and_calibrate(args.recipe, args.seeds, run)
+    members, manifest_path = train_and_calibrate(args.recipe, args.seeds, run, args.member_checkpoint)
     ensemble = json.loads(manifest_path.read_text())
     out = Path("checkpoints") / args.name
     out.mkdir(parents=True, exist_ok=True)

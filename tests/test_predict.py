@@ -356,3 +356,30 @@ def test_an_older_checkpoint_without_graph_meta_keeps_working(checkpoint, entrie
     assert older.cutoff == older.model.encoder.cutoff == 4.5 and older.max_neighbors == 5
     assert older.min_neighbors == 1 and older.omitted_tasks == []  # the graph builder's default
     assert list(older.predict([structure(entries)])[0]) == OUTPUTS
+
+
+# -- tasks a model offers only on request -------------------------------------------------------------------------
+def test_opt_in_tasks_are_left_out_with_their_reason_until_asked_for(checkpoint, entries, tmp_path, capsys):
+    from equiprop.train.integrity import DIGEST_KEY, member_digests
+
+    manifest = tmp_path / "model.json"
+    reason = "no better than predicting zero on the test split (0.98x)"
+    manifest.write_text(json.dumps({"format": "equiprop-ensemble-1", "members": [str(checkpoint)],
+                                    DIGEST_KEY: member_digests(manifest, [str(checkpoint)]),
+                                    "opt_in_tasks": {"K_VRH": reason}}))
+    inputs = write_cifs(tmp_path / "in", entries, 2)
+    assert predict(manifest, inputs, tmp_path / "default.csv") == 0
+    header = next(csv.reader((tmp_path / "default.csv").open()))
+    assert "Ef [eV/atom]" in header and not any(h.startswith("K_VRH") for h in header)
+    assert f"K_VRH is predicted only on request (--tasks ... K_VRH): {reason}" in capsys.readouterr().err
+    assert predict(manifest, inputs, tmp_path / "asked.csv", "--tasks", "K_VRH", "Ef") == 0
+    header = next(csv.reader((tmp_path / "asked.csv").open()))
+    assert [h.split(" ")[0] for h in header[3:-2]] == ["Ef", "K_VRH"]  # the model's order, only those asked for
+    rows = by_file(read_csv(tmp_path / "asked.csv"))
+    default = by_file(read_csv(tmp_path / "default.csv"))
+    assert all(rows[f]["Ef [eV/atom]"] == default[f]["Ef [eV/atom]"] for f in rows)
+    assert predict(manifest, inputs, tmp_path / "no.csv", "--tasks", "piezo_tensor") == 2
+    assert "--tasks piezo_tensor: not predicted by this model; it predicts Ef, Eg, K_VRH" in capsys.readouterr().err
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "opt_in_tasks": ["K_VRH"]}))
+    assert predict(manifest, inputs, tmp_path / "bad.csv") == 2
+    assert "opt_in_tasks must map task names to the reason" in capsys.readouterr().err

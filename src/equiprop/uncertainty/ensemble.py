@@ -168,6 +168,28 @@ def check_manifest_units(where: str, manifest_units: dict, predictor) -> None:
         raise DataError(where, f"units differ from its members' ({'; '.join(wrong)})", "bad manifest")
 
 
+def select_outputs(members: list[Predictor], tasks: list[str] | None, opt_in: dict, where: str) -> list[str]:
+    """Restrict every member's outputs to ``tasks`` (ConfigError naming the unknown ones), or by default to all but
+    the manifest's ``opt_in_tasks`` ({task: why it is not offered by default}). Returns the notices to show."""
+    available = members[0].output_tasks
+    if not isinstance(opt_in, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in opt_in.items()):
+        raise DataError(where, "opt_in_tasks must map task names to the reason they are not predicted by default",
+                        "bad manifest")
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in available]
+        if unknown or not tasks:
+            raise ConfigError(f"--tasks {' '.join(unknown) or '(none)'}: not predicted by this model; it predicts "
+                              f"{', '.join(available)}")
+        chosen, notices = [t for t in available if t in tasks], []
+    else:
+        chosen = [t for t in available if t not in opt_in]
+        notices = [f"{task} is predicted only on request (--tasks ... {task}): {opt_in[task]}"
+                   for task in available if task in opt_in]
+    for member in members:
+        member.output_tasks = list(chosen)
+    return notices
+
+
 def same_frozen_encoder(a, b) -> bool:
     """Whether two encoders compute the same features: same class and configuration, no trainable weight (a frozen
     pretrained encoder), equal tensors."""
@@ -181,10 +203,11 @@ def same_frozen_encoder(a, b) -> bool:
 
 # -- loading --------------------------------------------------------------------------------------------------------
 def load_predictor(paths, mc_samples: int | None = None, batch_size: int = 32, allow_unseen_elements: bool = False,
-                   seed: int = 0, warn: bool = True) -> UncertainPredictor:
+                   seed: int = 0, warn: bool = True, tasks: list[str] | None = None) -> UncertainPredictor:
     """An ``UncertainPredictor`` from checkpoint paths (one or more .ckpt: a deep ensemble), one manifest .json
     (its members, MC samples and variance scales; ``mc_samples`` overrides the manifest's) or a shipped model's name
-    (``equiprop models``)."""
+    (``equiprop models``). ``tasks``: the outputs to predict (default: every task with training labels except the
+    manifest's ``opt_in_tasks``, which a model offers only on request, each with the measured reason)."""
     from equiprop.shipped import resolve_all
 
     paths = resolve_all(paths)  # a shipped model's name -> its manifest
@@ -200,6 +223,7 @@ def load_predictor(paths, mc_samples: int | None = None, batch_size: int = 32, a
         notices = []
     members = [Predictor.from_checkpoint(p, batch_size, allow_unseen_elements, warn=warn) for p in paths]
     check_same_units(members, paths)
+    notices += select_outputs(members, tasks, (manifest or {}).get("opt_in_tasks", {}), manifest_path)
     predictor = UncertainPredictor(members, manifest_samples if mc_samples is None else mc_samples, std_scale, seed)
     if manifest is not None:
         check_manifest_units(manifest_path, manifest.get("units", {}), predictor)

@@ -208,6 +208,7 @@ def check_reusable(best: Path, recipe, member_args: list[str]) -> None:
 
 def ensemble_command(argv: list[str]) -> int:
     """Train the recipe once per seed (reusing finished members), then calibrate them as one ensemble."""
+    from equiprop.train.per_task_best import FILENAME as PER_TASK
     from equiprop.train.run import fit, load_recipe
     from equiprop.train.run_dir import check_run_name
 
@@ -218,13 +219,17 @@ def ensemble_command(argv: list[str]) -> int:
     parser.add_argument("--run-name", help="members go to checkpoints/<run-name>_s<seed> (default: the recipe's)")
     parser.add_argument("--mc-samples", type=non_negative_int, default=0,
                         help="dropout draws per member in calibration")
+    parser.add_argument("--member-checkpoint", default="best.ckpt", choices=["best.ckpt", "last.ckpt", PER_TASK],
+                        help="which checkpoint of each member's run is the member: best.ckpt (lowest summed "
+                             f"validation loss), last.ckpt, or {PER_TASK} (each task's head from its own best "
+                             "epoch; the recipe must list the callback equiprop.train.per_task_best.PerTaskBest)")
     args, overrides = parser.parse_known_args(argv)
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds repeats a seed: {args.seeds}; identical members add no information")
     name = check_run_name(args.run_name or load_recipe(args.config).get("run_name") or Path(args.config).stem)
     members = []
     for seed in args.seeds:
-        best = Path("checkpoints") / f"{name}_s{seed}" / "best.ckpt"
+        best = Path("checkpoints") / f"{name}_s{seed}" / args.member_checkpoint
         member_args = [f"--seed_everything={seed}", f"--run_name={name}_s{seed}", *overrides]
         if best.exists():
             check_reusable(best, args.config, member_args)

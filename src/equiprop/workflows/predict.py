@@ -50,6 +50,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input", nargs="+", required=True, help="CIF/POSCAR/extxyz files or folders of them")
     parser.add_argument("--output", required=True, help="out.csv or out.json (its folder must exist)")
     parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--tasks", nargs="+",
+                        help="predict only these tasks (default: every task the model offers by default; a shipped "
+                             "model names the tasks it predicts only on request, and why, in its card)")
     parser.add_argument("--allow-unseen-elements", action="store_true",
                         help="predict structures with elements the model never saw in training (refused by default)")
     parser.add_argument("--allow-failures", action="store_true",
@@ -71,7 +74,7 @@ def predict_command(argv: list[str]) -> int:
     output = Path(args.output)
     check_output(output)
     predictor = load_predictor(args.checkpoint, args.mc_samples, args.batch_size, args.allow_unseen_elements,
-                               warn=False)
+                               warn=False, tasks=args.tasks)
     for notice in predictor.notices:
         print(f"equiprop predict: warning: {notice}", file=sys.stderr)
     items = read_inputs(args.input)
