@@ -2,7 +2,7 @@
 every mode, test MAE per fold, mean ± standard error, the paired difference against frozen features, and the cost.
 
     python benchmarks/finetune.py --task matbench_phonons --folds 0 1 2 3 4 --epochs 40 --modes frozen last1
-    python benchmarks/finetune.py --task matbench_log_kvrh --subset --modes frozen last1 last2_decay
+    python benchmarks/finetune.py --task matbench_log_kvrh --subset --modes frozen last1 last2_decay two_stage
 
 Each mode is ``equiprop matbench -c recipes/matbench_foundation.yaml`` plus its overrides (``MODES``), run as the
 user runs it, into ``checkpoints/finetune_<mode>_e<epochs>/``. Seconds per epoch: a fold's wall time (training and
@@ -27,6 +27,12 @@ MODES = {
               "--model.encoder_lr_factor=1.0"],
     "last2_decay": ["--model.encoder.init_args.transfer=finetune", "--model.encoder.init_args.trainable_layers=2",
                     "--model.encoder_lr_factor=1.0", "--model.layer_lr_decay=0.5", "--model.warmup_epochs=2"],
+    "last1_x3": ["--model.encoder.init_args.transfer=finetune", "--model.encoder.init_args.trainable_layers=1",
+                 "--model.encoder_lr_factor=3.0", "--model.warmup_epochs=2"],
+    # heads first on the frozen backbone, then its last two layers join (Lightning's BackboneFinetuning) at 0.1x
+    "two_stage": ["--model.encoder.init_args.transfer=finetune", "--model.encoder.init_args.trainable_layers=2",
+                  '--trainer.callbacks=[{"class_path": "lightning.pytorch.callbacks.BackboneFinetuning", '
+                  '"init_args": {"unfreeze_backbone_at_epoch": 10, "backbone_initial_ratio_lr": 0.1}}]'],
     "full_decay": ["--model.encoder.init_args.transfer=finetune", "--model.encoder_lr_factor=0.3",
                    "--model.layer_lr_decay=0.7", "--model.warmup_epochs=2"],
 }

@@ -61,6 +61,23 @@ def test_two_trials_then_a_resumed_third(tmp_path, monkeypatch, capsys):
     assert (run / "history.png").stat().st_size > 1000 and (run / "importances.png").exists()
 
 
+def test_the_best_recipe_gives_list_choices_as_lists_and_fits(tmp_path, monkeypatch):
+    """A categorical over lists (backbone sets, task lists) is stored by Optuna as JSON text; the best recipe holds
+    the list itself, so ``equiprop fit -c best_recipe.yaml`` runs it."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    space = {"data.tasks": {"type": "categorical", "choices": [["Ef", "eps_electronic"], ["Eg", "Ef"]]}}
+    recipe = tmp_path / "tune.yaml"
+    recipe.write_text(yaml.safe_dump(dict(RECIPE, run_name="lists", tune={**RECIPE["tune"], "search_space": space})))
+    assert main(["tune", "-c", str(recipe), "--n-trials", "2"]) == 0
+    study = optuna.load_study(study_name="lists", storage=f"sqlite:///{tmp_path / 'checkpoints/lists/optuna.db'}")
+    best = load_recipe(tmp_path / "checkpoints" / "lists" / "best_recipe.yaml")
+    assert best["data"]["tasks"] == json.loads(study.best_trial.params["data.tasks"])
+    assert main(["fit", "-c", str(tmp_path / "checkpoints" / "lists" / "best_recipe.yaml")]) == 0
+    assert (tmp_path / "checkpoints" / "lists_best" / "best.ckpt").exists()
+
+
 def test_multi_objective_returns_a_pareto_front(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     recipe = dict(RECIPE, run_name="tiny_pareto", tune={**RECIPE["tune"], "multi_objective": True})

@@ -86,6 +86,16 @@ def suggest(trial, name: str, spec: dict):
     raise ConfigError(f"tune.search_space.{name}.type: one of {', '.join(SPACE_KEYS)}, got {kind!r}")
 
 
+def chosen_value(params: dict, name: str, spec: dict):
+    """The recipe value a finished trial chose for ``name``, as ``suggest`` gave it to the trial (a list or mapping
+    choice decoded from the JSON string Optuna stores; an int_list gathered from its per-l entries)."""
+    if spec.get("type") == "int_list":
+        return [params[f"{name}[{i}]"] for i in range(spec["length"])]
+    if spec.get("type") == "categorical" and any(isinstance(c, (list, dict)) for c in spec["choices"]):
+        return json.loads(params[name])
+    return params[name]
+
+
 def check_search_space(space) -> None:
     """Every entry a mapping with a known type and the keys that type needs (checked before any trial trains)."""
     if not isinstance(space, dict) or not space:
@@ -242,9 +252,7 @@ def write_outputs(study, recipe: dict, tune: dict, run_dir: Path) -> dict:
     best = min(study.best_trials, key=lambda t: t.values[0]) if multi else study.best_trial
     best_recipe = {k: v for k, v in recipe.items() if k != "tune"}
     for name, spec in tune["search_space"].items():
-        value = ([best.params[f"{name}[{i}]"] for i in range(spec["length"])] if spec.get("type") == "int_list"
-                 else best.params[name])
-        best_recipe = set_dotted(best_recipe, name, value)
+        best_recipe = set_dotted(best_recipe, name, chosen_value(best.params, name, spec))
     best_recipe["run_name"] = f"{recipe.get('run_name', 'tune')}_best"
     metric = tune.get("metric", DEFAULT_METRIC)
     header = (f"# Best configuration of study {study.study_name!r} (trial {best.number}, {metric}"
