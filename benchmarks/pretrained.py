@@ -1,6 +1,7 @@
 """Speed of the pretrained path: a shipped model predicting CIF files from a cold start, and SevenNet featurisation.
 
     python benchmarks/pretrained.py [--model equiprop-mp-v1] [--cifs 100] [--structures 256] [--repeats 2]
+    python benchmarks/pretrained.py --backbones 7net-0 7net-l3i5 7net-mf-0 chgnet-0.3.0 7net-0+chgnet-0.3.0
 
 1. ``equiprop predict --model NAME`` on N CIF files (written from the bundled data's test split, crystals the model
    never saw) from a cold start: a new process with an empty feature cache, timed as a user's shell would time it
@@ -9,6 +10,8 @@
    parity pass as before (the potential on the crystal and on its inversion), with the inversion shortcut
    (centrosymmetric crystals skip the inverted pass), and without parity (one pass).
 Prints a table; goals (issue 16): 100 CIFs <= 20 s wall, featurisation >= 2x the ~15 structures/s measured before.
+3. ``--backbones``: each backbone (``a+b``: several side by side) alone, as a fit featurises with it (parity, the
+   inversion shortcut, batch 32), each in a fresh process: structures/s and the process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -115,16 +118,66 @@ def featurisation(count: int, repeats: int) -> list[tuple[str, str]]:
     return rows
 
 
+def one_backbone(names: list[str], count: int, repeats: int) -> dict:
+    """Structures/s of FoundationEncoder(model=names) on ``count`` bundled structures, and the peak RSS (MiB)."""
+    import resource
+
+    import torch
+    from torch_geometric.data import Batch
+
+    from equiprop.data.graph import record_to_graph
+    from equiprop.data.record import CrystalRecord
+    from equiprop.nn import FoundationEncoder
+
+    records = bundled_records()[:count]
+    crystals = [CrystalRecord(r["id"], np.array(r["cell"]), np.array(r["frac"]) @ np.array(r["cell"]), r["numbers"])
+                for r in records]
+    batches = [Batch.from_data_list([record_to_graph(c, {}, 5.0) for c in crystals[i:i + 32]])
+               for i in range(0, len(crystals), 32)]
+    encoder = FoundationEncoder(model=names if len(names) > 1 else names[0], cache_features=False)
+    best = 0.0
+    with torch.no_grad():
+        encoder(batches[0])  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for batch in batches:
+                encoder(batch)
+            best = max(best, len(crystals) / (time.perf_counter() - start))
+    return {"per_s": best, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "features": str(encoder.irreps_out)}
+
+
+def backbone_rows(specs: list[str], count: int, repeats: int) -> list[tuple[str, str]]:
+    rows = []
+    for spec in specs:
+        done = subprocess.run([sys.executable, __file__, "--one-backbone", spec, "--structures", str(count),
+                               "--repeats", str(repeats)], cwd=REPO, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{spec} failed:\n{done.stderr[-2000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append((f"featurisation {spec} ({result['features']})",
+                     f"{result['per_s']:.1f} structures/s, peak memory {result['peak_mib']:.0f} MiB"))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="equiprop-mp-v1")
     parser.add_argument("--cifs", type=int, default=100)
     parser.add_argument("--structures", type=int, default=256, help="bundled structures to featurise")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--backbones", nargs="+", help="measure these backbones only (a+b: side by side)")
+    parser.add_argument("--one-backbone", help=argparse.SUPPRESS)  # the measuring child process
     args = parser.parse_args()
     import torch
 
-    rows = cold_start(args.model, args.cifs, args.repeats) + featurisation(args.structures, args.repeats)
+    if args.one_backbone:
+        print(json.dumps(one_backbone(args.one_backbone.split("+"), args.structures, args.repeats)))
+        return 0
+    if args.backbones:
+        rows = backbone_rows(args.backbones, args.structures, args.repeats)
+    else:
+        rows = cold_start(args.model, args.cifs, args.repeats) + featurisation(args.structures, args.repeats)
     width = max(len(label) for label, _ in rows)
     print(f"{'measurement':<{width}}  result   (torch threads {torch.get_num_threads()}, {os.cpu_count()} cores)")
     for label, value in rows:
