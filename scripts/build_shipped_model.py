@@ -112,7 +112,8 @@ def test_table(model_folder: Path, members: list[str], baseline: Path | None, re
     from equiprop.workflows.scoreboard_inputs import Run, load_run, saved_config, task_results
     from equiprop.workflows.calibrate import members_datamodule
 
-    predictor = load_predictor(str(model_folder / "model.json"), batch_size=64, warn=False)
+    every_task = list(json.loads((model_folder / "model.json").read_text())["tasks"])  # opt-in ones are scored too
+    predictor = load_predictor(str(model_folder / "model.json"), batch_size=64, warn=False, tasks=every_task)
     datamodule, config, check = members_datamodule(members[0], recipe)
     run = Run(Path(members[0]), Path(config), EnsembleMean(predictor), datamodule, 0, "", check)
     base = load_run(baseline, recipe) if baseline is not None else None
@@ -197,9 +198,15 @@ def main() -> int:
     parser.add_argument("--no-baseline", action="store_true", help="leave the invariant baseline out of the table")
     parser.add_argument("--member-checkpoint", default="best.ckpt",
                         help="each member's checkpoint (per_task_best.ckpt: each task's head from its own best epoch)")
+    parser.add_argument("--opt-in", nargs="+", default=[], metavar="TASK=REASON",
+                        help="tasks predicted only on request (`equiprop predict --tasks`), each with the measured "
+                             "reason, written to model.json's opt_in_tasks")
     parser.add_argument("--csv-from-markdown", action="store_true",
                         help="only rewrite checkpoints/NAME/test_metrics.csv from its test_metrics.md (no training)")
     args = parser.parse_args()
+    opt_in = dict(item.split("=", 1) for item in args.opt_in if "=" in item)
+    if len(opt_in) != len(args.opt_in) or not all(opt_in.values()):
+        parser.error("--opt-in takes TASK=REASON, each with a reason")
     if args.csv_from_markdown:
         print(f"wrote {rebuild_csv(Path('checkpoints') / args.name)}")
         return 0
@@ -221,7 +228,7 @@ def main() -> int:
              "members": names, "member_sha256": member_digests(out / "model.json", names),
              "mc_samples": 0, "std_scale": ensemble["std_scale"],
              "std_scale_fitted_on": ensemble["std_scale_fitted_on"], "units": ensemble["units"],
-             "backbone": backbone,
+             "backbone": backbone, **({"opt_in_tasks": opt_in} if opt_in else {}),
              "tasks": {n: {"units": t["units"], "kind": t["kind"], "description": t.get("description", ""),
                            "parametrization": t.get("parametrization", "linear")} for n, t in first["tasks"].items()},
              "built_by": {"command": shlex.join(["python", "scripts/build_shipped_model.py", *sys.argv[1:]]),
