@@ -1,4 +1,4 @@
-"""The shipped models equiprop-mp-v1 and -v2: found by name, listed, loaded offline with their backbone checked, and
+"""The shipped models equiprop-mp-v1, -v2 and -v3: found by name, listed, loaded offline with their backbone checked, and
 guarded by reference predictions (tests/references/equiprop_mp_v*.json, as MACE keeps tests/references).
 
 Regenerate the references after a deliberate change of the model:
@@ -21,7 +21,9 @@ from equiprop.shipped import MODEL_FILE, describe_models, first_member, resolve,
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "equiprop-mp-v1"
-NAMES = ["equiprop-mp-v1", "equiprop-mp-v2"]  # v2: v1 + physics priors (Ef from the potential's energy; Penn eps_inf)
+# v2: v1 + physics priors (Ef from the potential's energy; Penn eps_inf); v3: each head from its own best epoch, the Ef
+# prior only, piezo on request
+NAMES = ["equiprop-mp-v1", "equiprop-mp-v2", "equiprop-mp-v3"]
 EXAMPLES = sorted((REPO / "examples" / "cifs").glob("*.cif"))
 
 
@@ -90,6 +92,23 @@ def test_predictions_match_the_stored_references(name):
             expected = np.asarray(theirs[key])
             scale = max(float(np.abs(expected).max()), 1e-6)
             np.testing.assert_allclose(ours[key], expected, rtol=1e-3, atol=1e-4 * scale, err_msg=f"{name}: {key}")
+
+
+@pytest.mark.integration
+def test_v3_predicts_piezo_only_on_request_with_the_measured_reason(tmp_path, capsys):
+    pytest.importorskip("sevenn", reason="the foundation extra is not installed")
+    from equiprop.cli import main
+
+    info = json.loads((REPO / "checkpoints" / "equiprop-mp-v3" / MODEL_FILE).read_text())
+    assert "zero tensor" in info["opt_in_tasks"]["piezo_tensor"]
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--model", "equiprop-mp-v3", "--input", str(EXAMPLES[0]), "--output", str(out)]) == 0
+    assert "piezo_tensor" not in out.read_text().splitlines()[0] and "K_VRH [GPa]" in out.read_text()
+    assert "piezo_tensor is predicted only on request" in capsys.readouterr().err
+    assert main(["predict", "--model", "equiprop-mp-v3", "--input", str(EXAMPLES[0]), "--output", str(out),
+                 "--tasks", "Ef", "piezo_tensor"]) == 0
+    header = out.read_text().splitlines()[0]
+    assert "piezo_tensor [C/m^2]" in header and "Ef [eV/atom]" in header and "K_VRH" not in header
 
 
 @pytest.mark.integration
