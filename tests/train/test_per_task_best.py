@@ -16,30 +16,31 @@ TASKS = ["Ef", "Eg", "K_VRH"]
 class EpochRecorder(L.Callback):
     """Each epoch's per-task validation losses and head weights, taken independently of PerTaskBest."""
 
-    def __init__(self):
-        self.losses, self.heads = [], []
+    def __init__(self, monitor: str):
+        self.key, self.losses, self.heads = "loss" if monitor == "loss" else "mae", [], []
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
-        self.losses.append({t: float(trainer.callback_metrics[f"val/{t}/loss"]) for t in TASKS})
+        self.losses.append({t: float(trainer.callback_metrics[f"val/{t}/{self.key}"]) for t in TASKS})
         self.heads.append({k: v.detach().clone() for k, v in pl_module.heads.state_dict().items()})
 
 
-def test_each_head_comes_from_its_own_best_epoch(cli_recipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("monitor", ["loss", "mae"])
+def test_each_head_comes_from_its_own_best_epoch(monitor, cli_recipe, tmp_path, monkeypatch):
     pytest.importorskip("sevenn")
     from equiprop.train.run import build_run
 
     monkeypatch.chdir(tmp_path)
     cli_recipe["trainer"].update(max_epochs=6, limit_train_batches=None, limit_val_batches=None, callbacks=[
-        {"class_path": "equiprop.train.per_task_best.PerTaskBest"}])
+        {"class_path": "equiprop.train.per_task_best.PerTaskBest", "init_args": {"monitor": monitor}}])
     cli_recipe["model"] = {"encoder": {"class_path": "equiprop.nn.FoundationEncoder",
                                        "init_args": {"model": "7net-0", "transfer": "frozen",
                                                      "cache_dir": str(tmp_path / "features")}},
                            "lr": 0.01, "scheduler": "none", "weighting": "fixed"}
     cli_recipe["data"].update(tasks=TASKS, cutoff=5.0, cache_dir=str(tmp_path / "graphs"))
     trainer, model, datamodule = build_run(cli_recipe)
-    recorder = EpochRecorder()
+    recorder = EpochRecorder(monitor)
     trainer.callbacks.append(recorder)
     trainer.fit(model, datamodule=datamodule)
 
@@ -54,7 +55,8 @@ def test_each_head_comes_from_its_own_best_epoch(cli_recipe, tmp_path, monkeypat
     # scored again by a real validate run, the merged checkpoint gives each task its best epoch's loss
     scores = trainer.validate(model, datamodule=datamodule, ckpt_path=str(path), verbose=False)[0]
     for task, epoch in chosen.items():
-        assert scores[f"val/{task}/loss"] == pytest.approx(recorder.losses[epoch][task], rel=1e-5, abs=1e-7)
+        assert scores[f"val/{task}/{recorder.key}"] == pytest.approx(recorder.losses[epoch][task], rel=1e-5,
+                                                                      abs=1e-7)
     assert len(set(chosen.values())) > 1 or chosen == {t: 5 for t in TASKS}  # else best.ckpt would do
 
 
@@ -69,6 +71,8 @@ def test_a_trained_shared_encoder_is_refused(cli_recipe, tmp_path, monkeypatch):
         trainer.fit(model, datamodule=datamodule)
     with pytest.raises(ConfigError, match="plain name ending in .ckpt"):
         PerTaskBest(filename="../elsewhere.ckpt")
+    with pytest.raises(ConfigError, match="monitor must be loss or mae"):
+        PerTaskBest(monitor="rmse")
 
 
 def test_a_penn_prior_is_chosen_with_the_gap_it_reads():

@@ -3,8 +3,9 @@
 A multi-task fit's ``best.ckpt`` is the epoch of the lowest *summed* validation loss: one epoch serves every task,
 and a task whose loss is small (Ef) or still falling decides it for the others (equiprop-mp-v2's K_VRH got worse
 this way). ``PerTaskBest`` keeps, for every task, a copy of the weights only that task uses (its head, its prior's
-gains) at the epoch of that task's lowest ``val/<task>/loss`` (tasks whose predictions read each other, a Penn
-prior and the band gap it reads, are chosen together on their summed loss), and at the end of the fit writes
+gains) at the epoch of that task's lowest ``val/<task>/loss`` (or, with ``monitor: mae``, its lowest validation
+MAE; tasks whose predictions read each other, a Penn prior and the band gap it reads, are chosen together on their
+sum), and at the end of the fit writes
 ``per_task_best.ckpt``: one model whose every head is its own best. That model is exact only if nothing the tasks
 share trains (a frozen encoder, the shipped models' layout), so a fit whose shared weights train is refused::
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -76,10 +78,20 @@ class PerTaskBest(L.Callback):
     """Writes ``<checkpoint dirpath>/per_task_best.ckpt`` at the end of fit: every task's weights from the epoch of
     its lowest validation loss (module docstring). Resumable: the kept weights travel in the trainer checkpoint."""
 
-    def __init__(self, filename: str = FILENAME):
+    def __init__(self, filename: str = FILENAME, monitor: Literal["loss", "mae"] = "loss"):
+        """
+        Args:
+            filename: the checkpoint written beside best.ckpt.
+            monitor: what each task's epoch is chosen on: ``loss``, its validation loss (normalised units, the
+                training objective), or ``mae``, the validation MAE the model is judged by (a scalar's ``mae``, a
+                tensor's ``component_mae``, in the task's units). They can disagree: a Huber loss in normalised
+                units is quadratic for small errors, so a few large errors can decide it while the MAE still falls.
+        """
         if not filename.endswith(".ckpt") or Path(filename).name != filename:
             raise ConfigError(f"PerTaskBest: filename must be a plain name ending in .ckpt, got {filename!r}")
-        self.filename = filename
+        if monitor not in ("loss", "mae"):
+            raise ConfigError(f"PerTaskBest: monitor must be loss or mae, got {monitor!r}")
+        self.filename, self.monitor = filename, monitor
         self.best: dict[str, dict] = {}  # "task" or "task+task" -> {"epoch", "val_loss", "state": {key: tensor}}
 
     def _check_shared(self, pl_module) -> None:
@@ -100,7 +112,7 @@ class PerTaskBest(L.Callback):
         if trainer.sanity_checking:
             return
         for group in selection_groups(pl_module):
-            values = [trainer.callback_metrics.get(f"val/{task}/loss") for task in group]
+            values = [trainer.callback_metrics.get(self._key(pl_module, task)) for task in group]
             if any(v is None or not math.isfinite(float(v)) for v in values):
                 continue
             loss = sum(float(v) for v in values)
@@ -110,6 +122,11 @@ class PerTaskBest(L.Callback):
                 self.best[name] = {"epoch": trainer.current_epoch, "val_loss": loss,
                                    "state": {k: state[k].detach().cpu().clone()
                                              for task in group for k in task_owned_keys(pl_module, task)}}
+
+    def _key(self, pl_module, task: str) -> str:
+        if self.monitor == "loss":
+            return f"val/{task}/loss"
+        return f"val/{task}/{'component_mae' if pl_module.tasks[task].kind == 'tensor' else 'mae'}"
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.interrupted:
@@ -123,7 +140,7 @@ class PerTaskBest(L.Callback):
             and trainer.checkpoint_callback.dirpath else Path(trainer.default_root_dir)
         path = folder / self.filename
         trainer.save_checkpoint(path)
-        rows = [f"  {name:<24} epoch {kept['epoch']:>4}  val loss {kept['val_loss']:.4g}"
+        rows = [f"  {name:<24} epoch {kept['epoch']:>4}  val {self.monitor} {kept['val_loss']:.4g}"
                 for name, kept in self.best.items()]
         missing = [t for t in pl_module.tasks if not any(t in name.split("+") for name in self.best)]
         if missing:
