@@ -104,9 +104,9 @@ def test_a_killed_build_resumes_without_recomputing_finished_shards(tmp_path, ti
     assert (built["shards_resumed"], built["shards_built"]) == (2, 1)
     once = GraphStore(tmp_path / "once.sqlite")
     build_store(once, iter(records), tasks, GRAPH, shard_size=10, workers=2, progress=False)
-    resumed = StoredGraphs(GraphStore(tmp_path / "g.sqlite"), tasks, GraphStore(tmp_path / "g.sqlite").index()[0])
+    resumed = StoredGraphs(GraphStore(tmp_path / "g.sqlite"), tasks, GraphStore(tmp_path / "g.sqlite").index())
     assert len(resumed) == len(records)
-    for a, b, record in zip(resumed, StoredGraphs(once, tasks, once.index()[0]), records):
+    for a, b, record in zip(resumed, StoredGraphs(once, tasks, once.index()), records):
         assert_same_graph(a, b)
         assert_same_graph(a, record_to_graph(record, tasks, 4.5))
 
@@ -120,7 +120,7 @@ def test_a_corrupted_graph_is_refused_not_read(tmp_path, tiny_entries):
     payload[17] ^= 0xFF  # one flipped byte inside the positions
     with store.connection:
         store.connection.execute("UPDATE graphs SET payload = ? WHERE id = 2", (bytes(payload),))
-    graphs = StoredGraphs(store, tasks, store.index()[0])
+    graphs = StoredGraphs(store, tasks, store.index())
     assert_same_graph(graphs[0], record_to_graph(records[0], tasks, 4.5))  # intact rows still read
     with pytest.raises(DataError, match="fails its checksum"):
         graphs[2]

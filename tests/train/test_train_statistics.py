@@ -1,11 +1,9 @@
 """What the model derives from data (message normalisation, elements seen) comes from the training split only."""
 
-from pathlib import Path
 
 import lightning as L
 import torch
 
-import equiprop
 from equiprop.data import keys
 
 
@@ -27,10 +25,3 @@ def test_avg_num_neighbors_and_species_seen_come_from_the_training_split(tiny_da
     all_species = {int(z) for g in tiny_data.dataset for z in g[keys.ATOMIC_NUMBERS]}
     assert train_species < all_species
     assert set(torch.nonzero(model.species_seen).flatten().tolist()) == train_species
-
-
-def test_the_model_and_encoders_do_not_reach_into_pyg_private_storage():
-    package = Path(equiprop.__file__).parent
-    for folder in ("train", "nn"):
-        for path in (package / folder).rglob("*.py"):
-            assert "._data" not in path.read_text(), path

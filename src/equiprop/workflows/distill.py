@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import yaml
 
-from equiprop.data import keys
 from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.record import CrystalRecord, from_pymatgen_dict, read_structure_file, structure_format
 from equiprop.data.sources.records_json import bundled_path, read_json
@@ -62,17 +61,22 @@ def pool_records(items: list[str], skips: SkipLog):
 
 def held_out(datamodule) -> tuple[set[str], set[str], dict[str, list[str]]]:
     """Ids and chemical systems of the validation and test splits, and every split's ids."""
-    ids, systems = datamodule.structure_ids, list(datamodule.dataset._data[keys.CHEMICAL_SYSTEM])
-    split = {name: [ids[i] for i in subset.indices()] for name, subset in datamodule.subsets.items()}
-    position = {i: n for n, i in enumerate(ids)}
+    split = {name: subset.structure_ids() for name, subset in datamodule.subsets.items()}
     out = {i for name in ("val", "test") for i in split[name]}
-    return out, {systems[position[i]] for i in out}, split
+    systems = {s for name in ("val", "test") for s in datamodule.subsets[name].chemical_systems()}
+    return out, systems, split
 
 
 def real_label_sets(datamodule, tasks: list[str]) -> dict[str, set[str]]:
     """{structure id: tasks it has a real label of} over the student's data."""
-    masks = {name: datamodule.dataset._data[keys.mask_key(name)].numpy().astype(bool) for name in tasks}
-    return {sid: {name for name in tasks if masks[name][i]} for i, sid in enumerate(datamodule.structure_ids)}
+    dataset = datamodule.dataset
+    labelled = dataset.labels({name: datamodule.tasks[name] for name in tasks})
+    real = {sid: set() for sid in dataset.structure_ids()}
+    ids = dataset.structure_ids()
+    for name in tasks:
+        for position in labelled[name].structures:
+            real[ids[position]].add(name)
+    return real
 
 
 @torch.no_grad()
