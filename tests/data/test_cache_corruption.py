@@ -17,7 +17,8 @@ from equiprop.data import keys
 from equiprop.data.datamodule import MultiTaskDataModule
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.graph import record_to_graph
-from equiprop.data.graph_store import INDEX_COLUMNS, GraphStore, StoredGraphs, build_store, row_crc
+from equiprop.data.graph_store import INDEX_COLUMNS, GraphStore, build_store, row_crc
+from equiprop.data.stored_graphs import StoredGraphs
 from equiprop.data.record import from_pymatgen_dict
 from equiprop.data.sources import BundledDataset
 from equiprop.data.splits import GroupedSplit

@@ -14,7 +14,8 @@ from equiprop.data import keys
 from equiprop.data.datamodule import MultiTaskDataModule
 from equiprop.data.errors import DataError
 from equiprop.data.graph import record_to_graph
-from equiprop.data.graph_store import GraphStore, StoredGraphs, build_store
+from equiprop.data.graph_store import GraphStore, build_store
+from equiprop.data.stored_graphs import StoredGraphs
 from equiprop.data.record import CrystalRecord, from_pymatgen_dict
 from equiprop.data.sources import BundledDataset, ExtXYZ
 from equiprop.data.splits import RandomSplit

@@ -18,7 +18,8 @@ from equiprop.data.dataset import (CORRUPTED_CACHE, DEFAULT_CACHE_DIR, GraphData
                                    read_report, writable_cache_dir, write_report)
 from equiprop.data.errors import ConfigError, DataError, check_choice
 from equiprop.data.processes import DieWithParent
-from equiprop.data.graph_store import CORRUPTED, OUTDATED, STORE_FORMAT_VERSION, GraphStore, StoredGraphs, build_store
+from equiprop.data.graph_store import CORRUPTED, OUTDATED, STORE_FORMAT_VERSION, GraphStore, build_store
+from equiprop.data.stored_graphs import StoredGraphs
 from equiprop.data.merge import CELL_TOL, MergeReport, merge_sources, merge_staged
 from equiprop.data.normalization import TaskStats, compute_stats
 from equiprop.data.report import format_summary, merge_summary, source_summary
