@@ -69,8 +69,8 @@ def test_distill(tmp_path, monkeypatch, cli_recipe):
         teacher_recipe = write_recipe(folder, dict(yaml.safe_load(recipe.read_text()), run_name="teacher"),
                                       "teacher.yaml")
         assert main(["fit", "-c", str(teacher_recipe)]) == 0
-        assert main(["distill", "--teacher", str(folder / "checkpoints/teacher/best.ckpt"), "-c", str(recipe),
-                     "--pool", "bundled:tiny", "--trainer.limit_train_batches=2"]) == 0
+        assert main(["distill", "--checkpoint", str(folder / "checkpoints/teacher/best.ckpt"), "-c", str(recipe),
+                     "--input", "bundled:tiny", "--trainer.limit_train_batches=2"]) == 0
         with gzip.open(folder / "checkpoints" / "tiny_distilled_pseudo" / "pseudo_labels.json.gz", "rt") as f:
             return json.load(f)["records"], (folder / "checkpoints/tiny_distilled_pseudo/test_ids.txt").read_text()
 

@@ -32,7 +32,7 @@ def test_distill_fills_only_missing_labels_outside_the_held_out_chemistry(recipe
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(recipes["teacher"])])
     teacher = tmp_path / "checkpoints" / "teacher" / "best.ckpt"
-    code = main(["distill", "--teacher", str(teacher), "-c", str(recipes["student"]), "--pool", "bundled:tiny",
+    code = main(["distill", "--checkpoint", str(teacher), "-c", str(recipes["student"]), "--input", "bundled:tiny",
                  "--trainer.limit_train_batches=2"])
     assert code == 0
     work = tmp_path / "checkpoints" / "student_distilled_pseudo"

@@ -37,7 +37,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def suggest(checkpoint, pool, output, *flags) -> int:
-    return main(["suggest", "--pool", *map(str, pool), "--checkpoints", str(checkpoint), "--task", "Ef",
+    return main(["suggest", "--input", *map(str, pool), "--checkpoint", str(checkpoint), "--task", "Ef",
                  "--mc-samples", "4", "--allow-unseen-elements", "--output", str(output), *flags])
 
 
@@ -111,11 +111,11 @@ def test_file_pool_counts_duplicates_and_unreadable_inputs(checkpoint, tiny_entr
 
 def test_refuses_a_predictor_without_uncertainty_and_an_unreduced_tensor(checkpoint, tmp_path, capsys):
     out = tmp_path / "s.csv"
-    assert main(["suggest", "--pool", "bundled:tiny", "--checkpoints", str(checkpoint), "--task", "Ef", "--budget",
+    assert main(["suggest", "--input", "bundled:tiny", "--checkpoint", str(checkpoint), "--task", "Ef", "--budget",
                  "2", "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a predicted sigma" in err[0]
-    tensor = ["suggest", "--pool", "bundled:tiny", "--checkpoints", str(checkpoint), "--task", "eps_electronic",
+    tensor = ["suggest", "--input", "bundled:tiny", "--checkpoint", str(checkpoint), "--task", "eps_electronic",
               "--mc-samples", "3", "--budget", "2", "--output", str(out)]
     assert main(tensor) == 2
     assert "is a tensor: give --reduce isotropic" in capsys.readouterr().err

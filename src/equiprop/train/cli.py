@@ -167,6 +167,12 @@ def run_lightning_cli(args: list[str]) -> None:
         release_all()  # the run folder is free again once this fit has returned or failed
 
 
+def lightning_command_main(argv: list[str]) -> int:
+    """``equiprop fit|validate|test ...`` (``equiprop.cli.COMMANDS``): 0 when it ran; errors raise ConfigError."""
+    run_lightning_cli(argv)
+    return 0
+
+
 def one_line(message: str) -> str:
     """jsonargparse's nested report ('Parser key "data.sources": ... Parser key "dataset": <reason>') as one line,
     'data.sources: dataset: <reason>': the innermost reason that is not another union branch's mismatch (such as
