@@ -67,14 +67,13 @@ def test_disk_and_memory_give_identical_graphs_batches_and_statistics(both):
     assert memory.report["num_edges"] == disk.report["num_edges"]
 
 
-def test_disk_and_memory_train_identically(both):
+def test_disk_and_memory_train_identically(both, quiet_trainer):
     weights = []
     for dm in both:
         L.seed_everything(0)
         model = MultiTaskModel(EquivariantEncoder(cutoff=4.5, max_ell=1, multiplicities=[8, 4], num_layers=1),
                                TASKS)
-        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, limit_train_batches=3, limit_val_batches=1)
+        trainer = quiet_trainer(limit_train_batches=3, limit_val_batches=1)
         trainer.fit(model, datamodule=dm)
         weights.append(model.state_dict())
     for name, value in weights[0].items():

@@ -1,7 +1,6 @@
 """What the model derives from data (message normalisation, elements seen) comes from the training split only."""
 
 
-import lightning as L
 import torch
 
 from equiprop.data import keys
@@ -12,11 +11,10 @@ def _mean_neighbours(graphs) -> float:
     return sum(g.num_edges for g in graphs) / sum(g.num_nodes for g in graphs)
 
 
-def test_avg_num_neighbors_and_species_seen_come_from_the_training_split(tiny_data, small_model, tmp_path):
+def test_avg_num_neighbors_and_species_seen_come_from_the_training_split(tiny_data, small_model, tmp_path,
+                                                                         quiet_trainer):
     model = small_model()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=str(tmp_path))
+    trainer = quiet_trainer(limit_train_batches=1, limit_val_batches=1, default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=tiny_data)
     train, everything = _mean_neighbours(tiny_data.subsets["train"]), _mean_neighbours(tiny_data.dataset)
     assert abs(train - everything) > 1e-3  # the split matters on this data, so the test can tell them apart
