@@ -45,7 +45,6 @@ def recipe(task: str, epochs: int, dropout: float, dataset: str = "default") -> 
 
 def fixed_split(task: str, dataset: str = "default") -> tuple[list[str], list[str], list[str]]:
     """(pool ids: training split with a label of the task, val ids, test ids) of the fixed grouped split."""
-    from equiprop.data import keys
     from equiprop.data.datamodule import MultiTaskDataModule
     from equiprop.data.sources import BundledDataset
     from equiprop.data.splits import GroupedSplit
@@ -54,9 +53,9 @@ def fixed_split(task: str, dataset: str = "default") -> tuple[list[str], list[st
                                split=GroupedSplit(val_fraction=0.1, test_fraction=0.15, seed=0))
     data.setup("fit")
     ids = data.structure_ids
-    labelled = data.dataset._data[keys.mask_key(task)].numpy().astype(bool)
-    split = data.split(ids, list(data.dataset._data[keys.CHEMICAL_SYSTEM]))
-    return [ids[i] for i in split["train"] if labelled[i]], [ids[i] for i in split["val"]], \
+    labelled = set(data.dataset.labels({task: data.tasks[task]})[task].structures.tolist())
+    split = data.split(ids, data.dataset.chemical_systems())
+    return [ids[i] for i in split["train"] if i in labelled], [ids[i] for i in split["val"]], \
         [ids[i] for i in split["test"]]
 
 

@@ -1,6 +1,6 @@
 """Distillation Phase 2 -> Phase 1: is the distilled fast model closer to the slow teacher, at the fast model's speed?
 
-    python benchmarks/distillation.py --teacher checkpoints/phase2_quickstart_mc/best.ckpt \
+    python benchmarks/distillation.py --checkpoint checkpoints/phase2_quickstart_mc/best.ckpt \
         --plain checkpoints/baseline_invariant_s0/best.ckpt checkpoints/baseline_invariant_s1/best.ckpt \
                 checkpoints/baseline_invariant_s2/best.ckpt --shared ../shared/data
 
@@ -87,7 +87,7 @@ def git_commit() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--teacher-recipe", default="recipes/quickstart.yaml")
     parser.add_argument("--plain", nargs="+", required=True, help="Phase-1 checkpoints of the student recipe")
     parser.add_argument("--student-recipe", default="recipes/baseline_invariant.yaml")
@@ -105,9 +105,9 @@ def main() -> None:
         print(f"pool: wrote {write_pool(Path(args.shared), pool)} extra structures to {pool}")
     student = REPO / "checkpoints" / args.student_run / "best.ckpt"
     if not student.exists():
-        command = [str(Path(sys.executable).parent / "equiprop"), "distill", "--teacher", args.teacher, "-c",
-                   args.student_recipe, "--pool", "bundled:default", str(pool), "--tasks", *args.tasks,
-                   "--run-name", args.student_run, "--trainer.enable_progress_bar=false", *overrides]
+        command = [str(Path(sys.executable).parent / "equiprop"), "distill", "--checkpoint", args.teacher, "-c",
+                   args.student_recipe, "--input", "bundled:default", str(pool), "--tasks", *args.tasks,
+                   "--run_name", args.student_run, "--trainer.enable_progress_bar=false", *overrides]
         print(" ".join(command))
         subprocess.run(command, cwd=REPO, check=True)
     models = {"teacher (Phase 2)": [(args.teacher, args.teacher_recipe)],

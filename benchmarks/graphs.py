@@ -145,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"train DataLoader epoch (batch {args.batch_size}, num_workers {dm.num_workers})", times,
                      num_train, None))
 
+    num_atoms = dataset.statistics()["num_atoms"]
     print(f"structures: {num_structures} graphs ({result.entries_read} records read, {result.skips.total} skipped; "
           f"{skips.total} without a graph), {num_edges} edges (mean {num_edges / num_structures:.1f} per structure, "
-          f"{num_edges / dataset._data.num_nodes:.1f} per atom), {dataset._data.num_nodes} atoms; "
+          f"{num_edges / num_atoms:.1f} per atom), {num_atoms} atoms; "
           f"train split {num_train} structures; cache file {cache_mb:.1f} MiB")
     for line in result.skips.lines():
         print(f"  skipped record: {line}")

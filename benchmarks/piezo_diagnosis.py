@@ -26,10 +26,10 @@ from equiprop.data.symmetry import point_group_rotations, symmetrise
 TASK = "piezo_tensor"
 
 
-def _labels(subset):
-    rows = list(subset.indices())
-    mask = subset._data[keys.mask_key(TASK)][rows]
-    return subset._data[keys.label_key(TASK)][rows][mask].double().numpy(), [r for r, m in zip(rows, mask) if m]
+def _labels(subset, tasks):
+    """(labels, model space; the graphs carrying them) of one split."""
+    labels = subset.labels({TASK: tasks[TASK]})[TASK]
+    return labels.values.double().numpy(), [subset[int(p)] for p in labels.structures]
 
 
 def main() -> None:
@@ -40,8 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     data = build_datamodule(args.recipe, [])
     data.setup("fit")
-    train, train_rows = _labels(data.subsets["train"])
-    test, test_rows = _labels(data.subsets["test"])
+    train, train_graphs = _labels(data.subsets["train"], data.tasks)
+    test, test_graphs = _labels(data.subsets["test"], data.tasks)
     print("| split | labels | max abs component: median | 90% | 99% | max (C/m^2) | share of zero-MAE in top 10% |")
     print("|---|---|---|---|---|---|---|")
     for name, labels in (("train", train), ("test", test)):
@@ -55,7 +55,7 @@ def main() -> None:
     in_range = np.abs(test).reshape(len(test), -1).max(1) <= train_peak
     print("\nlargest test labels (mean |component| C/m^2, max |component|, id):")
     for k in np.argsort(-per_test)[:4]:
-        graph = data.dataset[test_rows[k]]
+        graph = test_graphs[k]
         print(f"  {per_test[k]:.3f}  {np.abs(test[k]).max():.2f}  {graph[keys.STRUCTURE_ID]}")
     print(f"share of the zero predictor's test MAE from the single largest label: {per_test.max() / per_test.sum():.0%}; "
           f"{int((~in_range).sum())} test crystals exceed the largest training component ({train_peak:.2f} C/m^2); "
@@ -68,8 +68,7 @@ def main() -> None:
     # components the symmetry allows
     forbidden, allowed, projected_mean = [], [], []
     train_mean = train.mean(0)
-    for label, row in zip(test, test_rows):
-        graph = data.dataset[row]
+    for label, graph in zip(test, test_graphs):
         structure = Structure(Lattice(graph[keys.CELL][0].double().numpy()),
                               graph[keys.ATOMIC_NUMBERS].numpy(), graph[keys.POSITIONS].double().numpy(),
                               coords_are_cartesian=True)
@@ -87,16 +86,16 @@ def main() -> None:
           + ", ".join(f"{k}: {c}" for k, c in enumerate(counts) if c))
     print(f"training mean projected onto each crystal's symmetry: MAE {np.abs(test - np.stack(projected_mean)).mean():.4f}")
     if args.shipped:
-        _shipped_model(data, test_rows, test, in_range)
+        _shipped_model(data, test_graphs, test, in_range)
     if args.features:
-        _feature_magnitudes(data, train_rows[:256])
+        _feature_magnitudes(data, train_graphs[:256])
 
 
-def _shipped_model(data, rows, labels, in_range) -> None:
+def _shipped_model(data, graphs, labels, in_range) -> None:
     from equiprop.uncertainty.ensemble import load_predictor
 
     predictor = load_predictor("equiprop-mp-v1")
-    predictions = predictor.predict_graphs([data.dataset[i] for i in rows])
+    predictions = predictor.predict_graphs(graphs)
     pred = np.stack([np.asarray(p[TASK]) for p in predictions])
     if pred.shape[1:] != labels.shape[1:]:  # Voigt (3, 6) out: back to Cartesian
         from equiprop.data.tensor_ops import voigt_to_cartesian
@@ -107,11 +106,11 @@ def _shipped_model(data, rows, labels, in_range) -> None:
           f"training range {error[in_range].mean():.4f} (zero {np.abs(labels[in_range]).mean():.4f})")
 
 
-def _feature_magnitudes(data, rows) -> None:
+def _feature_magnitudes(data, graphs) -> None:
     from equiprop.nn import FoundationEncoder
 
     encoder = FoundationEncoder(transfer="frozen", inversion_shortcut=False).eval()
-    loader = DataLoader([data.dataset[i] for i in rows], batch_size=32)
+    loader = DataLoader(graphs, batch_size=32)
     sums = None
     with torch.no_grad():
         for batch in loader:

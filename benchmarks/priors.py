@@ -58,9 +58,7 @@ def main() -> None:
     for name, parts in rows.items():
         pred = np.concatenate([p for p, _ in parts])
         label = np.concatenate([l for _, l in parts])
-        mask = train._data[keys.mask_key(name)][list(train.indices())]
-        train_labels = tasks[name].from_model(train._data[keys.label_key(name)][list(train.indices())][mask]
-                                              .double().numpy())
+        train_labels = tasks[name].from_model(train.labels({name: tasks[name]})[name].values.double().numpy())
         median = np.median(train_labels, axis=0)
         units = tasks[name].units
         if tasks[name].kind == "tensor":

@@ -141,12 +141,12 @@ def run_trials(t: Trials, recipe: Path, best: Path) -> None:
     t.run("ensemble members in eV/atom and meV/atom", ["predict", "--checkpoint", best, "mev.ckpt", "--input",
           REPO / "examples" / "cifs", "--output", "u.csv", "--allow-unseen-elements"], "error")
     for extra in (["--diversity", "nan"], ["--strategy", "ei", "--best", "nan"]):
-        t.run(f"suggest {' '.join(extra)}", ["suggest", "--pool", "bundled:tiny", "--checkpoints", best, best,
+        t.run(f"suggest {' '.join(extra)}", ["suggest", "--input", "bundled:tiny", "--checkpoint", best, best,
               "--task", "Ef", "--budget", "3", "--output", "s.csv", *extra], "error")
     other = t.work / "other.yaml"
     other.write_text(yaml.safe_dump({**TINY, "data": {**TINY["data"], "tasks": ["Ef"]}}))
     shutil.copytree(best.parent, t.work / "checkpoints" / "tiny_s0")
-    t.run("ensemble reusing a member of another recipe", ["ensemble", "-c", other, "--seeds", "0", "--run-name",
+    t.run("ensemble reusing a member of another recipe", ["ensemble", "-c", other, "--seeds", "0", "--run_name",
           "tiny"], "error")
 
 

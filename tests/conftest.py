@@ -196,3 +196,52 @@ class ProcessWatch:
 @pytest.fixture
 def process_watch() -> ProcessWatch:
     return ProcessWatch()
+
+
+# -- the one quiet trainer and the one tiny-checkpoint factory ---------------------------------------------------------
+def _quiet_trainer(**overrides):
+    """The tests' Lightning Trainer: CPU, one epoch, no logger, progress bar, model summary or checkpointing unless
+    ``overrides`` ask for them."""
+    import lightning as L
+
+    settings = dict(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                    enable_checkpointing=False, enable_model_summary=False)
+    return L.Trainer(**{**settings, **overrides})
+
+
+def _tiny_checkpoint(path: Path, tasks: list, encoder=None, source=None, seed: int = 0, dropout: float = 0.0,
+                     train_batches: int = 2, split: tuple[float, float] = (0.2, 0.2)) -> Path:
+    """A real checkpoint at ``path``: a small model on the tiny structures, trained for ``train_batches`` batches
+    with ``seed`` (``encoder``: a zero-argument callable building it after seeding; default a small invariant one;
+    ``source``: a data source, default the bundled tiny set)."""
+    import lightning as L
+
+    from equiprop.data.datamodule import MultiTaskDataModule
+    from equiprop.data.sources import BundledDataset
+    from equiprop.data.splits import RandomSplit
+    from equiprop.nn import InvariantEncoder
+    from equiprop.train.module import MultiTaskModel
+
+    L.seed_everything(seed)
+    built = encoder() if encoder is not None else InvariantEncoder(cutoff=4.5, num_features=16, num_layers=1)
+    model = MultiTaskModel(built, tasks, dropout=dropout)
+    data = MultiTaskDataModule(sources=[source or BundledDataset("tiny")], tasks=tasks, cutoff=4.5,
+                               split=RandomSplit(*split, seed=0), batch_size=8,
+                               cache_dir=str(Path(path).parent / "cache"))
+    trainer = _quiet_trainer(limit_train_batches=train_batches, limit_val_batches=1,
+                             default_root_dir=str(Path(path).parent))
+    trainer.fit(model, datamodule=data)
+    trainer.save_checkpoint(path)
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def quiet_trainer():
+    """``quiet_trainer(**overrides)`` -> a Lightning Trainer for tests (``_quiet_trainer``)."""
+    return _quiet_trainer
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    """``tiny_checkpoint(path, tasks, ...)`` -> a real checkpoint of a small model (``_tiny_checkpoint``)."""
+    return _tiny_checkpoint

@@ -3,11 +3,13 @@ Every import of equiprop by equiprop, module-level or inside a function, is read
 module imports one of a higher layer."""
 
 import ast
+import re
 from pathlib import Path
 
 import equiprop
 
 PACKAGE = Path(equiprop.__file__).parent
+REPO = PACKAGE.parents[1]
 LAYERS = {"data": 0, "nn": 1, "train": 2, "shipped": 2, "predict": 3, "testing": 3, "uncertainty": 3, "screening": 3,
           "workflows": 4, "cli": 5}
 
@@ -80,3 +82,52 @@ def test_files_and_functions_stay_short():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
                 long.append(f"{path.name}:{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+# -- docs/architecture.md cites only what exists ---------------------------------------------------------------------
+def _defines(path: Path, name: str) -> bool:
+    """``name`` is defined in ``path``, or imported there (a package's ``__init__`` re-exporting it)."""
+    return re.search(rf"^\s*(?:async\s+)?(?:def|class)\s+{name}\b|^\s*{name}\s*[:=]|^from .* import .*\b{name}\b",
+                     path.read_text(), re.MULTILINE) is not None
+
+
+def _module_file(reference: str) -> Path | None:
+    """``train/run_dir``, ``normalization``, ``equiprop.shipped`` or ``nn/backbones`` -> its file in the package."""
+    parts = reference.removeprefix("equiprop.").replace(".", "/")
+    for candidate in (PACKAGE / f"{parts}.py", PACKAGE / parts / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    found = [p for p in PACKAGE.rglob(f"{Path(parts).name}.py") if str(p.with_suffix("")).endswith(parts)]
+    return found[0] if len(found) == 1 else None
+
+
+def _class_file(name: str) -> Path | None:
+    found = [p for p in PACKAGE.rglob("*.py") if re.search(rf"^class\s+{name}\b", p.read_text(), re.MULTILINE)]
+    return found[0] if len(found) == 1 else None
+
+
+RECIPE_SECTIONS = ("data", "model", "trainer", "tune", "matbench", "checkpoint")
+
+
+def test_the_architecture_page_cites_only_files_and_names_that_exist():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    missing = []
+    for path in re.findall(r"`([\w/]+\.(?:py|yaml))`", text):
+        if not ((PACKAGE / path).exists() or (REPO / path).exists() or (REPO / "src" / path).exists()
+                or any(PACKAGE.rglob(path))):
+            missing.append(path)
+    # `file.py`: `a`, `b`   and   `file.py` (`A`, `B`)
+    for path, names in re.findall(r"`([\w/]+)\.py`:? \(?((?:`\w+`(?:, )?)+)", text):
+        module = _module_file(path)
+        missing += [f"{path}.py: {n}" for n in re.findall(r"`(\w+)`", names) if module is None
+                    or not _defines(module, n)]
+    # `module.name`, `package.module` and `Class.method` (recipe keys such as `data.storage` are not code)
+    for owner, name in re.findall(r"`((?:equiprop\.)?[A-Za-z_][\w/]*)\.([A-Za-z_]\w*)`", text):
+        if name in ("py", "yaml", "md", "json", "ckpt", "txt") or _module_file(f"{owner}.{name}") is not None:
+            continue
+        if owner in RECIPE_SECTIONS and _module_file(f"{owner}/{name}") is None:
+            continue
+        module = _module_file(owner) or (_class_file(owner) if owner[:1].isupper() else None)
+        if module is None or not _defines(module, name):
+            missing.append(f"{owner}.{name}")
+    assert missing == []

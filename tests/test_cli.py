@@ -33,3 +33,32 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "missing.yaml" in capsys.readouterr().err
     assert main(["data", "summary", "--data.tasks=[Ef,bogus]"]) == 2
     assert "unknown task 'bogus'" in capsys.readouterr().err
+
+
+def test_one_command_table_dispatches_every_command_and_writes_the_usage(capsys):
+    import importlib
+
+    from equiprop.cli import COMMANDS, usage
+
+    for name, command in COMMANDS.items():
+        module, function = command.run.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
+    text = usage()
+    assert all(f"equiprop {name}" in text or name in ("validate", "test") for name in COMMANDS)
+    assert main(["--help"]) == 0 and capsys.readouterr().err.strip() == text.strip()
+    assert main(["nope"]) == 2
+
+
+@pytest.mark.parametrize("command, old, new", [("calibrate", "--checkpoints", "--checkpoint"),
+                                               ("suggest", "--pool", "--input"),
+                                               ("distill", "--teacher", "--checkpoint")])
+def test_an_old_flag_spelling_still_works_with_a_note(command, old, new, tmp_path, capsys):
+    missing = str(tmp_path / "missing.ckpt")
+    args = {"calibrate": [old, missing],
+            "suggest": [old, "bundled:tiny", "--checkpoint", missing, "--task", "Eg", "--budget", "2", "--output",
+                        str(tmp_path / "s.csv")],
+            "distill": [old, missing, "-c", str(tmp_path / "missing.yaml"), "--input", "bundled:tiny"]}[command]
+    code = main([command, *args])
+    err = capsys.readouterr().err
+    assert f"note: {old} is now {new} (the old spelling still works)" in err
+    assert code == 2 and "missing" in err.splitlines()[-1]  # parsed as the new flag: the file is what fails

@@ -185,7 +185,7 @@ def test_screen_table_and_its_work_chunks(at):
 
 @pytest.mark.integration
 def test_suggest_table(at):
-    assert main(["suggest", "--pool", "bundled:tiny", "--checkpoints", MANIFEST, "--task", "Eg", "--budget", "4",
+    assert main(["suggest", "--input", "bundled:tiny", "--checkpoint", MANIFEST, "--task", "Eg", "--budget", "4",
                  "--allow-unseen-elements", "--output", "next.csv"]) == 0
     rows = check_table(at / "next.csv", ["rank", "mu [eV]", "sigma [eV]", "score [eV]",
                                          "distance term [median pairwise distances]"])

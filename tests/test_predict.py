@@ -38,7 +38,7 @@ def bundled_entries() -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory, bundled_entries) -> Path:
+def checkpoint(tmp_path_factory, bundled_entries, quiet_trainer) -> Path:
     """One short real training on the bundled tiny structures, with a binary task built from their band gaps."""
     root = tmp_path_factory.mktemp("trained")
     labelled = [dict(e, is_wide_gap=None if e.get("Eg") is None else float(e["Eg"] > 2.0))
@@ -48,9 +48,7 @@ def checkpoint(tmp_path_factory, bundled_entries) -> Path:
     data = MultiTaskDataModule(sources=[RecordsJSON(str(root / "tiny_binary.json"))], tasks=TASKS, cutoff=4.5,
                                split=RandomSplit(0.2, 0.2, seed=0), batch_size=8, cache_dir=str(root / "cache"))
     model = MultiTaskModel(EquivariantEncoder(cutoff=4.5, max_ell=1, multiplicities=[8, 4], num_layers=1), TASKS)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu",
-                        enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, default_root_dir=str(root))
+    trainer = quiet_trainer(limit_train_batches=2, limit_val_batches=1, default_root_dir=str(root))
     trainer.fit(model, datamodule=data)
     trainer.save_checkpoint(root / "model.ckpt")
     return root / "model.ckpt"

@@ -177,9 +177,8 @@ def test_screen_takes_the_shipped_model_by_name(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_recipe_fine_tunes_from_the_shipped_model_by_name(tmp_path):
+def test_a_recipe_fine_tunes_from_the_shipped_model_by_name(tmp_path, quiet_trainer):
     pytest.importorskip("sevenn", reason="the foundation extra is not installed")
-    import lightning as L
 
     from equiprop.data.datamodule import MultiTaskDataModule
     from equiprop.data.sources import BundledDataset
@@ -196,8 +195,7 @@ def test_a_recipe_fine_tunes_from_the_shipped_model_by_name(tmp_path):
         assert torch.equal(value, shipped[f"heads.G_VRH.{key}"])
     data = MultiTaskDataModule(sources=[BundledDataset("tiny")], tasks=tasks, cutoff=5.0, batch_size=8,
                                split=RandomSplit(0.2, 0.0, seed=0), cache_dir=str(tmp_path / "graphs"))
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False, limit_train_batches=2)
+    trainer = quiet_trainer(limit_train_batches=2)
     trainer.fit(model, datamodule=data)
     assert torch.equal(model.normalizer.shift_K_VRH, shipped["normalizer.shift_K_VRH"])  # reused with its head
     assert float(model.normalizer.shift_G_VRH) > 5  # the new task's own statistics: GPa, not log10 GPa

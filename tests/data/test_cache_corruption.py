@@ -17,7 +17,8 @@ from equiprop.data import keys
 from equiprop.data.datamodule import MultiTaskDataModule
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.graph import record_to_graph
-from equiprop.data.graph_store import INDEX_COLUMNS, GraphStore, StoredGraphs, build_store, row_crc
+from equiprop.data.graph_store import INDEX_COLUMNS, GraphStore, build_store, row_crc
+from equiprop.data.stored_graphs import StoredGraphs
 from equiprop.data.record import from_pymatgen_dict
 from equiprop.data.sources import BundledDataset
 from equiprop.data.splits import GroupedSplit
@@ -209,13 +210,13 @@ def test_a_changed_column_or_row_of_the_graph_store_is_rebuilt(tmp_path, fresh, 
 def test_the_same_changes_through_the_store_api_are_one_line_errors(tmp_path):
     _, path, _ = built(tmp_path, "disk")
     store = GraphStore(path)
-    ids, names, *_ = store.index()
+    index = ids, names, *_ = store.index()
     sql(path, "UPDATE graphs SET num_nodes = num_nodes + 1 WHERE id = 5")
     with pytest.raises(DataError) as err:
         store.index()
     one_line(err.value, path, names[5], "fails its checksum")
     with pytest.raises(DataError) as err:  # a reader that skips the index is stopped at the row itself
-        StoredGraphs(store, resolve_tasks(TASKS), ids)[5]
+        StoredGraphs(store, resolve_tasks(TASKS), index)[5]
     one_line(err.value, path, names[5], "fails its checksum")
     sql(path, "UPDATE graphs SET num_nodes = num_nodes - 1 WHERE id = 5")
     sql(path, "DELETE FROM graphs WHERE id BETWEEN 10 AND 19")
@@ -295,7 +296,7 @@ def test_a_damaged_shard_of_a_killed_build_is_rebuilt_on_resume(tmp_path, tiny_e
                              progress=False)
     assert (result["shards_resumed"], result["shards_built"]) == (1, 2)
     resumed = GraphStore(store.path)
-    graphs = StoredGraphs(resumed, tasks, resumed.index()[0])
+    graphs = StoredGraphs(resumed, tasks, resumed.index())
     for graph, record in zip(graphs, records):
         expected = record_to_graph(record, tasks, 4.5)
         assert graph[keys.CHEMICAL_SYSTEM] == expected[keys.CHEMICAL_SYSTEM]

@@ -14,7 +14,8 @@ from equiprop.data import keys
 from equiprop.data.datamodule import MultiTaskDataModule
 from equiprop.data.errors import DataError
 from equiprop.data.graph import record_to_graph
-from equiprop.data.graph_store import GraphStore, StoredGraphs, build_store
+from equiprop.data.graph_store import GraphStore, build_store
+from equiprop.data.stored_graphs import StoredGraphs
 from equiprop.data.record import CrystalRecord, from_pymatgen_dict
 from equiprop.data.sources import BundledDataset, ExtXYZ
 from equiprop.data.splits import RandomSplit
@@ -66,14 +67,13 @@ def test_disk_and_memory_give_identical_graphs_batches_and_statistics(both):
     assert memory.report["num_edges"] == disk.report["num_edges"]
 
 
-def test_disk_and_memory_train_identically(both):
+def test_disk_and_memory_train_identically(both, quiet_trainer):
     weights = []
     for dm in both:
         L.seed_everything(0)
         model = MultiTaskModel(EquivariantEncoder(cutoff=4.5, max_ell=1, multiplicities=[8, 4], num_layers=1),
                                TASKS)
-        trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, limit_train_batches=3, limit_val_batches=1)
+        trainer = quiet_trainer(limit_train_batches=3, limit_val_batches=1)
         trainer.fit(model, datamodule=dm)
         weights.append(model.state_dict())
     for name, value in weights[0].items():
@@ -104,9 +104,9 @@ def test_a_killed_build_resumes_without_recomputing_finished_shards(tmp_path, ti
     assert (built["shards_resumed"], built["shards_built"]) == (2, 1)
     once = GraphStore(tmp_path / "once.sqlite")
     build_store(once, iter(records), tasks, GRAPH, shard_size=10, workers=2, progress=False)
-    resumed = StoredGraphs(GraphStore(tmp_path / "g.sqlite"), tasks, GraphStore(tmp_path / "g.sqlite").index()[0])
+    resumed = StoredGraphs(GraphStore(tmp_path / "g.sqlite"), tasks, GraphStore(tmp_path / "g.sqlite").index())
     assert len(resumed) == len(records)
-    for a, b, record in zip(resumed, StoredGraphs(once, tasks, once.index()[0]), records):
+    for a, b, record in zip(resumed, StoredGraphs(once, tasks, once.index()), records):
         assert_same_graph(a, b)
         assert_same_graph(a, record_to_graph(record, tasks, 4.5))
 
@@ -120,7 +120,7 @@ def test_a_corrupted_graph_is_refused_not_read(tmp_path, tiny_entries):
     payload[17] ^= 0xFF  # one flipped byte inside the positions
     with store.connection:
         store.connection.execute("UPDATE graphs SET payload = ? WHERE id = 2", (bytes(payload),))
-    graphs = StoredGraphs(store, tasks, store.index()[0])
+    graphs = StoredGraphs(store, tasks, store.index())
     assert_same_graph(graphs[0], record_to_graph(records[0], tasks, 4.5))  # intact rows still read
     with pytest.raises(DataError, match="fails its checksum"):
         graphs[2]

@@ -92,8 +92,7 @@ def test_encoders_give_finite_rotation_invariant_scalars_on_the_extended_graph(f
         assert not torch.allclose(encoder(unscaled), out)
 
 
-def test_rubidium_is_trained_on_and_predicted(tmp_path):
-    import lightning as L
+def test_rubidium_is_trained_on_and_predicted(tmp_path, quiet_trainer):
 
     from equiprop import Predictor
     from equiprop.train.module import MultiTaskModel
@@ -114,8 +113,7 @@ def test_rubidium_is_trained_on_and_predicted(tmp_path):
     assert "radius extended for 1 structures with an atom of fewer than 1 neighbours" in summary
     assert 37 in dm.train_statistics["species"]  # Rb, Z = 37
     model = MultiTaskModel(EquivariantEncoder(cutoff=4.5, max_ell=1, multiplicities=[8, 4], num_layers=1), ["Ef"])
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer = quiet_trainer(default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=dm)
     checkpoint = tmp_path / "rb.ckpt"
     trainer.save_checkpoint(checkpoint)

@@ -122,7 +122,9 @@ def test_a_lock_of_a_live_process_on_this_host_is_respected(tmp_path):
     lock = acquire_lock(tmp_path / "run")
     with pytest.raises(ConfigError, match="in use by another fit"):
         acquire_lock(tmp_path / "run")
+    assert acquire_lock(tmp_path / "run", reentrant=True) == lock  # a workflow re-building its own folder
     release_lock(lock)
+    assert not lock.exists()
 
 
 BAD_NAMES = ["", ".", "..", "a/b", "../x", "a\\b", "-x", ".hidden", "my run", "x;y", "é"]
@@ -172,3 +174,33 @@ def test_workflows_nest_runs_in_plain_sub_folders_only(cli_recipe, tmp_path, mon
     assert trainer.checkpoint_callback.dirpath.endswith("checkpoints/study/trial_000")
     with pytest.raises(ConfigError, match="is not one folder name"):
         build_run(dict(cli_recipe, run_name="study/../../x"))
+
+
+def test_a_workflow_fit_claims_its_folder_as_equiprop_fit_does(cli_recipe, tmp_path, monkeypatch):
+    """build_run (tune trials, MatBench folds, curve points): a foreign checkpoint or another live fit's lock
+    refuses it; its own earlier checkpoints are replaced when the workflow runs the folder again."""
+    import json
+    import os
+    import socket
+
+    from equiprop.train.run import build_run
+
+    monkeypatch.chdir(tmp_path)
+    cli_recipe["data"]["cache_dir"] = str(tmp_path / "graphs")
+    recipe = dict(cli_recipe, run_name="study/trial_000")
+    folder = tmp_path / "checkpoints" / "study" / "trial_000"
+    folder.mkdir(parents=True)
+    (folder / "best.ckpt").write_bytes(b"a user's file")
+    with pytest.raises(ConfigError, match=r"holds checkpoints no equiprop run wrote there.*best\.ckpt"):
+        build_run(recipe)
+    assert (folder / "best.ckpt").read_bytes() == b"a user's file"
+    (folder / "best.ckpt").unlink()
+    lock = lock_path(folder)
+    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": 0}))
+    with pytest.raises(ConfigError, match="in use by another fit"):
+        build_run(recipe)
+    lock.unlink()
+    for _ in range(2):  # the second build replaces the first fit's own checkpoints
+        trainer, model, datamodule = build_run(recipe)
+        trainer.fit(model, datamodule=datamodule)
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]

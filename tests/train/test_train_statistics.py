@@ -1,11 +1,8 @@
 """What the model derives from data (message normalisation, elements seen) comes from the training split only."""
 
-from pathlib import Path
 
-import lightning as L
 import torch
 
-import equiprop
 from equiprop.data import keys
 
 
@@ -14,11 +11,10 @@ def _mean_neighbours(graphs) -> float:
     return sum(g.num_edges for g in graphs) / sum(g.num_nodes for g in graphs)
 
 
-def test_avg_num_neighbors_and_species_seen_come_from_the_training_split(tiny_data, small_model, tmp_path):
+def test_avg_num_neighbors_and_species_seen_come_from_the_training_split(tiny_data, small_model, tmp_path,
+                                                                         quiet_trainer):
     model = small_model()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=1, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=str(tmp_path))
+    trainer = quiet_trainer(limit_train_batches=1, limit_val_batches=1, default_root_dir=str(tmp_path))
     trainer.fit(model, datamodule=tiny_data)
     train, everything = _mean_neighbours(tiny_data.subsets["train"]), _mean_neighbours(tiny_data.dataset)
     assert abs(train - everything) > 1e-3  # the split matters on this data, so the test can tell them apart
@@ -27,10 +23,3 @@ def test_avg_num_neighbors_and_species_seen_come_from_the_training_split(tiny_da
     all_species = {int(z) for g in tiny_data.dataset for z in g[keys.ATOMIC_NUMBERS]}
     assert train_species < all_species
     assert set(torch.nonzero(model.species_seen).flatten().tolist()) == train_species
-
-
-def test_the_model_and_encoders_do_not_reach_into_pyg_private_storage():
-    package = Path(equiprop.__file__).parent
-    for folder in ("train", "nn"):
-        for path in (package / folder).rglob("*.py"):
-            assert "._data" not in path.read_text(), path

@@ -4,7 +4,6 @@ import csv
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 from pymatgen.core import Structure
@@ -14,8 +13,6 @@ from equiprop.cli import main
 from equiprop.data.datamodule import MultiTaskDataModule
 from equiprop.data.sources import BundledDataset
 from equiprop.data.splits import RandomSplit
-from equiprop.nn import InvariantEncoder
-from equiprop.train.module import MultiTaskModel
 from equiprop.uncertainty import load_predictor
 from equiprop.workflows.calibrate import calibrate, write_manifest
 
@@ -28,22 +25,14 @@ def tiny_data(root: Path) -> MultiTaskDataModule:
                                split=RandomSplit(0.25, 0.25, seed=0), batch_size=8, cache_dir=str(root / "cache"))
 
 
-def train(root: Path, seed: int, dropout: float = 0.0) -> Path:
-    L.seed_everything(seed)
-    model = MultiTaskModel(InvariantEncoder(cutoff=4.5, num_features=16, num_layers=1), TASKS, dropout=dropout)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, accelerator="cpu",
-                        enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, default_root_dir=str(root))
-    trainer.fit(model, datamodule=tiny_data(root))
-    path = root / f"s{seed}_d{dropout}.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
+def trained(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ensemble")
-    return {"a": train(root, 0), "b": train(root, 1), "dropout": train(root, 2, dropout=0.3), "root": root}
+    def train(seed: int, dropout: float = 0.0) -> Path:
+        return tiny_checkpoint(root / f"s{seed}_d{dropout}.ckpt", TASKS, seed=seed, dropout=dropout, train_batches=3,
+                               split=(0.25, 0.25))
+
+    return {"a": train(0), "b": train(1), "dropout": train(2, dropout=0.3), "root": root}
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import hashlib
 import json
 import shutil
 
-import lightning as L
 import pytest
 import torch
 
@@ -133,24 +132,8 @@ def test_a_manifest_without_digests_loads_with_a_notice(model_copy):
 
 # -- units: members of one ensemble must agree ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_member(tmp_path_factory):
-    from equiprop.data.datamodule import MultiTaskDataModule
-    from equiprop.data.sources import BundledDataset
-    from equiprop.data.splits import RandomSplit
-    from equiprop.nn import InvariantEncoder
-    from equiprop.train.module import MultiTaskModel
-
-    root = tmp_path_factory.mktemp("units")
-    L.seed_everything(0)
-    model = MultiTaskModel(InvariantEncoder(cutoff=4.5, num_features=8, num_layers=1), ["Ef", "Eg"])
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
-    trainer.fit(model, datamodule=MultiTaskDataModule(sources=[BundledDataset("tiny")], tasks=["Ef", "Eg"],
-                                                      cutoff=4.5, split=RandomSplit(0.25, 0.25, seed=0),
-                                                      batch_size=8, cache_dir=str(root / "cache")))
-    path = root / "ev.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+def tiny_member(tmp_path_factory, tiny_checkpoint):
+    return tiny_checkpoint(tmp_path_factory.mktemp("units") / "ev.ckpt", ["Ef", "Eg"], split=(0.25, 0.25))
 
 
 def test_members_that_disagree_on_units_are_refused(tiny_member, tmp_path):

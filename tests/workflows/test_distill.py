@@ -9,7 +9,6 @@ from ase.data import chemical_symbols
 
 from equiprop.cli import main
 from equiprop.train.run import build_datamodule
-from equiprop.data import keys
 
 TASKS = ["Ef", "Eg", "K_VRH"]
 
@@ -33,7 +32,7 @@ def test_distill_fills_only_missing_labels_outside_the_held_out_chemistry(recipe
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(recipes["teacher"])])
     teacher = tmp_path / "checkpoints" / "teacher" / "best.ckpt"
-    code = main(["distill", "--teacher", str(teacher), "-c", str(recipes["student"]), "--pool", "bundled:tiny",
+    code = main(["distill", "--checkpoint", str(teacher), "-c", str(recipes["student"]), "--input", "bundled:tiny",
                  "--trainer.limit_train_batches=2"])
     assert code == 0
     work = tmp_path / "checkpoints" / "student_distilled_pseudo"
@@ -42,15 +41,16 @@ def test_distill_fills_only_missing_labels_outside_the_held_out_chemistry(recipe
     assert "not DFT labels" in pseudo["meta"]["provenance"] and pseudo["meta"]["units"]["Ef"] == "eV/atom"
     data = build_datamodule(str(recipes["student"]), [])
     data.setup("fit")
-    ids, systems = data.structure_ids, list(data.dataset._data[keys.CHEMICAL_SYSTEM])
-    split = {n: {ids[i] for i in s.indices()} for n, s in data.subsets.items()}
+    ids, systems = data.structure_ids, data.dataset.chemical_systems()
+    split = {n: set(s.structure_ids()) for n, s in data.subsets.items()}
     held_systems = {systems[ids.index(i)] for i in split["val"] | split["test"]}
-    masks = {t: data.dataset._data[keys.mask_key(t)] for t in TASKS}
+    labelled = data.dataset.labels({t: data.tasks[t] for t in TASKS})
+    masks = {t: {ids[p] for p in labelled[t].structures} for t in TASKS}
     assert pseudo["records"]
     for record in pseudo["records"]:
         assert record["id"] not in split["val"] | split["test"]
         assert "-".join(sorted({chemical_symbols[z] for z in record["numbers"]})) not in held_systems
-        real = {t for t in TASKS if bool(masks[t][ids.index(record["id"])])}
+        real = {t for t in TASKS if record["id"] in masks[t]}
         assert record["labels"] and not set(record["labels"]) & real  # the teacher never overrides a real label
     assert (work / "test_ids.txt").read_text().split() == sorted(split["test"], key=ids.index)
     assert (tmp_path / "checkpoints" / "student_distilled" / "best.ckpt").exists()

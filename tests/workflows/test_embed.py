@@ -1,4 +1,3 @@
-import lightning as L
 import numpy as np
 from e3nn import o3
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -12,13 +11,13 @@ from equiprop.nn import EquivariantEncoder
 from equiprop.train.module import MultiTaskModel
 
 
-def test_embeddings_are_invariant_and_carry_labels(tmp_path, tiny_entries):
+def test_embeddings_are_invariant_and_carry_labels(tmp_path, tiny_entries, quiet_trainer):
     data = MultiTaskDataModule(sources=[BundledDataset("tiny")], tasks=["Ef", "eps_electronic"], cutoff=4.5,
                                split=RandomSplit(0.2, 0.0), batch_size=8, cache_dir=str(tmp_path / "c"))
     model = MultiTaskModel(EquivariantEncoder(cutoff=4.5, max_ell=2, multiplicities=[8, 4, 4], num_layers=2),
                            ["Ef", "eps_electronic"])
-    L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-              callbacks=[ModelCheckpoint(dirpath=tmp_path / "run", save_last=True)]).fit(model, datamodule=data)
+    quiet_trainer(enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "run", save_last=True)]
+                  ).fit(model, datamodule=data)
     checkpoint = str(tmp_path / "run" / "last.ckpt")
 
     structure = Structure.from_dict(tiny_entries[0]["structure"])

@@ -48,7 +48,7 @@ def test_an_ensemble_named_by_a_path_is_refused_before_anything_is_written(cli_r
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(cli_recipe))
     outside = tmp_path / "outside"
-    assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "--run-name", str(outside / "x")]) == 2
+    assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "--run_name", str(outside / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not one folder name" in err[0], err
     assert not outside.exists() and not (tmp_path / "checkpoints").exists()

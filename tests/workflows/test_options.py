@@ -13,7 +13,7 @@ from equiprop.uncertainty.acquisition import expected_improvement, greedy_divers
 from equiprop.workflows import screen, suggest
 from equiprop.workflows.options import finite_float, non_negative_float, number, positive_int, random_seed
 
-SUGGEST = ["suggest", "--pool", "nowhere/", "--checkpoints", "none.ckpt", "--task", "Ef", "--output", "out.csv"]
+SUGGEST = ["suggest", "--input", "nowhere/", "--checkpoint", "none.ckpt", "--task", "Ef", "--output", "out.csv"]
 SCREEN = ["screen", "--input", "nowhere/", "--phase1", "none.ckpt", "--output", "out.csv"]
 EMBED = ["embed", "--checkpoint", "none.ckpt", "--input", "nowhere/", "--output", "emb.npz"]
 MATBENCH = ["matbench", "--task", "matbench_phonons", "-c", "none.yaml"]
@@ -88,7 +88,7 @@ def test_matbench_refuses_bad_numbers(extra, option, capsys):
 
 
 def test_other_argument_errors_are_one_line_too(capsys):
-    for argv in (["distill", "--teacher", "t.ckpt"], ["suggest", "--budget", "1"], SCREEN[:-1] + ["out.txt"]):
+    for argv in (["distill", "--checkpoint", "t.ckpt"], ["suggest", "--budget", "1"], SCREEN[:-1] + ["out.txt"]):
         assert refused(argv, capsys)
 
 

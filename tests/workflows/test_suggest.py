@@ -2,42 +2,25 @@
 exclusion is counted, scores and columns carry units, predictors without uncertainty and tensors are refused."""
 
 import csv
-import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 from pymatgen.core import Structure
 
 from equiprop.cli import main
-from equiprop.data.datamodule import MultiTaskDataModule
-from equiprop.data.sources import BundledDataset
-from equiprop.data.splits import RandomSplit
-from equiprop.nn import InvariantEncoder
-from equiprop.train.module import MultiTaskModel
 
 TASKS = ["Ef", "Eg", "eps_electronic"]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, tiny_checkpoint) -> Path:
     """A few batches of a small invariant model with feature dropout (MC-dropout sigma) on the bundled tiny data."""
-    root = tmp_path_factory.mktemp("suggest")
-    L.seed_everything(0)
-    data = MultiTaskDataModule(sources=[BundledDataset("tiny")], tasks=TASKS, cutoff=4.5,
-                               split=RandomSplit(0.2, 0.2, seed=0), batch_size=8, cache_dir=str(root / "cache"))
-    model = MultiTaskModel(InvariantEncoder(cutoff=4.5, num_features=16, num_layers=1), TASKS, dropout=0.3)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1, accelerator="cpu",
-                        enable_progress_bar=False, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, default_root_dir=str(root))
-    trainer.fit(model, datamodule=data)
-    trainer.save_checkpoint(root / "mc.ckpt")
-    return root / "mc.ckpt"
+    return tiny_checkpoint(tmp_path_factory.mktemp("suggest") / "mc.ckpt", TASKS, dropout=0.3, train_batches=3)
 
 
 def suggest(checkpoint, pool, output, *flags) -> int:
-    return main(["suggest", "--pool", *map(str, pool), "--checkpoints", str(checkpoint), "--task", "Ef",
+    return main(["suggest", "--input", *map(str, pool), "--checkpoint", str(checkpoint), "--task", "Ef",
                  "--mc-samples", "4", "--allow-unseen-elements", "--output", str(output), *flags])
 
 
@@ -111,11 +94,11 @@ def test_file_pool_counts_duplicates_and_unreadable_inputs(checkpoint, tiny_entr
 
 def test_refuses_a_predictor_without_uncertainty_and_an_unreduced_tensor(checkpoint, tmp_path, capsys):
     out = tmp_path / "s.csv"
-    assert main(["suggest", "--pool", "bundled:tiny", "--checkpoints", str(checkpoint), "--task", "Ef", "--budget",
+    assert main(["suggest", "--input", "bundled:tiny", "--checkpoint", str(checkpoint), "--task", "Ef", "--budget",
                  "2", "--output", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs a predicted sigma" in err[0]
-    tensor = ["suggest", "--pool", "bundled:tiny", "--checkpoints", str(checkpoint), "--task", "eps_electronic",
+    tensor = ["suggest", "--input", "bundled:tiny", "--checkpoint", str(checkpoint), "--task", "eps_electronic",
               "--mc-samples", "3", "--budget", "2", "--output", str(out)]
     assert main(tensor) == 2
     assert "is a tensor: give --reduce isotropic" in capsys.readouterr().err

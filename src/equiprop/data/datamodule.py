@@ -9,19 +9,19 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from equiprop.data import keys
-from equiprop.data.dataset import (CORRUPTED_CACHE, DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key, key_rows,
-                                   read_report, streamed_pass, writable_cache_dir, write_report)
+from equiprop.data.dataset import (CORRUPTED_CACHE, DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key,
+                                   read_report, writable_cache_dir, write_report)
 from equiprop.data.errors import ConfigError, DataError, check_choice
 from equiprop.data.processes import DieWithParent
-from equiprop.data.graph_store import CORRUPTED, OUTDATED, STORE_FORMAT_VERSION, GraphStore, StoredGraphs, build_store
+from equiprop.data.graph_store import CORRUPTED, OUTDATED, STORE_FORMAT_VERSION, GraphStore, build_store
+from equiprop.data.stored_graphs import StoredGraphs
 from equiprop.data.merge import CELL_TOL, MergeReport, merge_sources, merge_staged
-from equiprop.data.normalization import TaskStats, compute_stats, stats_from_dataset
+from equiprop.data.normalization import TaskStats, compute_stats
 from equiprop.data.report import format_summary, merge_summary, source_summary
 from equiprop.data.sources.base import Source
 from equiprop.data.sources.records_json import BundledDataset
@@ -76,7 +76,6 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.merge_cell_tol = merge_cell_tol
         check_choice("data.storage", storage, Storage)
         self.storage = storage
-        self._index: tuple | None = None  # a disk store's (row ids, structure ids, systems, atoms, edges)
         self.dataset: GraphDataset | None = None
         self._prepared: tuple | None = None  # load_graphs() of prepare_data, taken by setup
         self.subsets: dict[str, GraphDataset] = {}
@@ -136,8 +135,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             return None
         index = store.index()  # verifies the row count and the digest of the split's columns
         report = read_report(_store_report(store))
-        self._index = index
-        return StoredGraphs(store, self.tasks, index[0]), {**report, "from_cache": True}
+        return StoredGraphs(store, self.tasks, index), {**report, "from_cache": True}
 
     def _rebuilding(self, err: DataError) -> str:
         """Why a damaged cache of ours is rebuilt (warned); a DataError if its folder cannot take the new one."""
@@ -206,7 +204,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             store.close()
             Path(f"{store.path}-journal").unlink(missing_ok=True)  # the old file's journal must not touch the new
             os.replace(building.path, store.path)
-        self._index = row_ids, _, _, _, edges = store.index()  # read once: setup splits on it; verified
+        index = row_ids, _, _, _, edges = store.index()  # read once: the dataset holds it; verified
         summaries = [source_summary(r) for r in results]  # after the stream: its counts are complete
         if not len(row_ids):
             raise ConfigError("no structure could be read from the configured sources; skipped: "
@@ -218,7 +216,7 @@ class MultiTaskDataModule(L.LightningDataModule):
                   "graph": self.graph_params, "cache_path": str(store.path), "storage": "disk",
                   "build": {k: built[k] for k in ("shards_built", "shards_resumed")}}
         write_report(_store_report(store), report)
-        return StoredGraphs(store, self.tasks, row_ids), report
+        return StoredGraphs(store, self.tasks, index), report
 
     def prepare_data(self) -> None:
         """Lightning calls this on one process per node, then ``setup`` on every process after a barrier: the
@@ -231,71 +229,41 @@ class MultiTaskDataModule(L.LightningDataModule):
             return
         self.dataset, report = self._prepared or self.load_graphs()
         self._prepared = None
-        if isinstance(self.dataset, StoredGraphs):
-            try:
-                return self._setup_streamed(report)  # reads every row once: each is checked against its CRC
-            except DataError as err:
-                if err.kind != CORRUPTED or not report["from_cache"] or (self.trainer and self.trainer.world_size > 1):
-                    raise  # several ranks must not rebuild one store at once
-                self.dataset, report = self.load_graphs(damaged=err)
-                return self._setup_streamed(report)
-        ids, groups = self.structure_ids, list(self.dataset._data[keys.CHEMICAL_SYSTEM])
-        split = self.split(ids, groups)
-        self.subsets = {name: self.dataset.index_select(torch.as_tensor(idx, dtype=torch.long))
-                        for name, idx in split.items()}
-        if len(self.subsets["train"]) == 0:
-            raise ConfigError("the training split is empty")
-        self.normalization = stats_from_dataset(self.subsets["train"], self.tasks)
-        self.train_statistics = self.dataset.statistics(split["train"])
-        report["splits"] = {name: len(s) for name, s in self.subsets.items()}
-        report["kinds"] = {name: task.kind if task.level == "structure" else f"{task.kind}/atom"
-                           for name, task in self.tasks.items()}
-        report["label_counts"] = {"all": self._label_counts(range(len(self.dataset)))}
-        report["label_counts"].update({name: self._label_counts(idx) for name, idx in split.items()})
-        self.report = report
-        rank_zero_info(format_summary(report, self.units))
+        try:
+            self._setup_splits(report)  # on disk: reads every row once, each checked against its CRC
+        except DataError as err:
+            if not isinstance(self.dataset, StoredGraphs) or err.kind != CORRUPTED or not report["from_cache"] or (
+                    self.trainer and self.trainer.world_size > 1):
+                raise  # several ranks must not rebuild one store at once
+            self.dataset, report = self.load_graphs(damaged=err)
+            self._setup_splits(report)
 
-    def _setup_streamed(self, report: dict) -> None:
-        """``setup`` for a disk store: the same split, statistics and counts, from one streaming pass per split."""
-        _, ids, groups, nodes, edges = self._index  # read by load_graphs
-        split = self.split(ids, groups)
+    def _setup_splits(self, report: dict) -> None:
+        """Split, training statistics and label counts, through the dataset protocol (``equiprop.data.table``):
+        the same for the in-memory and the on-disk dataset (one labels pass per split)."""
+        split = self.split(self.dataset.structure_ids(), self.dataset.chemical_systems())
         self.subsets = {name: self.dataset.subset(idx) for name, idx in split.items()}
         if len(self.subsets["train"]) == 0:
             raise ConfigError("the training split is empty")
-        passes = {name: streamed_pass(subset, self.tasks) for name, subset in self.subsets.items()}
-        train, rows = passes["train"], np.asarray(split["train"], dtype=np.int64)
-        self.normalization = {name: compute_stats(train["labels"][name], task,
-                                                  train["atoms"][name] if task.level == "structure" else None)
+        labels = {name: subset.labels(self.tasks) for name, subset in self.subsets.items()}
+        self.normalization = {name: compute_stats(labels["train"][name].values, task,
+                                                  labels["train"][name].atoms if task.level == "structure" else None)
                               for name, task in self.tasks.items()}
-        self.train_statistics = {"avg_num_neighbors": float(edges[rows].sum()) / max(int(nodes[rows].sum()), 1),
-                                 "species": train["species"]}
+        self.train_statistics = self.subsets["train"].statistics()
         report["splits"] = {name: len(s) for name, s in self.subsets.items()}
         report["kinds"] = {name: task.kind if task.level == "structure" else f"{task.kind}/atom"
                            for name, task in self.tasks.items()}
-        report["label_counts"] = {"all": {n: sum(p["counts"][n] for p in passes.values()) for n in self.tasks}}
-        report["label_counts"].update({name: p["counts"] for name, p in passes.items()})
+        rest = np.setdiff1d(np.arange(len(self.dataset)), np.concatenate([np.asarray(i, dtype=np.int64)
+                                                                           for i in split.values()]))
+        whole = [*labels.values(), *([self.dataset.subset(rest).labels(self.tasks)] if len(rest) else [])]
+        report["label_counts"] = {"all": {n: sum(part[n].count for part in whole) for n in self.tasks}}
+        report["label_counts"].update({name: {n: part[n].count for n in self.tasks} for name, part in labels.items()})
         self.report = report
         rank_zero_info(format_summary(report, self.units))
 
-    def _label_counts(self, indices) -> dict[str, int]:
-        """Structures carrying each task's label (per-atom tasks: structures with at least one labelled atom)."""
-        rows = torch.as_tensor(list(indices), dtype=torch.long)
-        counts = {}
-        for name, task in self.tasks.items():
-            if task.level == "atom":
-                slices = self.dataset.slices[keys.mask_key(name)]
-                atoms = key_rows(self.dataset.slices, keys.mask_key(name), rows)
-                graph_of_atom = torch.repeat_interleave(torch.arange(len(rows)), slices.diff()[rows])
-                counts[name] = len(torch.unique(graph_of_atom[self.dataset._data[keys.mask_key(name)][atoms]]))
-            else:
-                counts[name] = int(self.dataset._data[keys.mask_key(name)][rows].sum())
-        return counts
-
     @property
     def structure_ids(self) -> list[str]:
-        if isinstance(self.dataset, StoredGraphs):
-            return list(self._index[1])
-        return list(self.dataset._data[keys.STRUCTURE_ID])
+        return self.dataset.structure_ids()
 
     def summary(self) -> str:
         self.setup()

@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch_geometric.data import Data, InMemoryDataset
 
@@ -24,6 +25,7 @@ from equiprop.data import keys
 from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.graph import CrystalGraph, record_to_graph
 from equiprop.data.record import CrystalRecord
+from equiprop.data.table import TaskLabels
 from equiprop.data.tasks import TaskSpec
 
 CACHE_FORMAT_VERSION = 2  # 2: graphs carry keys.EDGE_LENGTH_SCALE
@@ -47,15 +49,49 @@ class GraphDataset(InMemoryDataset):
         os.replace(tmp, path)  # atomic: a killed run never leaves half a cache behind
         return digest
 
-    def statistics(self, indices) -> dict:
-        """What a model derives from its training structures: mean neighbours per atom and the elements present."""
-        rows = torch.as_tensor(list(indices), dtype=torch.long)
+    # -- the dataset protocol (equiprop.data.table), over this dataset's rows (all, or an index_select's) ---------
+    def _rows(self) -> torch.Tensor:
+        return torch.as_tensor(list(self.indices()), dtype=torch.long)  # (len,) rows of the collated storage
+
+    def structure_ids(self) -> list[str]:
+        ids = self._data[keys.STRUCTURE_ID]
+        return [ids[i] for i in self._rows().tolist()]
+
+    def chemical_systems(self) -> list[str]:
+        systems = self._data[keys.CHEMICAL_SYSTEM]
+        return [systems[i] for i in self._rows().tolist()]
+
+    def subset(self, positions) -> "GraphDataset":
+        return self.index_select(torch.as_tensor(np.asarray(positions, dtype=np.int64)))
+
+    def labels(self, tasks: dict[str, TaskSpec]) -> dict[str, TaskLabels]:
+        rows = self._rows()
+        num_atoms = self.slices[keys.ATOMIC_NUMBERS].diff()[rows]  # (len,) atoms per structure
+        out = {}
+        for name, task in tasks.items():
+            mask = self._data[keys.mask_key(name)]
+            if task.level == "atom":
+                atoms = key_rows(self.slices, keys.mask_key(name), rows)
+                owner = torch.repeat_interleave(torch.arange(len(rows)), num_atoms)  # (atoms,) position of each
+                labelled = mask[atoms]
+                out[name] = TaskLabels(self._data[keys.label_key(name)][atoms][labelled], num_atoms[owner][labelled],
+                                       np.unique(owner[labelled].numpy()).astype(np.int64))
+                continue
+            labelled = mask[rows]  # graph-level keys hold one row per graph
+            out[name] = TaskLabels(self._data[keys.label_key(name)][rows][labelled], num_atoms[labelled],
+                                   torch.nonzero(labelled).flatten().numpy().astype(np.int64))
+        return out
+
+    def statistics(self) -> dict:
+        """What a model derives from its training structures (mean neighbours per atom, the elements present), and
+        their number of atoms."""
+        rows = self._rows()
         edge_counts = self.slices[keys.EDGE_INDEX].diff()  # (num_graphs,) edges per graph
         node_counts = self.slices[keys.ATOMIC_NUMBERS].diff()  # (num_graphs,) atoms per graph
         graph_of_atom = torch.repeat_interleave(torch.arange(len(node_counts)), node_counts)
         species = self._data[keys.ATOMIC_NUMBERS][torch.isin(graph_of_atom, rows)]
         return {"avg_num_neighbors": float(edge_counts[rows].sum()) / max(int(node_counts[rows].sum()), 1),
-                "species": sorted(int(z) for z in torch.unique(species))}
+                "species": sorted(int(z) for z in torch.unique(species)), "num_atoms": int(node_counts[rows].sum())}
 
     @classmethod
     def load_from(cls, path: Path, digest: str | None = None) -> "GraphDataset":
@@ -92,32 +128,6 @@ def build_graphs(records: list[CrystalRecord], tasks: dict[str, TaskSpec], cutof
         except DataError as err:
             skips.add(err.kind, f"{record.id}: {err.problem}")
     return graphs, skips
-
-
-# -- one streaming pass ---------------------------------------------------------------------------------------------
-def streamed_pass(graphs, tasks: dict[str, TaskSpec]) -> dict:
-    """What the in-memory path reads from its collated tensors, in one pass over ``graphs`` (in their order): per
-    task the labelled model-space rows and the atoms of their structures, the structures carrying a label, and the
-    elements present. Memory: the labels (folded into one tensor every 4,096 graphs), not the graphs."""
-    labels = {name: [] for name in tasks}
-    atoms = {name: [] for name in tasks}
-    counts = dict.fromkeys(tasks, 0)
-    species = set()
-    for k, graph in enumerate(graphs):
-        species.update(torch.unique(graph[keys.ATOMIC_NUMBERS]).tolist())
-        for name in tasks:
-            mask = graph[keys.mask_key(name)]
-            if bool(mask.any()):
-                counts[name] += 1
-                labels[name].append(graph[keys.label_key(name)][mask])
-                atoms[name].append(torch.full((int(mask.sum()),), graph.num_nodes))
-        if k % 4096 == 4095:  # a million small tensors would cost more than their numbers
-            labels = {n: [torch.cat(v)] if v else v for n, v in labels.items()}
-            atoms = {n: [torch.cat(v)] if v else v for n, v in atoms.items()}
-    shapes = {name: (0, *task.model_shape) for name, task in tasks.items()}
-    return {"labels": {n: torch.cat(v) if v else torch.zeros(shapes[n]) for n, v in labels.items()},
-            "atoms": {n: torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for n, v in atoms.items()},
-            "counts": counts, "species": sorted(species)}
 
 
 def write_report(path: Path, report: dict) -> None:

@@ -276,33 +276,6 @@ def shard_digests(rows: list[tuple], shard_size: int) -> dict[int, str]:
     return {k: shard_digest(v) for k, v in shards.items()}
 
 
-class StoredGraphs(torch.utils.data.Dataset):
-    """The graphs of a store as a map-style dataset (positions ``0..len-1`` over its row ids): what the in-memory
-    ``GraphDataset`` gives, read from disk one graph at a time."""
-
-    def __init__(self, store: GraphStore, tasks: dict[str, TaskSpec], row_ids: np.ndarray):
-        self.store, self.tasks, self.row_ids = store, tasks, np.asarray(row_ids, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.row_ids)
-
-    def __getitem__(self, position: int) -> CrystalGraph:
-        (row,) = self.store.rows([self.row_ids[position]])
-        return decode(row, self.tasks, str(self.store.path))
-
-    def __getitems__(self, positions: list[int]) -> list[CrystalGraph]:  # a DataLoader batch in one query
-        return [decode(row, self.tasks, str(self.store.path)) for row in self.store.rows(self.row_ids[positions])]
-
-    def subset(self, positions) -> "StoredGraphs":
-        return StoredGraphs(self.store, self.tasks, self.row_ids[np.asarray(positions, dtype=np.int64)])
-
-    def __iter__(self):
-        for start in range(0, len(self), 256):  # streaming passes read in chunks
-            chunk = self.row_ids[start:start + 256]
-            for row in self.store.rows(chunk):
-                yield decode(row, self.tasks, str(self.store.path))
-
-
 # -- building ---------------------------------------------------------------------------------------------------
 def _encode_shard(job: tuple) -> tuple[int, list[tuple], dict, str]:
     shard, first, records, tasks, graph = job

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from equiprop.data import keys
-from equiprop.data.dataset import key_rows
 from equiprop.data.tasks import TaskSpec
 from equiprop.data.tensor_ops import change_of_basis
 
@@ -74,19 +72,3 @@ def _tensor_stats(x: np.ndarray, task: TaskSpec) -> TaskStats:
     return TaskStats(shift=shift.tolist(), scale=scale.tolist(), count=len(x))
 
 
-def stats_from_dataset(dataset, tasks: dict[str, TaskSpec]) -> dict[str, TaskStats]:
-    """Statistics of every task over the structures of ``dataset`` (a GraphDataset, or an index_select of one); those
-    of a per-atom task over the labelled atoms of those structures."""
-    rows = torch.as_tensor(list(dataset.indices()), dtype=torch.long)
-    num_atoms = dataset.slices[keys.ATOMIC_NUMBERS].diff()[rows]  # (num_rows,) atoms per structure
-    out = {}
-    for name, task in tasks.items():
-        if task.level == "atom":
-            atoms = key_rows(dataset.slices, keys.label_key(name), rows)
-            y, mask = dataset._data[keys.label_key(name)][atoms], dataset._data[keys.mask_key(name)][atoms]
-            out[name] = compute_stats(y[mask], task)
-            continue
-        y = dataset._data[keys.label_key(name)][rows]  # graph-level keys hold one row per graph
-        mask = dataset._data[keys.mask_key(name)][rows]
-        out[name] = compute_stats(y[mask], task, num_atoms[mask])
-    return out

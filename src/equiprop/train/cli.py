@@ -80,9 +80,13 @@ class EquipropCLI(LightningCLI):
                 raise
             raise ConfigError(one_line(str(err))) from None
         config = self.config[self.subcommand] if self.subcommand else self.config
-        if self.subcommand == "fit" and is_rank_zero():
+        # every fit claims its folder, `equiprop fit` and the workflows' (build_run: a tune trial, a MatBench fold, a
+        # curve point), whose own earlier checkpoints in it are replaced (any other file refuses the run)
+        workflow = self.subcommand is None and self.nested_run_names
+        if (self.subcommand == "fit" or workflow) and is_rank_zero():
             claim_run_dir(Path(config.checkpoint.dirpath), resume=config.get("ckpt_path") is not None,
-                          overwrite=bool(config.overwrite), own_dir=self.own_dir, config=self.config_digest)
+                          overwrite=bool(config.overwrite) or workflow, own_dir=self.own_dir,
+                          config=self.config_digest, reentrant=workflow)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -161,6 +165,12 @@ def run_lightning_cli(args: list[str]) -> None:
         raise ConfigError(one_line(str(err))) from None
     finally:
         release_all()  # the run folder is free again once this fit has returned or failed
+
+
+def lightning_command_main(argv: list[str]) -> int:
+    """``equiprop fit|validate|test ...`` (``equiprop.cli.COMMANDS``): 0 when it ran; errors raise ConfigError."""
+    run_lightning_cli(argv)
+    return 0
 
 
 def one_line(message: str) -> str:

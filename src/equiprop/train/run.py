@@ -60,7 +60,9 @@ def config_args(recipe) -> list[str]:
 
 def build_run(recipe, overrides=(), record_dir: Path | None = None):
     """(trainer, model, datamodule) of a recipe plus overrides, built as ``equiprop fit`` builds them but not run;
-    its ``run_name`` may name a sub-folder (``study/trial_000``: plain names joined by "/").
+    its ``run_name`` may name a sub-folder (``study/trial_000``: plain names joined by "/"). Its run folder is
+    claimed as ``equiprop fit`` claims it (``train.run_dir``): locked against another process until this one ends,
+    its own earlier checkpoints replaced, any checkpoint no equiprop run recorded there refused.
     ``record_dir``: a folder that keeps the recipe used, as ``recipe.yaml`` (tune trials, MatBench folds)."""
     from equiprop.train.cli import WorkflowCLI, cli_kwargs, quietly
 

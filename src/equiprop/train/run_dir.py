@@ -68,8 +68,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(run_dir: Path) -> Path:
-    """Create the run folder's lock for this process, or raise ConfigError naming the fit that holds it."""
+def acquire_lock(run_dir: Path, reentrant: bool = False) -> Path:
+    """Create the run folder's lock for this process, or raise ConfigError naming the fit that holds it.
+    ``reentrant``: a lock this process already holds is taken again (a workflow building a folder's run anew)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = lock_path(run_dir)
     mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
@@ -79,6 +80,8 @@ def acquire_lock(run_dir: Path) -> Path:
         except FileExistsError:
             holder = _read_lock(lock)
             same_host = holder.get("host") == socket.gethostname()
+            if reentrant and lock in HELD and same_host and holder.get("pid") == os.getpid():
+                return lock  # this process's own earlier run of the folder (a workflow building it again)
             if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
                 lock.unlink(missing_ok=True)  # its fit was killed: the folder is free
                 continue
@@ -122,14 +125,14 @@ atexit.register(release_all)
 
 
 def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, own_dir: Path | None = None,
-                  config: tuple[str | None, dict] = (None, {})) -> Path:
+                  config: tuple[str | None, dict] = (None, {}), reentrant: bool = False) -> Path:
     """Lock ``run_dir`` for this fit and make sure no earlier run's checkpoint can be mistaken for this one's.
 
     ``own_dir``: ``checkpoints/<run_name>``, the only folder ``--overwrite=true`` deletes in (default ``run_dir``);
     only checkpoints an equiprop run wrote there, unchanged since (``train.run_record``), are deleted. ``config``:
     (digest, summary) of the resolved config, recorded for ``equiprop ensemble``'s reuse check."""
     refuse_shipped(run_dir, "checkpoint folder")
-    lock = acquire_lock(run_dir)
+    lock = acquire_lock(run_dir, reentrant)
     try:
         earlier = sorted(run_dir.glob("*.ckpt"))
         if earlier and not resume:

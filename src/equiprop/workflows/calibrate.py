@@ -1,7 +1,7 @@
 """``equiprop calibrate`` and ``equiprop ensemble``: measure (and fix) how honest predicted uncertainties are.
 
     equiprop ensemble -c RECIPE.yaml --seeds 0 1 2 [--mc-samples N] [--trainer.KEY=VALUE ...]
-    equiprop calibrate --checkpoints CKPT [CKPT ...] [--mc-samples N] [--manifest OUT.json] [--report PREFIX]
+    equiprop calibrate --checkpoint CKPT [CKPT ...] [--mc-samples N] [--manifest OUT.json] [--report PREFIX]
 
 ``ensemble`` trains the recipe once per seed (run folders ``checkpoints/<run_name>_s<seed>``; a seed whose
 ``best.ckpt`` exists is reused, so an interrupted ensemble resumes), then calibrates the members. ``calibrate``
@@ -167,18 +167,18 @@ def run_calibration(checkpoints: list[str], mc_samples: int, manifest: Path, rep
 
 def calibrate_command(argv: list[str]) -> int:
     parser = ArgumentParser(prog="equiprop calibrate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoints", nargs="+", required=True, help="ensemble members (.ckpt)")
+    parser.add_argument("--checkpoint", nargs="+", required=True, help="ensemble members (.ckpt)")
     parser.add_argument("--mc-samples", type=non_negative_int, default=0,
                         help="dropout draws per member (models with dropout)")
     parser.add_argument("--recipe", help="data section to use when a member has no saved config.yaml")
     parser.add_argument("--manifest", help="ensemble manifest to write (default: <first run folder>_ensemble.json)")
     parser.add_argument("--report", help="report prefix (default: the manifest's name + _calibration)")
     args = parser.parse_args(argv)
-    manifest = Path(args.manifest or default_manifest(args.checkpoints[0]))
+    manifest = Path(args.manifest or default_manifest(args.checkpoint[0]))
     report = Path(args.report) if args.report else manifest.with_name(manifest.stem + "_calibration")
     check_output(manifest, "--manifest")
     check_output(report, "--report")
-    run_calibration(args.checkpoints, args.mc_samples, manifest, report, args.recipe,
+    run_calibration(args.checkpoint, args.mc_samples, manifest, report, args.recipe,
                     "equiprop calibrate " + " ".join(argv))
     return 0
 
@@ -199,10 +199,10 @@ def check_reusable(best: Path, recipe, member_args: list[str]) -> None:
     digest, summary = config_fingerprint(recipe, member_args)
     if best not in owned_checkpoints(best.parent)[0]:
         raise ConfigError(f"{best} exists but no equiprop fit recorded writing it (or it changed since): equiprop "
-                          "ensemble cannot tell which recipe trained it; choose another --run-name or move it away")
+                          "ensemble cannot tell which recipe trained it; choose another --run_name or move it away")
     if record.get("config_sha256") != digest:
         raise ConfigError(f"{best} was trained from another configuration than this ensemble's (it: "
-                          f"{record.get('config_summary')}; this: {summary}): choose another --run-name, or move "
+                          f"{record.get('config_summary')}; this: {summary}): choose another --run_name, or move "
                           "that run away")
 
 
@@ -216,7 +216,7 @@ def ensemble_command(argv: list[str]) -> int:
     parser.add_argument("-c", "--config", required=True, help="the recipe every member is trained with")
     parser.add_argument("--seeds", nargs="+", type=random_seed, required=True,
                         help="one member per seed (seed_everything)")
-    parser.add_argument("--run-name", help="members go to checkpoints/<run-name>_s<seed> (default: the recipe's)")
+    parser.add_argument("--run_name", help="members go to checkpoints/<run_name>_s<seed> (default: the recipe's)")
     parser.add_argument("--mc-samples", type=non_negative_int, default=0,
                         help="dropout draws per member in calibration")
     parser.add_argument("--member-checkpoint", default="best.ckpt", choices=["best.ckpt", "last.ckpt", PER_TASK],

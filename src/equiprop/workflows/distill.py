@@ -1,7 +1,7 @@
 """``equiprop distill``: teach a fast (Phase-1) model with a slow (Phase-2) model's predictions on unlabelled crystals.
 
-    equiprop distill --teacher CKPT [CKPT ...] -c STUDENT_RECIPE.yaml --pool bundled:default pool.extxyz ...
-                     [--tasks Ef Eg K_VRH G_VRH] [--run-name NAME] [--trainer.KEY=VALUE ...]
+    equiprop distill --checkpoint TEACHER [...] -c STUDENT_RECIPE.yaml --input bundled:default pool.extxyz ...
+                     [--tasks Ef Eg K_VRH G_VRH] [--run_name NAME] [--trainer.KEY=VALUE ...]
 
 1. The student recipe's data (its sources and split) is built as for ``fit``: its validation and test structures
    stay exactly as they are, real labels only.
@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import yaml
 
-from equiprop.data import keys
 from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.record import CrystalRecord, from_pymatgen_dict, read_structure_file, structure_format
 from equiprop.data.sources.records_json import bundled_path, read_json
@@ -62,17 +61,22 @@ def pool_records(items: list[str], skips: SkipLog):
 
 def held_out(datamodule) -> tuple[set[str], set[str], dict[str, list[str]]]:
     """Ids and chemical systems of the validation and test splits, and every split's ids."""
-    ids, systems = datamodule.structure_ids, list(datamodule.dataset._data[keys.CHEMICAL_SYSTEM])
-    split = {name: [ids[i] for i in subset.indices()] for name, subset in datamodule.subsets.items()}
-    position = {i: n for n, i in enumerate(ids)}
+    split = {name: subset.structure_ids() for name, subset in datamodule.subsets.items()}
     out = {i for name in ("val", "test") for i in split[name]}
-    return out, {systems[position[i]] for i in out}, split
+    systems = {s for name in ("val", "test") for s in datamodule.subsets[name].chemical_systems()}
+    return out, systems, split
 
 
 def real_label_sets(datamodule, tasks: list[str]) -> dict[str, set[str]]:
     """{structure id: tasks it has a real label of} over the student's data."""
-    masks = {name: datamodule.dataset._data[keys.mask_key(name)].numpy().astype(bool) for name in tasks}
-    return {sid: {name for name in tasks if masks[name][i]} for i, sid in enumerate(datamodule.structure_ids)}
+    dataset = datamodule.dataset
+    labelled = dataset.labels({name: datamodule.tasks[name] for name in tasks})
+    real = {sid: set() for sid in dataset.structure_ids()}
+    ids = dataset.structure_ids()
+    for name in tasks:
+        for position in labelled[name].structures:
+            real[ids[position]].add(name)
+    return real
 
 
 @torch.no_grad()
@@ -114,12 +118,13 @@ def student_recipe(recipe: dict, pseudo: Path, split_files: dict[str, Path], run
 
 def parse_arguments(argv: list[str]):
     parser = ArgumentParser(prog="equiprop distill", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--teacher", nargs="+", required=True, help="teacher checkpoint(s) or ensemble manifest")
+    parser.add_argument("--checkpoint", nargs="+", required=True,
+                        help="the teacher: checkpoint(s), an ensemble manifest or a shipped model's name")
     parser.add_argument("-c", "--config", required=True, help="the student's recipe (e.g. an invariant model)")
-    parser.add_argument("--pool", nargs="+", required=True,
+    parser.add_argument("--input", nargs="+", required=True,
                         help="unlabelled structures: bundled:NAME, structure files, extxyz, folders")
     parser.add_argument("--tasks", nargs="+", help="tasks to distil (default: the student's tasks the teacher has)")
-    parser.add_argument("--run-name", help="the student's run (default: <recipe run_name>_distilled)")
+    parser.add_argument("--run_name", help="the student's run (default: <recipe run_name>_distilled)")
     parser.add_argument("--workdir", help="where pseudo-labels and split files go (default checkpoints/<run>_pseudo)")
     return parser.parse_known_args(argv)
 
@@ -134,7 +139,7 @@ def distill_command(argv: list[str]) -> int:
     run_name = check_run_name(args.run_name or f"{recipe.get('run_name') or Path(args.config).stem}_distilled")
     workdir = Path(args.workdir or Path("checkpoints") / f"{run_name}_pseudo")
     refuse_shipped(workdir, "--workdir")
-    teacher = load_predictor(args.teacher, batch_size=64, warn=False)
+    teacher = load_predictor(args.checkpoint, batch_size=64, warn=False)
     datamodule = build_datamodule(args.config, [])
     datamodule.setup("fit")
     tasks = args.tasks or [t for t in datamodule.tasks if t in teacher.output_tasks]
@@ -146,7 +151,7 @@ def distill_command(argv: list[str]) -> int:
     real = real_label_sets(datamodule, tasks)
     skips, kept, chunk, seen = SkipLog(max_examples=3), [], [], set()
     counts = Counter()
-    for record in pool_records(args.pool, skips):
+    for record in pool_records(args.input, skips):
         counts["read"] += 1
         if record.id in seen:
             skips.add("duplicate id in the pool (first kept)", record.id)
@@ -166,9 +171,9 @@ def distill_command(argv: list[str]) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     pseudo = workdir / "pseudo_labels.json.gz"
     units = {t: datamodule.tasks[t].units for t in tasks}
-    write_pseudo_labels(pseudo, kept, {"provenance": f"predictions of teacher {' '.join(args.teacher)} (equiprop "
+    write_pseudo_labels(pseudo, kept, {"provenance": f"predictions of teacher {' '.join(args.checkpoint)} (equiprop "
                                                      f"distill); not DFT labels", "units": units,
-                                       "teacher": args.teacher, "tasks": tasks, "pool": args.pool})
+                                       "teacher": args.checkpoint, "tasks": tasks, "pool": args.input})
     held = set(split["val"]) | set(split["test"])
     train_ids = [i for i in split["train"]] + [d["id"] for d in kept if d["id"] not in held
                                               and d["id"] not in set(split["train"])]

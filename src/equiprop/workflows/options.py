@@ -5,7 +5,8 @@ stops the command before anything is loaded with one error line naming the optio
 
     equiprop suggest: error: argument --diversity: must be a finite number >= 0; got 'nan' (--help for usage)
 
-``ArgumentParser`` is argparse's with that one-line error in place of the usage block (as ``ConfigError`` reads).
+``ArgumentParser`` is argparse's with that one-line error in place of the usage block (as ``ConfigError`` reads), and
+with the flags every command spells one way (``RENAMED``): an old spelling still works, with a note naming the new.
 
 Why at the edge: ``float("nan")`` parses, and NaN compares false with everything, so it passes every later check of
 the form ``if x < 0`` and ranks nonsense; ``1e999`` parses as infinity. Integers cannot be NaN, but a negative
@@ -20,11 +21,31 @@ import math
 MAX_SEED = 2 ** 32 - 1  # numpy's (and Lightning's seed_everything's) range of seeds
 
 
+# old spelling -> the one every command uses: models that predict are --checkpoint (files, a manifest or a shipped
+# name), structures to read are --input, a run's folder name is --run_name (as in LightningCLI)
+RENAMED = {"--checkpoints": "--checkpoint", "--teacher": "--checkpoint", "--pool": "--input",
+           "--run-name": "--run_name"}
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser whose errors are one line (``PROG: error: MESSAGE (--help for usage)``), exit status 2."""
+    """argparse's parser whose errors are one line (``PROG: error: MESSAGE (--help for usage)``), exit status 2, and
+    which reads an old spelling of a flag (``RENAMED``) as the new one, with a note on stderr."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        import sys
+
+        args = list(sys.argv[1:] if args is None else args)
+        known = {option for action in self._actions for option in action.option_strings}
+        for i, arg in enumerate(args):
+            flag, sep, value = arg.partition("=")
+            new = RENAMED.get(flag)
+            if new is not None and new in known and flag not in known:
+                print(f"{self.prog}: note: {flag} is now {new} (the old spelling still works)", file=sys.stderr)
+                args[i] = new + sep + value
+        return super().parse_known_args(args, namespace)
 
 
 def number(kind: type = float, minimum: float | None = None, maximum: float | None = None):

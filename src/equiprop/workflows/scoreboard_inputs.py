@@ -95,8 +95,7 @@ def check_training_split(stored: dict, datamodule) -> str:
 
 
 def split_ids(datamodule) -> dict[str, list[str]]:
-    ids = datamodule.structure_ids
-    return {part: [ids[i] for i in subset.indices()] for part, subset in datamodule.subsets.items()}
+    return {part: subset.structure_ids() for part, subset in datamodule.subsets.items()}
 
 
 def check_same_split(a, b) -> None:
@@ -115,10 +114,8 @@ def physical_labels(task, model_space: torch.Tensor) -> np.ndarray:
 
 def training_labels(datamodule, name: str) -> np.ndarray:
     """The labelled training values of one task, physical units, (n_train, *shape)."""
-    train = datamodule.subsets["train"]
-    rows = torch.as_tensor(list(train.indices()), dtype=torch.long)
-    mask = train._data[keys.mask_key(name)][rows]
-    return physical_labels(datamodule.tasks[name], train._data[keys.label_key(name)][rows][mask])
+    task = datamodule.tasks[name]
+    return physical_labels(task, datamodule.subsets["train"].labels({name: task})[name].values)
 
 
 @torch.no_grad()

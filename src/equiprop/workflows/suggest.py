@@ -1,6 +1,6 @@
 """``equiprop suggest``: rank unlabelled candidate structures for the next DFT calculations.
 
-    equiprop suggest --pool FILES_OR_DIRS|bundled:NAME [...] --checkpoints CKPT [CKPT ...] (or one manifest .json)
+    equiprop suggest --input FILES_OR_DIRS|bundled:NAME [...] --checkpoint CKPT [CKPT ...] (or one manifest .json)
                      --task NAME --budget N [--strategy uncertainty|window|ei] [--window LO HI] [--direction max|min]
                      [--best VALUE] [--diversity LAMBDA] [--labelled IDS.txt] [--mc-samples N]
                      [--reduce isotropic] --output out.csv
@@ -145,8 +145,8 @@ def default_best(labelled: list, task: str, direction: str, reduce: str | None =
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="equiprop suggest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pool", nargs="+", required=True, help="structure files/folders, or bundled:NAME")
-    parser.add_argument("--checkpoints", nargs="+", required=True, help="members (.ckpt) or one manifest .json")
+    parser.add_argument("--input", nargs="+", required=True, help="the pool: structure files/folders, or bundled:NAME")
+    parser.add_argument("--checkpoint", nargs="+", required=True, help="members (.ckpt) or one manifest .json")
     parser.add_argument("--task", required=True, help="the scalar output to acquire labels of")
     parser.add_argument("--budget", type=positive_int, required=True, help="structures to suggest (>= 1)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="uncertainty")
@@ -180,7 +180,7 @@ def suggest_command(argv: list[str]) -> int:
     args = parse_arguments(argv)
     output = Path(args.output)
     check_output(output)
-    predictor = load_predictor(args.checkpoints, mc_samples=args.mc_samples, batch_size=args.batch_size,
+    predictor = load_predictor(args.checkpoint, mc_samples=args.mc_samples, batch_size=args.batch_size,
                                allow_unseen_elements=args.allow_unseen_elements, warn=False)
     for notice in predictor.notices:
         print(f"equiprop suggest: warning: {notice}", file=sys.stderr)
@@ -197,7 +197,7 @@ def suggest_command(argv: list[str]) -> int:
                           "several checkpoints (an ensemble), a manifest, or a model trained with model.dropout > 0 "
                           "and --mc-samples N")
     labelled_ids = read_labelled(args.labelled)
-    items, loader_skips = read_pool(args.pool, predictor.tasks)
+    items, loader_skips = read_pool(args.input, predictor.tasks)
     candidates, labelled, excluded, failures = partition(items, args.task, labelled_ids)
     graphs, candidates, errors = usable_graphs(predictor, candidates, checked=True)
     for err in errors:
