@@ -93,7 +93,7 @@ def test_the_median_baseline_runs_on_disk(cli_recipe, tmp_path, monkeypatch):
 
 
 PRIVATE = re.compile(r"\._data\b|\.indices\(\)|\._index\b|\._names\b|\._systems\b")
-OWNERS = {"src/equiprop/data/dataset.py", "src/equiprop/data/graph_store.py"}
+OWNERS = {"src/equiprop/data/dataset.py", "src/equiprop/data/stored_graphs.py"}
 
 
 def test_nothing_outside_the_datasets_reads_their_private_storage():
