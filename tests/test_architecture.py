@@ -131,3 +131,21 @@ def test_the_architecture_page_cites_only_files_and_names_that_exist():
         if module is None or not _defines(module, name):
             missing.append(f"{owner}.{name}")
     assert missing == []
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: lower case, punctuation dropped (hyphens and underscores kept),
+    spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_headline_page_links_only_to_sections_and_files_that_exist():
+    page = REPO / "docs" / "README.md"
+    links = re.findall(r"\]\(([^)#]*)(?:#([^)]+))?\)", page.read_text())
+    assert len(links) >= 8
+    for target, anchor in links:
+        path = (page.parent / target).resolve() if target else page
+        assert path.exists(), target
+        if anchor:
+            anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", path.read_text(), re.MULTILINE)}
+            assert anchor in anchors, f"{target}#{anchor}"
