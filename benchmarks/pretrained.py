@@ -84,34 +84,48 @@ def cold_start(model: str, count: int, repeats: int) -> list[tuple[str, str]]:
     return rows
 
 
-def featurisation(count: int, repeats: int) -> list[tuple[str, str]]:
-    import torch
+def bundled_batches(count: int):
+    """(records, crystals, batches of 32 graphs at SevenNet's 5 Å cutoff) of the first ``count`` bundled structures."""
     from torch_geometric.data import Batch
 
     from equiprop.data.graph import record_to_graph
     from equiprop.data.record import CrystalRecord
-    from equiprop.data.symmetry import inversion_permutation
-    from equiprop.nn import FoundationEncoder
 
     records = bundled_records()[:count]
     crystals = [CrystalRecord(r["id"], np.array(r["cell"]), np.array(r["frac"]) @ np.array(r["cell"]), r["numbers"])
                 for r in records]
-    centred = sum(inversion_permutation(c.cell, np.array(r["frac"]), np.array(c.numbers)) is not None
-                  for c, r in zip(crystals, records))
     batches = [Batch.from_data_list([record_to_graph(c, {}, 5.0) for c in crystals[i:i + 32]])
                for i in range(0, len(crystals), 32)]
+    return records, crystals, batches
+
+
+def best_rate(encoder, batches, count: int, repeats: int) -> float:
+    """Structures/s of ``encoder`` over ``batches`` (``count`` structures): the best of ``repeats`` after a warm-up."""
+    import torch
+
+    best = 0.0
+    with torch.no_grad():
+        encoder(batches[0])  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for batch in batches:
+                encoder(batch)
+            best = max(best, count / (time.perf_counter() - start))
+    return best
+
+
+def featurisation(count: int, repeats: int) -> list[tuple[str, str]]:
+    from equiprop.data.symmetry import inversion_permutation
+    from equiprop.nn import FoundationEncoder
+
+    records, crystals, batches = bundled_batches(count)
+    centred = sum(inversion_permutation(c.cell, np.array(r["frac"]), np.array(c.numbers)) is not None
+                  for c, r in zip(crystals, records))
     rows = []
     for label, parity, shortcut in [("parity, two passes (before)", True, False),
                                     ("parity, inversion shortcut", True, True), ("no parity (one pass)", False, True)]:
         encoder = FoundationEncoder(parity=parity, cache_features=False, inversion_shortcut=shortcut)
-        best = 0.0
-        with torch.no_grad():
-            encoder(batches[0])  # warm-up
-            for _ in range(repeats):
-                start = time.perf_counter()
-                for batch in batches:
-                    encoder(batch)
-                best = max(best, len(crystals) / (time.perf_counter() - start))
+        best = best_rate(encoder, batches, len(crystals), repeats)
         rows.append((f"featurisation: {label}", f"{best:.1f} structures/s ({best / BEFORE:.2f}x the ~{BEFORE:.0f}/s "
                                                  "before)"))
     rows.append(("centrosymmetric crystals among them", f"{centred} of {len(crystals)}"))
@@ -122,27 +136,11 @@ def one_backbone(names: list[str], count: int, repeats: int) -> dict:
     """Structures/s of FoundationEncoder(model=names) on ``count`` bundled structures, and the peak RSS (MiB)."""
     import resource
 
-    import torch
-    from torch_geometric.data import Batch
-
-    from equiprop.data.graph import record_to_graph
-    from equiprop.data.record import CrystalRecord
     from equiprop.nn import FoundationEncoder
 
-    records = bundled_records()[:count]
-    crystals = [CrystalRecord(r["id"], np.array(r["cell"]), np.array(r["frac"]) @ np.array(r["cell"]), r["numbers"])
-                for r in records]
-    batches = [Batch.from_data_list([record_to_graph(c, {}, 5.0) for c in crystals[i:i + 32]])
-               for i in range(0, len(crystals), 32)]
+    _, crystals, batches = bundled_batches(count)
     encoder = FoundationEncoder(model=names if len(names) > 1 else names[0], cache_features=False)
-    best = 0.0
-    with torch.no_grad():
-        encoder(batches[0])  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for batch in batches:
-                encoder(batch)
-            best = max(best, len(crystals) / (time.perf_counter() - start))
+    best = best_rate(encoder, batches, len(crystals), repeats)
     return {"per_s": best, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "features": str(encoder.irreps_out)}
 
