@@ -73,7 +73,7 @@ def score(checkpoint: str, recipe: str, tasks: list[str]) -> tuple[dict, dict]:
         for _ in range(3):
             start = time.perf_counter()
             for i in range(0, len(graphs), 64):
-                run.model.predict_physical(Batch.from_data_list(graphs[i:i + 64]))
+                run.predictor.models[0].predict_physical(Batch.from_data_list(graphs[i:i + 64]))
             best = min(best, time.perf_counter() - start)
     return errors, {"structures_per_s": len(graphs) / best, "test_structures": len(graphs)}
 

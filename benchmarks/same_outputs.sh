@@ -2,7 +2,8 @@
 # Same outputs before and after a refactor (issue 18): run this once per source tree, then compare the two folders.
 #   git worktree add ../before <commit>; bash benchmarks/same_outputs.sh ../before /tmp/same/before
 #   bash benchmarks/same_outputs.sh . /tmp/same/after; diff -r /tmp/same/before /tmp/same/after
-# Writes: predict output of both shipped models on examples/cifs (v1.json, v2.json), the metrics table of a short
+# Writes: predict output of the shipped models on examples/cifs (v1.json, v2.json, v3.json), a screen's table
+# (screen.csv: examples/cifs, Phase 1 the seed-0 quickstart fit below, Phase 2 equiprop-mp-v1), the metrics table of a short
 # seed-0 quickstart fit, of its test and its scoreboard rows (fit_table.txt, test_metrics.txt, scoreboard.txt), and one MatBench fold's predictions
 # (mb_fold0.json, phdos_peak, 2 epochs). Each tree runs with its own empty cache and from this checkout's recipes/data.
 set -euo pipefail
@@ -13,6 +14,7 @@ PY=.venv/bin/python
 RUN=same_outputs_$(basename "$OUT")
 $PY -m equiprop.cli predict --model equiprop-mp-v1 --input examples/cifs --output "$OUT/v1.json" > /dev/null
 $PY -m equiprop.cli predict --model equiprop-mp-v2 --input examples/cifs --output "$OUT/v2.json" > /dev/null
+$PY -m equiprop.cli predict --model equiprop-mp-v3 --input examples/cifs --output "$OUT/v3.json" > /dev/null
 $PY -m equiprop.cli fit -c recipes/quickstart.yaml --seed_everything=0 --run_name="$RUN" --overwrite=true \
   --trainer.max_epochs=1 --trainer.limit_train_batches=4 --trainer.limit_val_batches=2 \
   --trainer.enable_progress_bar=false > "$OUT/fit.log" 2>&1
@@ -26,6 +28,9 @@ from equiprop.workflows.scoreboard import format_table, scoreboard_rows
 from equiprop.workflows.scoreboard_inputs import load_run, task_results
 print(format_table(scoreboard_rows(task_results(load_run(sys.argv[1], 'recipes/quickstart.yaml'), None))))" \
   "checkpoints/$RUN/last.ckpt" > "$OUT/scoreboard.txt" 2> "$OUT/scoreboard.log"
+$PY -m equiprop.cli screen --input examples/cifs --phase1 "checkpoints/$RUN/last.ckpt" --phase2 equiprop-mp-v1 \
+  --output "$OUT/screen.csv" --workers 0 > "$OUT/screen.log" 2>&1
+rm -rf "$OUT/screen.csv.work" "$OUT/screen.summary.json"
 rm -rf "checkpoints/$RUN/matbench_phonons"
 $PY -m equiprop.cli matbench --task matbench_phonons -c recipes/matbench.yaml \
   --data-path ../shared/data/matbench/matbench_phonons.json.gz --folds 0 --run_name="$RUN" --trainer.max_epochs=2 \

@@ -21,7 +21,6 @@ The model card (``README.md`` in the folder) is written by hand from these files
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shlex
 import sys
@@ -78,20 +77,6 @@ def split_ids_file(datamodule, out: Path) -> dict:
     return {k: len(v) for k, v in ids.items()}
 
 
-class EnsembleMean:
-    """The exported ensemble as a model for the scoreboard: mean physical (Cartesian) prediction of the members."""
-
-    def __init__(self, predictor):
-        self.predictor, self.tasks = predictor, predictor.tasks
-
-    @torch.no_grad()
-    def predict_physical(self, batch) -> dict:
-        members = self.predictor.members
-        features = members[0].model.encoder(batch) if self.predictor.shared_encoder else None
-        outputs = [m.model.predict_physical(batch, m.output_tasks, features) for m in members]
-        return {name: torch.stack([o[name] for o in outputs]).mean(0) for name in outputs[0]}
-
-
 def invariant_baseline(recipe: str, baseline_recipe: str, run: str):
     """The invariant model trained on the recipe's data and split (seed 0), reused when already trained."""
     from equiprop.train.run import fit
@@ -107,19 +92,19 @@ def invariant_baseline(recipe: str, baseline_recipe: str, run: str):
 
 
 def test_table(model_folder: Path, members: list[str], baseline: Path | None, recipe: str):
-    from equiprop.uncertainty import load_predictor
+    from equiprop.inference import Predictor
     from equiprop.workflows.scoreboard import scoreboard_rows, write_csv, write_markdown
-    from equiprop.workflows.scoreboard_inputs import Run, load_run, saved_config, task_results
+    from equiprop.workflows.scoreboard_inputs import Run, load_run, task_results
     from equiprop.workflows.calibrate import members_datamodule
 
     every_task = list(json.loads((model_folder / "model.json").read_text())["tasks"])  # opt-in ones are scored too
-    predictor = load_predictor(str(model_folder / "model.json"), batch_size=64, warn=False, tasks=every_task)
+    predictor = Predictor.load(str(model_folder / "model.json"), batch_size=64, warn=False, tasks=every_task)
     datamodule, config, check = members_datamodule(members[0], recipe)
-    run = Run(Path(members[0]), Path(config), EnsembleMean(predictor), datamodule, 0, "", check)
+    run = Run(Path(members[0]), Path(config), predictor, datamodule, 0, "", check)
     base = load_run(baseline, recipe) if baseline is not None else None
     rows = scoreboard_rows(task_results(run, base))
     # "model" names the column of the model's errors: the folder goes in model_path (no column name repeats)
-    meta = {"model_path": str(model_folder), "members": len(predictor.members), "data_config": config,
+    meta = {"model_path": str(model_folder), "members": len(predictor.models), "data_config": config,
             "baseline_checkpoint": str(baseline), "split_check": check}
     write_csv(rows, meta, model_folder / "test_metrics.csv")
     write_markdown(rows, [], meta, model_folder / "test_metrics.md", [])

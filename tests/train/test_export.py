@@ -35,7 +35,7 @@ def test_same_seed_same_weights_and_the_export_predicts_as_the_checkpoint(tmp_pa
     from pymatgen.core import Structure
 
     from equiprop.nn.registry import build_encoder
-    from equiprop.predict import Predictor
+    from equiprop.inference import Predictor
     from equiprop.train.export import export_weights
 
     monkeypatch.chdir(tmp_path)

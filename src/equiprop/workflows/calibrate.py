@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.uncertainty.calibration import EXPECTED_WITHIN, calibration_metrics, calibration_plot, \
     fit_std_scale, flat_components
 from equiprop.train.integrity import DIGEST_KEY, MANIFEST_FORMAT, member_digests
-from equiprop.uncertainty.ensemble import UncertainPredictor, load_predictor
+from equiprop.inference import Predictor, evaluate_split, load_predictor
 from equiprop.workflows.options import ArgumentParser, non_negative_int, random_seed
 from equiprop.workflows.predict import check_output
 
@@ -36,29 +35,14 @@ METRICS = ["n", "mae", "mean_sigma", "within_1sigma", "within_2sigma", "miscalib
            "zero_sigma"]
 
 
-@torch.no_grad()
-def split_predictions(predictor: UncertainPredictor, datamodule, split: str) -> dict[str, tuple]:
+def split_predictions(predictor: Predictor, datamodule, split: str) -> dict[str, tuple]:
     """{task: (true, mean, std)} as (n, components) arrays in physical units over the split's labelled structures
-    (binary tasks left out: a probability has no error in units)."""
-    from equiprop.workflows.scoreboard_inputs import physical_labels
-
-    tasks = {n: t for n, t in predictor.tasks.items() if n in predictor.output_tasks and t.kind != "binary"}
-    parts = {name: ([], [], []) for name in tasks}
-    loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}[split]()
-    for batch in loader:
-        predicted = predictor.predict_batch(batch)
-        for name, task in tasks.items():
-            mask = batch[keys.mask_key(name)].numpy().astype(bool)
-            if not mask.any():
-                continue
-            mean, std = predicted[name]
-            true = task.to_user(physical_labels(task, batch[keys.label_key(name)][torch.as_tensor(mask)]))
-            for part, values in zip(parts[name], (true, mean[mask], std[mask])):
-                part.append(flat_components(task, values))
-    return {name: tuple(np.concatenate(p) for p in part) for name, part in parts.items() if part[0]}
+    (``evaluate_split``; binary tasks left out: a probability has no error in units)."""
+    return {name: tuple(flat_components(predictor.tasks[name], v) for v in (p.true, p.mean, p.std))
+            for name, p in evaluate_split(predictor, datamodule, split).items()}
 
 
-def calibrate(predictor: UncertainPredictor, datamodule, save: Path | None = None) -> dict[str, dict]:
+def calibrate(predictor: Predictor, datamodule, save: Path | None = None) -> dict[str, dict]:
     """Per task: the std scale fitted on validation, metrics on validation, on test raw and on test rescaled.
     ``save``: an .npz of every (true, mean, std) array, to study other recalibrations without predicting again."""
     if not predictor.has_uncertainty:

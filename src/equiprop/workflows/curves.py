@@ -48,7 +48,8 @@ def median_baseline(recipe: dict, task: str | dict, n_train: int | None, seed: i
                     overrides: list[str] = ()) -> dict:
     """Test MAE of the component-wise median of the same N training labels a fit of ``recipe`` would see (no fit)."""
     from equiprop.data import keys
-    from equiprop.workflows.scoreboard_inputs import physical_labels, training_labels
+    from equiprop.inference.evaluate import physical_labels
+    from equiprop.workflows.scoreboard_inputs import training_labels
 
     run = dict(recipe, seed_everything=seed, run_name=str(workdir.relative_to("checkpoints")))
     run = set_dotted(set_dotted(run, "data.tasks", [task]), "data.split", split_config(n_train, seed))

@@ -132,7 +132,7 @@ def parse_arguments(argv: list[str]):
 def distill_command(argv: list[str]) -> int:
     from equiprop.train.run import build_datamodule, fit, load_recipe
     from equiprop.train.run_dir import check_run_name
-    from equiprop.uncertainty import load_predictor
+    from equiprop.inference import load_predictor
 
     args, overrides = parse_arguments(argv)
     recipe = load_recipe(args.config)

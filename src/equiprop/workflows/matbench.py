@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from equiprop.data import keys
+from equiprop.inference import Predictor, evaluate_split
 from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import MATBENCH_TASKS
 from equiprop.train.run import build_run, load_recipe, set_dotted
@@ -101,15 +101,10 @@ def run_fold(recipe: dict, task: str, fold: int, subset: bool, source: dict, ove
     best = trainer.checkpoint_callback.best_model_path
     if best:
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    model.eval()
-    predictions, truth = {}, {}
+    tested = evaluate_split(Predictor(model), datamodule, "test")[label_task]
+    predictions = {i: float(v) for i, v in zip(tested.ids, tested.mean)}
+    truth = {i: float(v) for i, v in zip(tested.ids, tested.true)}
     task_spec = model.tasks[label_task]
-    with torch.no_grad():
-        for batch in datamodule.test_dataloader():
-            values = model.predict_physical(batch)[label_task]
-            targets = task_spec.from_model(batch[keys.label_key(label_task)].numpy())
-            for structure_id, value, target in zip(batch[keys.STRUCTURE_ID], values.tolist(), targets):
-                predictions[structure_id], truth[structure_id] = value, float(target)
     errors = [abs(predictions[i] - truth[i]) for i in predictions]
     return {"predictions": predictions, "targets": truth, "mae": float(np.mean(errors)), "units": task_spec.units,
             "n_train": len(datamodule.subsets["train"]), "n_val": len(datamodule.subsets["val"]),
