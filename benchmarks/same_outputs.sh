@@ -19,7 +19,7 @@ $PY -m equiprop.cli fit -c recipes/quickstart.yaml --seed_everything=0 --run_nam
   --trainer.max_epochs=1 --trainer.limit_train_batches=4 --trainer.limit_val_batches=2 \
   --trainer.enable_progress_bar=false > "$OUT/fit.log" 2>&1
 grep -E "^\S+\s+(mae|rmse|component_mae|frobenius_error)" "$OUT/fit.log" > "$OUT/fit_table.txt"
-$PY -m equiprop.cli test -c recipes/quickstart.yaml --ckpt_path "checkpoints/$RUN/last.ckpt" --run_name="$RUN" \
+$PY -m equiprop.cli test -c recipes/quickstart.yaml --ckpt_path "runs/$RUN/last.ckpt" --run_name="$RUN" \
   --trainer.enable_progress_bar=false > "$OUT/test.log" 2>&1
 grep "test/" "$OUT/test.log" > "$OUT/test_metrics.txt"
 $PY -c "
@@ -27,14 +27,14 @@ import sys
 from equiprop.workflows.scoreboard import format_table, scoreboard_rows
 from equiprop.workflows.scoreboard_inputs import load_run, task_results
 print(format_table(scoreboard_rows(task_results(load_run(sys.argv[1], 'recipes/quickstart.yaml'), None))))" \
-  "checkpoints/$RUN/last.ckpt" > "$OUT/scoreboard.txt" 2> "$OUT/scoreboard.log"
-$PY -m equiprop.cli screen --input examples/cifs --phase1 "checkpoints/$RUN/last.ckpt" --phase2 equiprop-mp-v1 \
+  "runs/$RUN/last.ckpt" > "$OUT/scoreboard.txt" 2> "$OUT/scoreboard.log"
+$PY -m equiprop.cli screen --input examples/cifs --phase1 "runs/$RUN/last.ckpt" --phase2 equiprop-mp-v1 \
   --output "$OUT/screen.csv" --workers 0 > "$OUT/screen.log" 2>&1
 rm -rf "$OUT/screen.csv.work" "$OUT/screen.summary.json"
-rm -rf "checkpoints/$RUN/matbench_phonons"
+rm -rf "runs/$RUN/matbench_phonons"
 $PY -m equiprop.cli matbench --task matbench_phonons -c recipes/matbench.yaml \
   --data-path ../shared/data/matbench/matbench_phonons.json.gz --folds 0 --run_name="$RUN" --trainer.max_epochs=2 \
   --trainer.limit_train_batches=4 --trainer.enable_progress_bar=false > "$OUT/matbench.log" 2>&1
 $PY -c "import json, sys; d = json.load(open(sys.argv[1])); json.dump({k: d[k] for k in ('predictions', 'mae')}, open(sys.argv[2], 'w'), indent=1, sort_keys=True)" \
-  "checkpoints/$RUN/matbench_phonons/fold_0/predictions.json" "$OUT/mb_fold0.json"
+  "runs/$RUN/matbench_phonons/fold_0/predictions.json" "$OUT/mb_fold0.json"
 rm -f "$OUT"/*.log

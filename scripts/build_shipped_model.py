@@ -4,9 +4,9 @@
     python scripts/build_shipped_model.py --seeds 0 1 2 3 4 --recipe recipes/equiprop_mp_v1.yaml --name equiprop-mp-v1
 
 Steps, each reusing what an earlier (interrupted) run finished:
-1. ``equiprop ensemble -c RECIPE --seeds ...``: one training per seed (``checkpoints/<run>_s<seed>/best.ckpt``; the
+1. ``equiprop ensemble -c RECIPE --seeds ...``: one training per seed (``runs/<run>_s<seed>/best.ckpt``; the
    same seed gives the same weights), then the per-task std scales fitted on the validation split and the calibration
-   report on the test split (``checkpoints/<run>_ensemble_calibration.md``).
+   report on the test split (``runs/<run>_ensemble_calibration.md``).
 2. Export: each member as a weights-only checkpoint whose SevenNet-0 weights are referenced by the sha256 of the
    file the installed ``sevenn`` ships (``equiprop.train.export``), the split's structure ids (``split/*.txt``), ``model.json``.
 3. The test-split table of the exported ensemble's mean beside the training median, the isotropic oracle (tensors)
@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from equiprop.train.run_dir import run_path
+
 REPO = Path(__file__).resolve().parents[1]
 DESCRIPTION = ("formation energy, band gap, bulk and shear moduli, dielectric (electronic, total), elastic and "
                "piezoelectric tensors of inorganic crystals; frozen SevenNet-0 features, deep ensemble of head sets")
@@ -38,8 +40,8 @@ def train_and_calibrate(recipe: str, seeds: list[int], run: str, member_checkpoi
                         ) -> tuple[list[str], Path]:
     from equiprop.workflows.calibrate import ensemble_command
 
-    manifest = Path("checkpoints") / f"{run}_ensemble.json"
-    members = [Path("checkpoints") / f"{run}_s{s}" / member_checkpoint for s in seeds]
+    manifest = run_path(f"{run}_ensemble.json")
+    members = [run_path(f"{run}_s{s}", member_checkpoint) for s in seeds]
     stale = manifest.exists() and json.loads(manifest.read_text()).get("members") != [
         str(Path(f"{run}_s{s}") / member_checkpoint) for s in seeds]
     if not manifest.exists() or stale or not all(m.exists() for m in members):
@@ -81,11 +83,11 @@ def invariant_baseline(recipe: str, baseline_recipe: str, run: str):
     """The invariant model trained on the recipe's data and split (seed 0), reused when already trained."""
     from equiprop.train.run import fit
 
-    best = Path("checkpoints") / f"{run}_invariant_s0" / "best.ckpt"
+    best = run_path(f"{run}_invariant_s0", "best.ckpt")
     if not best.exists():
         merged = yaml.safe_load(Path(baseline_recipe).read_text())
         merged["data"] = yaml.safe_load(Path(recipe).read_text())["data"]
-        config = Path("checkpoints") / f"{run}_invariant.yaml"  # kept as the record of what trained
+        config = run_path(f"{run}_invariant.yaml")  # kept as the record of what trained
         config.write_text(yaml.safe_dump(merged, sort_keys=False))
         fit(merged, [f"--run_name={run}_invariant_s0", "--seed_everything=0", "--trainer.enable_progress_bar=false"])
     return best

@@ -136,7 +136,7 @@ def test_two_backbones_from_a_recipe_line_fit_save_and_predict(cli_recipe, tmp_p
 
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cli_recipe))
     assert main(["fit", "-c", "recipe.yaml", "--trainer.max_epochs=2"]) == 0
-    predictor = Predictor.from_checkpoint(tmp_path / "checkpoints" / "tiny" / "best.ckpt", warn=False)
+    predictor = Predictor.from_checkpoint(tmp_path / "runs" / "tiny" / "best.ckpt", warn=False)
     assert [b.info.name for b in predictor.models[0].encoder.backbones] == ["7net-0", "chgnet-0.3.0"]
     source = predictor.models[0].encoder.pretrained_source()
     assert [p["model"] for p in source["parts"]] == ["7net-0", "chgnet-0.3.0"]

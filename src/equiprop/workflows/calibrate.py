@@ -3,7 +3,7 @@
     equiprop ensemble -c RECIPE.yaml --seeds 0 1 2 [--mc-samples N] [--trainer.KEY=VALUE ...]
     equiprop calibrate --checkpoint CKPT [CKPT ...] [--mc-samples N] [--manifest OUT.json] [--report PREFIX]
 
-``ensemble`` trains the recipe once per seed (run folders ``checkpoints/<run_name>_s<seed>``; a seed whose
+``ensemble`` trains the recipe once per seed (run folders ``runs/<run_name>_s<seed>``; a seed whose
 ``best.ckpt`` exists is reused, so an interrupted ensemble resumes), then calibrates the members. ``calibrate``
 rebuilds the members' data (the first member's saved config; its training split is verified against the checkpoint),
 predicts the validation and the (grouped) test split with mean and std, fits one std scale per output on validation
@@ -27,6 +27,7 @@ from equiprop.data.errors import ConfigError
 from equiprop.uncertainty.calibration import EXPECTED_WITHIN, calibration_metrics, calibration_plot, \
     fit_std_scale, flat_components
 from equiprop.train.integrity import DIGEST_KEY, MANIFEST_FORMAT, member_digests
+from equiprop.train.run_dir import run_path
 from equiprop.inference import Predictor, evaluate_split, load_predictor
 from equiprop.workflows.options import ArgumentParser, non_negative_int, random_seed
 from equiprop.workflows.predict import check_output
@@ -200,7 +201,7 @@ def ensemble_command(argv: list[str]) -> int:
     parser.add_argument("-c", "--config", required=True, help="the recipe every member is trained with")
     parser.add_argument("--seeds", nargs="+", type=random_seed, required=True,
                         help="one member per seed (seed_everything)")
-    parser.add_argument("--run_name", help="members go to checkpoints/<run_name>_s<seed> (default: the recipe's)")
+    parser.add_argument("--run_name", help="members go to runs/<run_name>_s<seed> (default: the recipe's)")
     parser.add_argument("--mc-samples", type=non_negative_int, default=0,
                         help="dropout draws per member in calibration")
     parser.add_argument("--member-checkpoint", default="best.ckpt", choices=["best.ckpt", "last.ckpt", PER_TASK],
@@ -213,7 +214,7 @@ def ensemble_command(argv: list[str]) -> int:
     name = check_run_name(args.run_name or load_recipe(args.config).get("run_name") or Path(args.config).stem)
     members = []
     for seed in args.seeds:
-        best = Path("checkpoints") / f"{name}_s{seed}" / args.member_checkpoint
+        best = run_path(f"{name}_s{seed}", args.member_checkpoint)
         member_args = [f"--seed_everything={seed}", f"--run_name={name}_s{seed}", *overrides]
         if best.exists():
             check_reusable(best, args.config, member_args)
@@ -224,7 +225,7 @@ def ensemble_command(argv: list[str]) -> int:
             if not best.exists():
                 raise ConfigError(f"seed {seed}: training finished without {best}")
         members.append(str(best))
-    manifest = Path("checkpoints") / f"{name}_ensemble.json"
+    manifest = run_path(f"{name}_ensemble.json")
     run_calibration(members, args.mc_samples, manifest, manifest.with_name(manifest.stem + "_calibration"),
                     args.config, "equiprop ensemble " + " ".join(argv))
     return 0

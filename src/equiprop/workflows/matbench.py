@@ -33,7 +33,7 @@ from equiprop.inference import Predictor, evaluate_split
 from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import MATBENCH_TASKS
 from equiprop.train.run import build_run, load_recipe, set_dotted
-from equiprop.train.run_dir import check_run_name
+from equiprop.train.run_dir import check_run_name, run_path, runs_root
 from equiprop.workflows.options import ArgumentParser, number, random_seed
 
 SHARED_ENV = "EQUIPROP_SHARED_DATA"  # default of --shared: the folder holding matbench/, matminer-0.4.0/, perov5/
@@ -94,7 +94,7 @@ def run_fold(recipe: dict, task: str, fold: int, subset: bool, source: dict, ove
     if seed is not None:
         fold_recipe["seed_everything"] = seed
     for key, value in {"data.sources": [source], "data.tasks": [label_task], "data.split": split,
-                       "run_name": str(fold_dir.relative_to("checkpoints"))}.items():
+                       "run_name": str(fold_dir.relative_to(runs_root()))}.items():
         fold_recipe = set_dotted(fold_recipe, key, value)
     trainer, model, datamodule = build_run(fold_recipe, overrides, fold_dir)
     trainer.fit(model, datamodule=datamodule)
@@ -187,7 +187,7 @@ def matbench_command(argv: list[str]) -> int:
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("--run_name=")]
     overrides = [o for o in overrides if not o.startswith("--run_name=")]
     run_name = check_run_name(names[-1] if names else recipe.get("run_name", "matbench"))
-    run_dir = Path("checkpoints") / run_name / (args.task + ("_subset" if args.subset else ""))
+    run_dir = run_path(run_name, args.task + ("_subset" if args.subset else ""))
     shared = shared_folder(args.shared, "--subset") if args.subset else None
     data_path = task_data_path(args.task, args.data_path, args.shared)
     source = source_config(args.task, args.subset, data_path, shared)
