@@ -9,7 +9,7 @@ Without --checkpoint the recipe is trained here (``equiprop fit``, run name ``sc
 a previous run of that name removed first); likewise the baseline, with the baseline recipe's model and trainer on the
 recipe's data section (same sources, tasks, cutoff and split). Extra ``--trainer.*``/``--model.*`` options go to
 both trainings. ``--quick``: a smoke-size training (1 epoch of 5 batches) that checks the plumbing in a few minutes;
-its outputs default to checkpoints/scoreboard_quick/ so docs/results is never overwritten by a smoke run.
+its outputs default to runs/scoreboard_quick/ so docs/results is never overwritten by a smoke run.
 The split is not re-derived from the recipe but rebuilt from the config each run saved, and verified (see
 ``equiprop.workflows.scoreboard_inputs``). Run from the repository root. Writes PREFIX.csv, PREFIX.md and
 PREFIX_parity_<task>.png / PREFIX_eigenvalues_<task>.png.
@@ -23,22 +23,24 @@ import shutil
 import sys
 from pathlib import Path
 
+from equiprop.train.run_dir import run_path
+
 DEFAULT_RECIPE = "recipes/quickstart.yaml"
 DEFAULT_BASELINE = "recipes/baseline_invariant.yaml"
 DEFAULT_OUT = "docs/results/accuracy"
-QUICK_OUT = "checkpoints/scoreboard_quick/accuracy"
+QUICK_OUT = "runs/scoreboard_quick/accuracy"
 QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=5", "--trainer.limit_val_batches=2"]
 REPO = Path(__file__).resolve().parents[1]
 
 
 def baseline_on_recipe_data(baseline: str, recipe: str) -> str:
     """A config with the baseline's model and trainer and the recipe's data section (same data, tasks and split),
-    written under checkpoints/scoreboard_configs/."""
+    written under runs/scoreboard_configs/."""
     import yaml
 
     merged = yaml.safe_load(Path(baseline).read_text())
     merged["data"] = yaml.safe_load(Path(recipe).read_text())["data"]
-    path = Path("checkpoints") / "scoreboard_configs" / f"{Path(baseline).stem}_on_{Path(recipe).stem}.yaml"
+    path = run_path("scoreboard_configs") / f"{Path(baseline).stem}_on_{Path(recipe).stem}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {baseline} (model, trainer) on the data of {recipe}, written by benchmarks/accuracy.py\n"
                     + yaml.safe_dump(merged, sort_keys=False))
@@ -48,13 +50,13 @@ def baseline_on_recipe_data(baseline: str, recipe: str) -> str:
 def train(recipe: str, seed: int, quick: bool, overrides: list[str]) -> Path:
     """Fit the recipe in a fresh run folder and return its best checkpoint."""
     run_name = f"scoreboard_{Path(recipe).stem}_s{seed}" + ("_quick" if quick else "")
-    shutil.rmtree(Path("checkpoints") / run_name, ignore_errors=True)  # else a rerun writes best-v1.ckpt beside
+    shutil.rmtree(run_path(run_name), ignore_errors=True)  # else a rerun writes best-v1.ckpt beside
     from equiprop.train.run import fit
 
     args = [f"--run_name={run_name}", f"--seed_everything={seed}", *(QUICK if quick else []), *overrides]
     print("$ " + shlex.join(["equiprop", "fit", "-c", recipe, *args]), flush=True)
     fit(recipe, args)
-    best = Path("checkpoints") / run_name / "best.ckpt"
+    best = run_path(run_name, "best.ckpt")
     if not best.exists():
         raise SystemExit(f"training finished without {best}")
     return best

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from equiprop.train.run_dir import run_path, runs_root
+
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = ["strategy", "round", "seed", "n_labels", "task", "test_mae", "units", "val_spearman_abs_err_sigma",
           "fit_seconds", "epochs"]
@@ -73,7 +75,7 @@ def fit(args, train_ids: list[str], val_ids: list[str], test_ids: list[str], see
     split = {"class_path": "equiprop.data.splits.IdListSplit",
              "init_args": {n: str(workdir / f"{n}_ids.txt") for n in ("train", "val", "test")}}
     run = set_dotted(dict(recipe(args.task, args.epochs, args.dropout, args.dataset), seed_everything=seed,
-                          run_name=str(workdir.relative_to("checkpoints"))), "data.split", split)
+                          run_name=str(workdir.relative_to(runs_root()))), "data.split", split)
     start = time.time()
     trainer, model, datamodule = build_run(run, [], workdir)
     trainer.fit(model, datamodule=datamodule)
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--diversity", type=float, default=0.5, help="LAMBDA of the greedy diverse selection")
     parser.add_argument("--out", default="docs/results/active_learning", help="PREFIX of .csv, .png, .md")
     parser.add_argument("--dataset", default="default", help="bundled dataset (tiny: a smoke test in seconds)")
-    parser.add_argument("--workdir", default="checkpoints/active_learning", help="run folders (under checkpoints/)")
+    parser.add_argument("--workdir", default=str(run_path("active_learning")), help="run folders (under runs/)")
     parser.add_argument("--summary-only", action="store_true", help="rewrite .png/.md from the CSV, no training")
     args = parser.parse_args(argv)
     out = Path(args.out)

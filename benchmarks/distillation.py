@@ -6,7 +6,7 @@
 
 1. Pool: every structure we have, labels hidden: the bundled default set, matbench_phonons (1,265) and the perov5
    perovskites (7,572) from ``--shared`` (public-repository data: read from there, never copied into the project),
-   written once to ``checkpoints/distill_pool.extxyz``.
+   written once to ``runs/distill_pool.extxyz``.
 2. ``equiprop distill`` (skipped when the student's best.ckpt exists): the teacher labels the pool (held-out
    chemical systems excluded), the student (``--student-recipe``, seed 0) trains on pseudo + real labels.
 3. Every model is scored on the same grouped test split (real labels), and timed on it (structures/s, forward passes
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from equiprop.train.run_dir import run_path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -73,7 +75,7 @@ def score(checkpoint: str, recipe: str, tasks: list[str]) -> tuple[dict, dict]:
         for _ in range(3):
             start = time.perf_counter()
             for i in range(0, len(graphs), 64):
-                run.model.predict_physical(Batch.from_data_list(graphs[i:i + 64]))
+                run.predictor.models[0].predict_physical(Batch.from_data_list(graphs[i:i + 64]))
             best = min(best, time.perf_counter() - start)
     return errors, {"structures_per_s": len(graphs) / best, "test_structures": len(graphs)}
 
@@ -100,10 +102,10 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["Ef", "Eg", "K_VRH", "G_VRH"])
     parser.add_argument("--out", default="docs/results/distillation")
     args, overrides = parser.parse_known_args()
-    pool = REPO / "checkpoints" / "distill_pool.extxyz"
+    pool = REPO / run_path("distill_pool.extxyz")
     if not pool.exists():
         print(f"pool: wrote {write_pool(Path(args.shared), pool)} extra structures to {pool}")
-    student = REPO / "checkpoints" / args.student_run / "best.ckpt"
+    student = REPO / run_path(args.student_run, "best.ckpt")
     if not student.exists():
         command = [str(Path(sys.executable).parent / "equiprop"), "distill", "--checkpoint", args.teacher, "-c",
                    args.student_recipe, "--input", "bundled:default", str(pool), "--tasks", *args.tasks,

@@ -5,7 +5,7 @@ every mode, test MAE per fold, mean ± standard error, the paired difference aga
     python benchmarks/finetune.py --task matbench_log_kvrh --subset --modes frozen last1 last2_decay two_stage
 
 Each mode is ``equiprop matbench -c recipes/matbench_foundation.yaml`` plus its overrides (``MODES``), run as the
-user runs it, into ``checkpoints/finetune_<mode>_e<epochs>/``. Seconds per epoch: a fold's wall time (training and
+user runs it, into ``runs/finetune_<mode>_e<epochs>/``. Seconds per epoch: a fold's wall time (training and
 testing; features already cached by the first mode) divided by its epochs. Prints one table.
 """
 
@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from equiprop.train.run_dir import run_path
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = {
@@ -50,7 +52,7 @@ def run_fold(task: str, mode: str, fold: int, epochs: int, args) -> tuple[float,
     seconds = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"{mode} fold {fold} failed:\n{done.stderr[-3000:]}")
-    folder = REPO / "checkpoints" / run / (task + ("_subset" if args.subset else "")) / f"fold_{fold}"
+    folder = REPO / run_path(run) / (task + ("_subset" if args.subset else "")) / f"fold_{fold}"
     return float(json.loads((folder / "predictions.json").read_text())["mae"]), seconds / epochs
 
 

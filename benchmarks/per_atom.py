@@ -17,7 +17,7 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from equiprop.data import keys
-from equiprop.predict import Predictor
+from equiprop.inference import Predictor
 from equiprop.train.run import build_datamodule
 
 
@@ -33,7 +33,7 @@ def labelled_atoms(subset, task: str) -> tuple[np.ndarray, np.ndarray]:
 
 @torch.no_grad()
 def model_predictions(checkpoint: str, subset, task: str) -> np.ndarray:
-    model = Predictor.from_checkpoint(checkpoint).model.eval()
+    model = Predictor.from_checkpoint(checkpoint).models[0]
     out = []
     for batch in DataLoader(subset, batch_size=64):
         mask = batch[keys.mask_key(task)]

@@ -92,7 +92,7 @@ def main() -> None:
 
 
 def _shipped_model(data, graphs, labels, in_range) -> None:
-    from equiprop.uncertainty.ensemble import load_predictor
+    from equiprop.inference import load_predictor
 
     predictor = load_predictor("equiprop-mp-v1")
     predictions = predictor.predict_graphs(graphs)

@@ -155,7 +155,7 @@ def git_commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phase1", default=str(ROOT / "checkpoints/baseline_invariant_s0/best.ckpt"))
+    parser.add_argument("--phase1", default=str(ROOT / "runs/baseline_invariant_s0/best.ckpt"))
     parser.add_argument("--cif", type=int, default=5000, help="CIF files (0: skip)")
     parser.add_argument("--extxyz", type=int, default=10000, help="frames in the extxyz file (0: skip)")
     parser.add_argument("--db", type=int, default=5000, help="rows in the ASE database (0: skip)")

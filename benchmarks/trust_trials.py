@@ -84,7 +84,7 @@ class Trials:
 def tiny_fit(t: Trials, recipe: Path) -> Path:
     code, lines = equiprop("fit", "-c", recipe, cwd=t.work)
     assert code == 0, lines[-5:]
-    return t.work / "checkpoints" / "tiny" / "best.ckpt"
+    return t.work / "runs" / "tiny" / "best.ckpt"
 
 
 def model_copy(t: Trials, name: str) -> Path:
@@ -145,7 +145,7 @@ def run_trials(t: Trials, recipe: Path, best: Path) -> None:
               "--task", "Ef", "--budget", "3", "--output", "s.csv", *extra], "error")
     other = t.work / "other.yaml"
     other.write_text(yaml.safe_dump({**TINY, "data": {**TINY["data"], "tasks": ["Ef"]}}))
-    shutil.copytree(best.parent, t.work / "checkpoints" / "tiny_s0")
+    shutil.copytree(best.parent, t.work / "runs" / "tiny_s0")
     t.run("ensemble reusing a member of another recipe", ["ensemble", "-c", other, "--seeds", "0", "--run_name",
           "tiny"], "error")
 

@@ -10,7 +10,7 @@ equiprop-mp-v1 held out, grouped by chemical system):
 3. the training median of the N labels (the honest floor);
 
 and, for reference, ``equiprop-mp-v1`` as shipped (trained on all the training labels, nothing trained here).
-Prints the test table (MAE in GPa); the runs go to ``checkpoints/quickstart_transfer{,_scratch}/``.
+Prints the test table (MAE in GPa); the runs go to ``runs/quickstart_transfer{,_scratch}/``.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from equiprop.train.run import build_run, load_recipe, set_dotted
+from equiprop.train.run_dir import run_path
 
 HERE = Path(__file__).resolve().parent
 TASKS = ("K_VRH", "G_VRH")
 
 
 def fit_and_test(recipe: dict, run_name: str, overrides: list[str]):
-    workdir = Path("checkpoints") / run_name
+    workdir = run_path(run_name)
     shutil.rmtree(workdir, ignore_errors=True)  # a rerun starts clean (its own best.ckpt, never an old one)
     trainer, model, datamodule = build_run(dict(recipe, run_name=run_name), [
         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *overrides], workdir)

@@ -2,7 +2,7 @@
 
     # from our own pretraining
     equiprop fit -c recipes/pretrain_ef_eg.yaml
-    python recipes/transfer_curve.py --pretrained checkpoints/pretrain_ef_eg/best.ckpt --task K_VRH \
+    python recipes/transfer_curve.py --pretrained runs/pretrain_ef_eg/best.ckpt --task K_VRH \
         --sizes 50 100 200 400 all --seeds 0 1 2 --out transfer_curve [--trainer.max_epochs=60]
     # from the shipped model, to a task it never saw (its K_VRH readout as the new readout's start)
     python recipes/transfer_curve.py --shipped equiprop-mp-v1 --init-head K_VRH --recipe recipes/transfer_phonons.yaml \

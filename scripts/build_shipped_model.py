@@ -4,9 +4,9 @@
     python scripts/build_shipped_model.py --seeds 0 1 2 3 4 --recipe recipes/equiprop_mp_v1.yaml --name equiprop-mp-v1
 
 Steps, each reusing what an earlier (interrupted) run finished:
-1. ``equiprop ensemble -c RECIPE --seeds ...``: one training per seed (``checkpoints/<run>_s<seed>/best.ckpt``; the
+1. ``equiprop ensemble -c RECIPE --seeds ...``: one training per seed (``runs/<run>_s<seed>/best.ckpt``; the
    same seed gives the same weights), then the per-task std scales fitted on the validation split and the calibration
-   report on the test split (``checkpoints/<run>_ensemble_calibration.md``).
+   report on the test split (``runs/<run>_ensemble_calibration.md``).
 2. Export: each member as a weights-only checkpoint whose SevenNet-0 weights are referenced by the sha256 of the
    file the installed ``sevenn`` ships (``equiprop.train.export``), the split's structure ids (``split/*.txt``), ``model.json``.
 3. The test-split table of the exported ensemble's mean beside the training median, the isotropic oracle (tensors)
@@ -21,7 +21,6 @@ The model card (``README.md`` in the folder) is written by hand from these files
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shlex
 import sys
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from equiprop.train.run_dir import run_path
 
 REPO = Path(__file__).resolve().parents[1]
 DESCRIPTION = ("formation energy, band gap, bulk and shear moduli, dielectric (electronic, total), elastic and "
@@ -39,8 +40,8 @@ def train_and_calibrate(recipe: str, seeds: list[int], run: str, member_checkpoi
                         ) -> tuple[list[str], Path]:
     from equiprop.workflows.calibrate import ensemble_command
 
-    manifest = Path("checkpoints") / f"{run}_ensemble.json"
-    members = [Path("checkpoints") / f"{run}_s{s}" / member_checkpoint for s in seeds]
+    manifest = run_path(f"{run}_ensemble.json")
+    members = [run_path(f"{run}_s{s}", member_checkpoint) for s in seeds]
     stale = manifest.exists() and json.loads(manifest.read_text()).get("members") != [
         str(Path(f"{run}_s{s}") / member_checkpoint) for s in seeds]
     if not manifest.exists() or stale or not all(m.exists() for m in members):
@@ -78,48 +79,34 @@ def split_ids_file(datamodule, out: Path) -> dict:
     return {k: len(v) for k, v in ids.items()}
 
 
-class EnsembleMean:
-    """The exported ensemble as a model for the scoreboard: mean physical (Cartesian) prediction of the members."""
-
-    def __init__(self, predictor):
-        self.predictor, self.tasks = predictor, predictor.tasks
-
-    @torch.no_grad()
-    def predict_physical(self, batch) -> dict:
-        members = self.predictor.members
-        features = members[0].model.encoder(batch) if self.predictor.shared_encoder else None
-        outputs = [m.model.predict_physical(batch, m.output_tasks, features) for m in members]
-        return {name: torch.stack([o[name] for o in outputs]).mean(0) for name in outputs[0]}
-
-
 def invariant_baseline(recipe: str, baseline_recipe: str, run: str):
     """The invariant model trained on the recipe's data and split (seed 0), reused when already trained."""
     from equiprop.train.run import fit
 
-    best = Path("checkpoints") / f"{run}_invariant_s0" / "best.ckpt"
+    best = run_path(f"{run}_invariant_s0", "best.ckpt")
     if not best.exists():
         merged = yaml.safe_load(Path(baseline_recipe).read_text())
         merged["data"] = yaml.safe_load(Path(recipe).read_text())["data"]
-        config = Path("checkpoints") / f"{run}_invariant.yaml"  # kept as the record of what trained
+        config = run_path(f"{run}_invariant.yaml")  # kept as the record of what trained
         config.write_text(yaml.safe_dump(merged, sort_keys=False))
         fit(merged, [f"--run_name={run}_invariant_s0", "--seed_everything=0", "--trainer.enable_progress_bar=false"])
     return best
 
 
 def test_table(model_folder: Path, members: list[str], baseline: Path | None, recipe: str):
-    from equiprop.uncertainty import load_predictor
+    from equiprop.inference import Predictor
     from equiprop.workflows.scoreboard import scoreboard_rows, write_csv, write_markdown
-    from equiprop.workflows.scoreboard_inputs import Run, load_run, saved_config, task_results
+    from equiprop.workflows.scoreboard_inputs import Run, load_run, task_results
     from equiprop.workflows.calibrate import members_datamodule
 
     every_task = list(json.loads((model_folder / "model.json").read_text())["tasks"])  # opt-in ones are scored too
-    predictor = load_predictor(str(model_folder / "model.json"), batch_size=64, warn=False, tasks=every_task)
+    predictor = Predictor.load(str(model_folder / "model.json"), batch_size=64, warn=False, tasks=every_task)
     datamodule, config, check = members_datamodule(members[0], recipe)
-    run = Run(Path(members[0]), Path(config), EnsembleMean(predictor), datamodule, 0, "", check)
+    run = Run(Path(members[0]), Path(config), predictor, datamodule, 0, "", check)
     base = load_run(baseline, recipe) if baseline is not None else None
     rows = scoreboard_rows(task_results(run, base))
     # "model" names the column of the model's errors: the folder goes in model_path (no column name repeats)
-    meta = {"model_path": str(model_folder), "members": len(predictor.members), "data_config": config,
+    meta = {"model_path": str(model_folder), "members": len(predictor.models), "data_config": config,
             "baseline_checkpoint": str(baseline), "split_check": check}
     write_csv(rows, meta, model_folder / "test_metrics.csv")
     write_markdown(rows, [], meta, model_folder / "test_metrics.md", [])

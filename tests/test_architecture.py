@@ -1,4 +1,4 @@
-"""The package's layers (docs/architecture.md): data -> nn -> train -> predict/uncertainty/screening -> workflows -> cli.
+"""The package's layers (docs/architecture.md): data -> nn -> train -> inference/uncertainty/screening -> workflows -> cli.
 Every import of equiprop by equiprop, module-level or inside a function, is read from the source: no circles, and no
 module imports one of a higher layer."""
 
@@ -10,7 +10,7 @@ import equiprop
 
 PACKAGE = Path(equiprop.__file__).parent
 REPO = PACKAGE.parents[1]
-LAYERS = {"data": 0, "nn": 1, "train": 2, "shipped": 2, "predict": 3, "testing": 3, "uncertainty": 3, "screening": 3,
+LAYERS = {"data": 0, "nn": 1, "train": 2, "shipped": 2, "inference": 3, "testing": 3, "uncertainty": 3, "screening": 3,
           "workflows": 4, "cli": 5}
 
 

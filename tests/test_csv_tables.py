@@ -154,12 +154,12 @@ def at(workspace, monkeypatch):
     return workspace
 
 
-MANIFEST = "checkpoints/tiny_ensemble.json"
+MANIFEST = "runs/tiny_ensemble.json"
 
 
 @pytest.mark.integration
 def test_calibration_report(at):
-    rows = check_table(at / "checkpoints" / "tiny_ensemble_calibration.csv", CALIBRATION_NUMBERS)
+    rows = check_table(at / "runs" / "tiny_ensemble_calibration.csv", CALIBRATION_NUMBERS)
     assert {r["split"] for r in rows} == {"val", "test", "test_recalibrated"}
 
 
@@ -198,9 +198,9 @@ def test_scoreboard_table(at):
     from equiprop.workflows.scoreboard import scoreboard_rows, write_csv
     from equiprop.workflows.scoreboard_inputs import load_run, task_results
 
-    run = load_run(at / "checkpoints" / "tiny_s0" / "best.ckpt", at / "recipe.yaml")
+    run = load_run(at / "runs" / "tiny_s0" / "best.ckpt", at / "recipe.yaml")
     rows = scoreboard_rows(task_results(run, None))
-    write_csv(rows, {"model_path": "checkpoints/tiny_s0", "members": "1", "split_check": run.split_check},
+    write_csv(rows, {"model_path": "runs/tiny_s0", "members": "1", "split_check": run.split_check},
               at / "scoreboard.csv")
     back = check_table(at / "scoreboard.csv", ["n_train", "n_test", "model", "training_median"], PREDICTORS)
     assert {r["task"] for r in back} == {"Ef", "Eg"} and all(r["model"] for r in back)

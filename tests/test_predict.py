@@ -331,8 +331,8 @@ def test_graph_parameters_and_untrained_tasks_come_from_the_checkpoint(checkpoin
         predictor = Predictor.from_checkpoint(newer)
     assert predictor.cutoff == 4.5 and predictor.max_neighbors == 4
     assert predictor.min_neighbors == 2
-    graphs, kept, _ = predictor.graphs([structure(entries, i) for i in range(3)])
-    assert kept == [0, 1, 2] and all(g.edge_index.shape[1] <= 4 * g.num_nodes for g in graphs)
+    graphs, kept, _ = predictor.checked_graphs([structure(entries, i) for i in range(3)])
+    assert list(kept) == [0, 1, 2] and all(g.edge_index.shape[1] <= 4 * g.num_nodes for g in graphs)
     prediction = predictor.predict([structure(entries)])[0]
     assert "Eg" not in prediction and "Eg" not in predictor.units() and "Ef" in prediction
 
@@ -351,8 +351,8 @@ def test_an_older_checkpoint_without_graph_meta_keeps_working(checkpoint, entrie
         meta["max_neighbors"] = 5
 
     older = Predictor.from_checkpoint(variant(checkpoint, tmp_path, older_meta))
-    assert older.cutoff == older.model.encoder.cutoff == 4.5 and older.max_neighbors == 5
-    assert older.min_neighbors == 1 and older.omitted_tasks == []  # the graph builder's default
+    assert older.cutoff == older.models[0].encoder.cutoff == 4.5 and older.max_neighbors == 5
+    assert older.min_neighbors == 1 and older.output_tasks == list(older.tasks)  # the graph builder's default
     assert list(older.predict([structure(entries)])[0]) == OUTPUTS
 
 

@@ -114,7 +114,7 @@ def test_v3_predicts_piezo_only_on_request_with_the_measured_reason(tmp_path, ca
 @pytest.mark.integration
 def test_another_backbone_file_is_a_one_line_error(tmp_path):
     pytest.importorskip("sevenn", reason="the foundation extra is not installed")
-    from equiprop.predict import Predictor
+    from equiprop.inference import Predictor
 
     member = torch.load(first_member(NAME), map_location="cpu", weights_only=True)
     member["equiprop"]["backbone"]["sha256"] = "0" * 64

@@ -4,12 +4,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy: `import equiprop` stays cheap; the model stack loads on first use
-    if name == "Predictor":
-        from equiprop.predict import Predictor
+    if name in ("Predictor", "load_predictor", "evaluate_split"):
+        import equiprop.inference
 
-        return Predictor
-    if name in ("UncertainPredictor", "load_predictor"):
-        import equiprop.uncertainty
-
-        return getattr(equiprop.uncertainty, name)
+        return getattr(equiprop.inference, name)
     raise AttributeError(name)

@@ -74,7 +74,7 @@ def refuse_shipped(path: str | Path, option: str) -> None:
 
 
 def refuse_shipped_name(name: str, option: str = "run_name") -> None:
-    """A run may not take a shipped model's name: its folder under checkpoints/ is the shipped model."""
+    """A run may not take a shipped model's name: wherever a model is named, the name means the shipped model."""
     if str(name).split("/")[0] in shipped_models():
         raise ConfigError(f"{option} {name!r} is the name of a shipped model (equiprop models): runs never write "
                           "into a shipped model's folder; choose another name")

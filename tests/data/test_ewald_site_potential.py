@@ -99,7 +99,7 @@ def test_fit_then_predict_writes_one_potential_per_atom(tmp_path, monkeypatch):
     recipe["trainer"].update(max_epochs=3)
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["fit", "-c", "recipe.yaml"]) in (0, None)
-    checkpoint = tmp_path / "checkpoints" / recipe["run_name"] / "best.ckpt"
+    checkpoint = tmp_path / "runs" / recipe["run_name"] / "best.ckpt"
     stored = torch.load(checkpoint, weights_only=True)
     assert stored["equiprop"]["tasks"][EWALD["name"]]["level"] == "atom"
 

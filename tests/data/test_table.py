@@ -87,7 +87,7 @@ def test_the_median_baseline_runs_on_disk(cli_recipe, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     cli_recipe["data"]["cache_dir"] = str(tmp_path / "graphs")
-    results = [median_baseline(cli_recipe, "Ef", None, 0, Path("checkpoints") / f"median_{storage}",
+    results = [median_baseline(cli_recipe, "Ef", None, 0, Path("runs") / f"median_{storage}",
                                [f"--data.storage={storage}"]) for storage in ("memory", "disk")]
     assert results[0] == results[1] and results[0]["n_train"] > 0
 

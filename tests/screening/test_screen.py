@@ -11,11 +11,10 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from equiprop import Predictor
+from equiprop.inference import Predictor
 from equiprop.cli import main
 from equiprop.data.errors import ConfigError
 from equiprop.data.record import read_structure_file
-from equiprop.screening import pipeline
 from equiprop.screening.store import WorkDir
 from equiprop.workflows.screen import parse_arguments, screen
 
@@ -46,11 +45,11 @@ def run(tmp_path, inputs, phase1, name="out", extra=()):
 def counting(monkeypatch):
     """Counts structures predicted and chunks written; ``interrupt_after`` writes raise KeyboardInterrupt."""
     state = {"predicted": 0, "written": [], "interrupt_after": None}
-    predict_chunk, write_chunk = pipeline.predict_chunk, WorkDir.write_chunk
+    predict_graphs, write_chunk = Predictor.predict_graphs, WorkDir.write_chunk
 
-    def counted_predict(predictor, rows, batches, outputs):
-        state["predicted"] += sum(len(positions) for positions, _ in batches)
-        return predict_chunk(predictor, rows, batches, outputs)
+    def counted_predict(self, graphs, progress=False):
+        state["predicted"] += len(graphs)
+        return predict_graphs(self, graphs, progress)
 
     def counted_write(self, stage, k, header, rows):
         write_chunk(self, stage, k, header, rows)
@@ -58,7 +57,7 @@ def counting(monkeypatch):
         if state["interrupt_after"] is not None and len(state["written"]) >= state["interrupt_after"]:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "predict_chunk", counted_predict)
+    monkeypatch.setattr(Predictor, "predict_graphs", counted_predict)
     monkeypatch.setattr(WorkDir, "write_chunk", counted_write)
     return state
 

@@ -42,7 +42,7 @@ def _run(args, cwd):
 
 def test_fit_writes_checkpoints_and_prints_the_metrics_table(recipe, tmp_path):
     stdout = _run(["fit", "-c", str(recipe)], tmp_path)
-    run = tmp_path / "checkpoints" / "tiny"
+    run = tmp_path / "runs" / "tiny"
     assert (run / "best.ckpt").exists() and (run / "last.ckpt").exists()
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     assert "val metrics (physical units)" in stdout
@@ -56,7 +56,7 @@ def test_ddp_reads_graphs_from_a_disk_store(recipe, tmp_path):
                    "--data.storage=disk", "--data.num_workers=1", f"--data.cache_dir={tmp_path / 'graphs'}"], tmp_path)
     assert stdout.count("val metrics (physical units)") == 1
     assert list((tmp_path / "graphs").glob("*.sqlite")) and not list((tmp_path / "graphs").glob("*.pt"))
-    checkpoint = torch.load(tmp_path / "checkpoints" / "ddp_disk" / "last.ckpt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "runs" / "ddp_disk" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] > 0
 
 
@@ -64,7 +64,7 @@ def test_ddp_on_two_cpu_processes(recipe, tmp_path):
     stdout = _run(["fit", "-c", str(recipe), "--trainer.strategy=ddp", "--trainer.devices=2",
                    "--run_name=ddp"], tmp_path)
     assert stdout.count("val metrics (physical units)") == 1  # printed by rank zero only
-    checkpoint = torch.load(tmp_path / "checkpoints" / "ddp" / "last.ckpt", weights_only=True)
+    checkpoint = torch.load(tmp_path / "runs" / "ddp" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] > 0
 
 
@@ -76,7 +76,7 @@ def test_predict_command_reports_bad_files_and_writes_units(recipe, tmp_path, ti
         Structure.from_dict(e["structure"]).to(filename=str(inputs / f"{e['material_id']}.cif"))
     (inputs / "broken.cif").write_text("data_broken\n_cell_length_a 3.0\n")
     out = tmp_path / "pred.json"
-    command = [EQUIPROP, "predict", "--checkpoint", "checkpoints/tiny/best.ckpt", "--input", str(inputs),
+    command = [EQUIPROP, "predict", "--checkpoint", "runs/tiny/best.ckpt", "--input", str(inputs),
                "--allow-unseen-elements"]  # a 1-epoch model on 14 structures has not seen every element
     proc = subprocess.run(command + ["--output", str(out)], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr[-2000:]  # an input failed: not a silent success
@@ -89,6 +89,6 @@ def test_predict_command_reports_bad_files_and_writes_units(recipe, tmp_path, ti
     assert len(result["predictions"]) == 3 and len(result["errors"]) == 1
     assert len(result["predictions"][0]["eps_electronic"]) == 3
     csv_out = tmp_path / "pred.csv"
-    _run(["predict", "--checkpoint", "checkpoints/tiny/best.ckpt", "--input", str(inputs), "--output",
+    _run(["predict", "--checkpoint", "runs/tiny/best.ckpt", "--input", str(inputs), "--output",
           str(csv_out), "--allow-failures", "--allow-unseen-elements"], tmp_path)
     assert csv_out.read_text().splitlines()[0].startswith("id,file,formula,Ef [eV/atom]")

@@ -52,7 +52,7 @@ def test_bad_options_are_one_line_errors_naming_them(write_recipe, tmp_path, cap
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("equiprop: error: "), err
     assert expected in err[0]
-    assert not list((tmp_path / "checkpoints").rglob("*.ckpt"))
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
 def test_choices_are_checked_from_python_too():
@@ -70,4 +70,4 @@ def test_a_task_without_training_labels_is_refused(write_recipe, tmp_path, capsy
     assert len(err) == 1
     assert "tasks with no label in the training split: ['piezo_tensor']" in err[0]
     assert "'train': 0" in err[0]
-    assert not list((tmp_path / "checkpoints").rglob("*.ckpt"))  # no untrained head is ever saved
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))  # no untrained head is ever saved

@@ -35,7 +35,7 @@ def test_same_seed_same_weights_and_the_export_predicts_as_the_checkpoint(tmp_pa
     from pymatgen.core import Structure
 
     from equiprop.nn.registry import build_encoder
-    from equiprop.predict import Predictor
+    from equiprop.inference import Predictor
     from equiprop.train.export import export_weights
 
     monkeypatch.chdir(tmp_path)
@@ -43,7 +43,7 @@ def test_same_seed_same_weights_and_the_export_predicts_as_the_checkpoint(tmp_pa
     for name in ("first", "second"):
         (tmp_path / f"{name}.yaml").write_text(RECIPE.format(name=name, cache=tmp_path / "cache"))
         assert main(["fit", "-c", f"{name}.yaml"]) == 0
-        checkpoint = torch.load(tmp_path / "checkpoints" / name / "last.ckpt", map_location="cpu", weights_only=True)
+        checkpoint = torch.load(tmp_path / "runs" / name / "last.ckpt", map_location="cpu", weights_only=True)
         encoder = build_encoder(checkpoint["equiprop"]["encoder"])
         exported.append(export_weights(checkpoint, encoder))
     first, second = (e["state_dict"] for e in exported)
@@ -53,7 +53,7 @@ def test_same_seed_same_weights_and_the_export_predicts_as_the_checkpoint(tmp_pa
     torch.save(exported[0], tmp_path / "member.ckpt")
     structures = [Structure.from_dict(e["structure"]) for e in tiny_entries[:3]]
     ours = Predictor.from_checkpoint(tmp_path / "member.ckpt", allow_unseen_elements=True).predict(structures)
-    trained = Predictor.from_checkpoint(tmp_path / "checkpoints" / "first" / "last.ckpt",
+    trained = Predictor.from_checkpoint(tmp_path / "runs" / "first" / "last.ckpt",
                                         allow_unseen_elements=True).predict(structures)
     for a, b in zip(ours, trained):
         for key in b:

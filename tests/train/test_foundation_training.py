@@ -13,7 +13,7 @@ from equiprop.train.module import MultiTaskModel
 pytest.importorskip("sevenn", reason="the foundation extra is not installed: pip install 'equiprop[foundation]'")
 
 from equiprop.nn import FoundationEncoder  # noqa: E402
-from equiprop.predict import Predictor  # noqa: E402
+from equiprop.inference import Predictor  # noqa: E402
 
 pytestmark = pytest.mark.integration  # trains on SevenNet features
 
@@ -47,7 +47,7 @@ def test_frozen_fit_keeps_pretrained_weights_and_trains_heads(data, tmp_path):
     assert cache.hits > 0 and cache.misses <= len(data.dataset)
     trainer.save_checkpoint(tmp_path / "frozen.ckpt")
     predictor = Predictor.from_checkpoint(tmp_path / "frozen.ckpt")
-    assert isinstance(predictor.model.encoder, FoundationEncoder)
+    assert isinstance(predictor.models[0].encoder, FoundationEncoder)
     structures = [data.dataset[i] for i in range(4)]
     direct = model.eval()
     from torch_geometric.data import Batch
@@ -55,9 +55,7 @@ def test_frozen_fit_keeps_pretrained_weights_and_trains_heads(data, tmp_path):
     with torch.no_grad():
         expected = direct.predict_physical(Batch.from_data_list(structures))
     loaded = predictor.predict_graphs(structures)
-    from equiprop.workflows.embed import embed_graphs
-
-    assert embed_graphs(predictor.model.encoder, structures).shape == (4, 640 + 2 * (64 + 32))
+    assert predictor.latents(structures).shape == (4, 640 + 2 * (64 + 32))
     for i in range(4):
         assert loaded[i]["Ef"] == pytest.approx(float(expected["Ef"][i]), rel=1e-5)
         assert torch.allclose(torch.as_tensor(loaded[i]["elastic_tensor"]).float(),
@@ -91,7 +89,7 @@ def test_physics_priors_train_save_and_predict(data, tmp_path):
     assert all(not torch.equal(g, torch.ones_like(g)) for g in model.priors.gains.values())
     trainer.save_checkpoint(tmp_path / "priors.ckpt")
     predictor = Predictor.from_checkpoint(tmp_path / "priors.ckpt")
-    assert torch.equal(predictor.model.priors.reference_energies, references)
+    assert torch.equal(predictor.models[0].priors.reference_energies, references)
     structures = [data.dataset[i] for i in range(4)]
     from torch_geometric.data import Batch
 
@@ -138,9 +136,9 @@ def test_two_backbones_from_a_recipe_line_fit_save_and_predict(cli_recipe, tmp_p
 
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(cli_recipe))
     assert main(["fit", "-c", "recipe.yaml", "--trainer.max_epochs=2"]) == 0
-    predictor = Predictor.from_checkpoint(tmp_path / "checkpoints" / "tiny" / "best.ckpt", warn=False)
-    assert [b.info.name for b in predictor.model.encoder.backbones] == ["7net-0", "chgnet-0.3.0"]
-    source = predictor.model.encoder.pretrained_source()
+    predictor = Predictor.from_checkpoint(tmp_path / "runs" / "tiny" / "best.ckpt", warn=False)
+    assert [b.info.name for b in predictor.models[0].encoder.backbones] == ["7net-0", "chgnet-0.3.0"]
+    source = predictor.models[0].encoder.pretrained_source()
     assert [p["model"] for p in source["parts"]] == ["7net-0", "chgnet-0.3.0"]
     structures = [Structure.from_dict(e["structure"]) for e in tiny_entries[:4]]
     rows = [r for r in predictor.predict_records(structures) if isinstance(r, dict)]  # others: unseen elements

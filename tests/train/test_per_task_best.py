@@ -44,7 +44,7 @@ def test_each_head_comes_from_its_own_best_epoch(monitor, cli_recipe, tmp_path, 
     trainer.callbacks.append(recorder)
     trainer.fit(model, datamodule=datamodule)
 
-    path = tmp_path / "checkpoints" / "tiny" / "per_task_best.ckpt"
+    path = tmp_path / "runs" / "tiny" / "per_task_best.ckpt"
     saved = torch.load(path, weights_only=True)
     chosen = {t: min(range(6), key=lambda e: recorder.losses[e][t]) for t in TASKS}
     kept = next(v for k, v in saved["callbacks"].items() if k.startswith("PerTaskBest"))["best"]

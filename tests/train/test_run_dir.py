@@ -17,7 +17,7 @@ from equiprop.train.run_record import read_record
 
 @pytest.fixture
 def recipe(tmp_path, monkeypatch, cli_recipe):
-    monkeypatch.chdir(tmp_path)  # runs go to ./checkpoints/<run_name>
+    monkeypatch.chdir(tmp_path)  # runs go to ./runs/<run_name>
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cli_recipe))
     return path
@@ -29,7 +29,7 @@ def _digest(path):
 
 @pytest.mark.integration  # four short fits
 def test_a_second_fit_with_the_same_run_name_is_refused_unless_resumed_or_overwritten(recipe, tmp_path, capsys):
-    run = tmp_path / "checkpoints" / "tiny"
+    run = tmp_path / "runs" / "tiny"
     assert main(["fit", "-c", str(recipe)]) == 0
     first = _digest(run / "best.ckpt")
     capsys.readouterr()
@@ -37,7 +37,7 @@ def test_a_second_fit_with_the_same_run_name_is_refused_unless_resumed_or_overwr
     assert main(["fit", "-c", str(recipe), "--seed_everything=1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already holds a run (best.ckpt, last.ckpt)" in err[0]
-    assert "--ckpt_path checkpoints/tiny/last.ckpt" in err[0] and "--overwrite=true" in err[0]
+    assert "--ckpt_path runs/tiny/last.ckpt" in err[0] and "--overwrite=true" in err[0]
     assert _digest(run / "best.ckpt") == first  # untouched
 
     assert main(["fit", "-c", str(recipe), "--seed_everything=1", "--overwrite=true"]) == 0
@@ -51,8 +51,18 @@ def test_a_second_fit_with_the_same_run_name_is_refused_unless_resumed_or_overwr
     assert not lock_path(run).exists()  # released when the process ends, or at once for a refused fit
 
 
+def test_runs_have_a_root_of_their_own_that_equiprop_runs_moves(recipe, tmp_path, monkeypatch):
+    """A run never writes under checkpoints/ (the shipped models' root): runs/ by default, $EQUIPROP_RUNS if set."""
+    scratch = tmp_path / "scratch" / "equiprop-runs"  # e.g. a cluster's scratch disk, given as an absolute path
+    monkeypatch.setenv("EQUIPROP_RUNS", str(scratch))
+    assert main(["fit", "-c", str(recipe)]) == 0
+    assert sorted(p.name for p in (scratch / "tiny").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert read_record(scratch / "tiny")  # the run recorded what it wrote there
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "checkpoints").exists()
+
+
 def test_a_fit_on_a_folder_another_fit_holds_is_refused(recipe, tmp_path, capsys):
-    run = tmp_path / "checkpoints" / "tiny"
+    run = tmp_path / "runs" / "tiny"
     lock = acquire_lock(run)  # another fit, as far as the folder can tell (a live process holds the lock)
     try:
         assert main(["fit", "-c", str(recipe)]) == 2
@@ -143,7 +153,7 @@ def test_plain_folder_names_are_run_names(name):
 
 
 @pytest.mark.parametrize("given", ["{outside}", "../outside", "sub/../../outside", "{outside}/nested"])
-def test_a_fit_never_writes_or_deletes_outside_checkpoints(given, cli_recipe, tmp_path, monkeypatch):
+def test_a_fit_never_writes_or_deletes_outside_its_run_folder(given, cli_recipe, tmp_path, monkeypatch):
     from equiprop.train.run import fit
 
     (tmp_path / "work").mkdir()
@@ -163,7 +173,7 @@ def test_the_fit_command_refuses_an_absolute_run_name_in_one_line(recipe, tmp_pa
     assert main(["fit", "-c", str(recipe), f"--run_name={tmp_path / 'elsewhere'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not one folder name" in err[0], err
-    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "runs").exists()
 
 
 def test_workflows_nest_runs_in_plain_sub_folders_only(cli_recipe, tmp_path, monkeypatch):
@@ -171,7 +181,7 @@ def test_workflows_nest_runs_in_plain_sub_folders_only(cli_recipe, tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     trainer, _, _ = build_run(dict(cli_recipe, run_name="study/trial_000"))
-    assert trainer.checkpoint_callback.dirpath.endswith("checkpoints/study/trial_000")
+    assert trainer.checkpoint_callback.dirpath.endswith("runs/study/trial_000")
     with pytest.raises(ConfigError, match="is not one folder name"):
         build_run(dict(cli_recipe, run_name="study/../../x"))
 
@@ -188,7 +198,7 @@ def test_a_workflow_fit_claims_its_folder_as_equiprop_fit_does(cli_recipe, tmp_p
     monkeypatch.chdir(tmp_path)
     cli_recipe["data"]["cache_dir"] = str(tmp_path / "graphs")
     recipe = dict(cli_recipe, run_name="study/trial_000")
-    folder = tmp_path / "checkpoints" / "study" / "trial_000"
+    folder = tmp_path / "runs" / "study" / "trial_000"
     folder.mkdir(parents=True)
     (folder / "best.ckpt").write_bytes(b"a user's file")
     with pytest.raises(ConfigError, match=r"holds checkpoints no equiprop run wrote there.*best\.ckpt"):

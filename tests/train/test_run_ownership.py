@@ -15,7 +15,7 @@ from equiprop.train.run_record import read_record
 
 @pytest.fixture
 def recipe(tmp_path, monkeypatch, cli_recipe):
-    monkeypatch.chdir(tmp_path)  # runs go to ./checkpoints/<run_name>
+    monkeypatch.chdir(tmp_path)  # runs go to ./runs/<run_name>
     cli_recipe["data"]["cache_dir"] = str(tmp_path / "cache")
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(cli_recipe))
@@ -34,7 +34,7 @@ def digest(path) -> str:
 
 @pytest.mark.integration  # two short fits
 def test_overwrite_deletes_only_the_checkpoints_an_equiprop_run_wrote(recipe, tmp_path, capsys):
-    run = tmp_path / "checkpoints" / "tiny"
+    run = tmp_path / "runs" / "tiny"
     assert main(["fit", "-c", str(recipe)]) == 0
     written = read_record(run)["files"]
     assert set(written) == {"best.ckpt", "last.ckpt"} and written["best.ckpt"] == digest(run / "best.ckpt")
@@ -99,7 +99,7 @@ def test_no_fit_writes_into_a_shipped_model(option, message, recipe, cli_recipe,
 def test_bad_run_options_are_one_line_errors(option, message, recipe, tmp_path, capsys):
     assert main(["fit", "-c", str(recipe), option]) == 2
     assert message in one_line_error(capsys)
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "runs").exists()
 
 
 class Payload:

@@ -64,7 +64,7 @@ def test_frozen_encoder_stays_bit_identical_and_new_heads_train(pretrained, tmp_
     # the fine-tuned checkpoint stands alone: prediction does not need the pretrained file any more
     path.unlink()
     predictor = Predictor.from_checkpoint(tuned_checkpoint)
-    assert torch.equal(predictor.model.state_dict()["encoder.species.embedding.weight"],
+    assert torch.equal(predictor.models[0].state_dict()["encoder.species.embedding.weight"],
                        after["encoder.species.embedding.weight"])
 
 

@@ -21,7 +21,7 @@ def study():
 def test_tiny_study_resumes_and_never_reveals_a_structure_twice(study, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     argv = ["--dataset", "tiny", "--n0", "4", "--per-round", "3", "--rounds", "2", "--seeds", "0", "--epochs", "1",
-            "--mc-samples", "3", "--out", "out/al", "--workdir", "checkpoints/al"]
+            "--mc-samples", "3", "--out", "out/al", "--workdir", "runs/al"]
     assert study.main(argv) == 0
     with open("out/al.csv") as f:
         rows = list(csv.DictReader(f))
@@ -29,7 +29,7 @@ def test_tiny_study_resumes_and_never_reveals_a_structure_twice(study, tmp_path,
         ("al", "0", 4), ("al", "1", 7), ("random", "0", 4), ("random", "1", 7)]
     assert rows[0]["units"] == "eV/atom"
     for strategy in ("al", "random"):
-        revealed = Path(f"checkpoints/al/Ef_s0/{strategy}_r1/train_ids.txt").read_text().split()
+        revealed = Path(f"runs/al/Ef_s0/{strategy}_r1/train_ids.txt").read_text().split()
         assert len(revealed) == len(set(revealed)) == 7
     assert Path("out/al.png").exists() and "label saving" in Path("out/al.md").read_text() \
         or "does not reach" in Path("out/al.md").read_text()

@@ -35,10 +35,10 @@ def per_storage(tmp_path, monkeypatch, cli_recipe, run):
 def test_fit_test_and_calibrate(tmp_path, monkeypatch, cli_recipe, capsys):
     def run(folder, recipe, storage):
         assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "1"]) == 0  # two fits, then calibrate
-        best = folder / "checkpoints" / "tiny_s0" / "best.ckpt"
+        best = folder / "runs" / "tiny_s0" / "best.ckpt"
         assert main(["test", "-c", str(recipe), f"--ckpt_path={best}"]) == 0
         tested = capsys.readouterr().out.split("test metrics (physical units)")[-1]
-        manifest = json.loads((folder / "checkpoints" / "tiny_ensemble.json").read_text())
+        manifest = json.loads((folder / "runs" / "tiny_ensemble.json").read_text())
         return torch.load(best, weights_only=True)["state_dict"], tested, manifest["std_scale"]
 
     memory, disk = per_storage(tmp_path, monkeypatch, cli_recipe, run).values()
@@ -55,7 +55,7 @@ def test_tune(tmp_path, monkeypatch, cli_recipe):
 
     def run(folder, recipe, storage):
         assert main(["tune", "-c", str(recipe), "--n-trials", "1"]) == 0
-        study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'checkpoints/tiny/optuna.db'}")
+        study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{folder / 'runs/tiny/optuna.db'}")
         return [(t.params, t.value) for t in study.trials]
 
     memory, disk = per_storage(tmp_path, monkeypatch, cli_recipe, run).values()
@@ -69,10 +69,10 @@ def test_distill(tmp_path, monkeypatch, cli_recipe):
         teacher_recipe = write_recipe(folder, dict(yaml.safe_load(recipe.read_text()), run_name="teacher"),
                                       "teacher.yaml")
         assert main(["fit", "-c", str(teacher_recipe)]) == 0
-        assert main(["distill", "--checkpoint", str(folder / "checkpoints/teacher/best.ckpt"), "-c", str(recipe),
+        assert main(["distill", "--checkpoint", str(folder / "runs/teacher/best.ckpt"), "-c", str(recipe),
                      "--input", "bundled:tiny", "--trainer.limit_train_batches=2"]) == 0
-        with gzip.open(folder / "checkpoints" / "tiny_distilled_pseudo" / "pseudo_labels.json.gz", "rt") as f:
-            return json.load(f)["records"], (folder / "checkpoints/tiny_distilled_pseudo/test_ids.txt").read_text()
+        with gzip.open(folder / "runs" / "tiny_distilled_pseudo" / "pseudo_labels.json.gz", "rt") as f:
+            return json.load(f)["records"], (folder / "runs/tiny_distilled_pseudo/test_ids.txt").read_text()
 
     memory, disk = per_storage(tmp_path, monkeypatch, cli_recipe, run).values()
     assert memory == disk and memory[0]
@@ -88,7 +88,7 @@ def test_a_matbench_fold(tmp_path, monkeypatch, cli_recipe, shared_data):
         assert main(["matbench", "--task", "matbench_phonons", "-c", str(recipe), "--data-path", data, "--folds", "0",
                      f"--data.storage={storage}", f"--data.cache_dir={folder / 'g'}", "--trainer.max_epochs=1",
                      "--trainer.limit_train_batches=2"]) == 0
-        return json.loads((folder / "checkpoints/tiny/matbench_phonons/fold_0/predictions.json").read_text())
+        return json.loads((folder / "runs/tiny/matbench_phonons/fold_0/predictions.json").read_text())
 
     def without_paths(record: dict) -> dict:
         return {k: v for k, v in record.items() if k not in ("seconds", "command", "checkpoint", "best_checkpoint")}

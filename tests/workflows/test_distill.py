@@ -31,11 +31,11 @@ def recipes(cli_recipe, tmp_path):
 def test_distill_fills_only_missing_labels_outside_the_held_out_chemistry(recipes, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(recipes["teacher"])])
-    teacher = tmp_path / "checkpoints" / "teacher" / "best.ckpt"
+    teacher = tmp_path / "runs" / "teacher" / "best.ckpt"
     code = main(["distill", "--checkpoint", str(teacher), "-c", str(recipes["student"]), "--input", "bundled:tiny",
                  "--trainer.limit_train_batches=2"])
     assert code == 0
-    work = tmp_path / "checkpoints" / "student_distilled_pseudo"
+    work = tmp_path / "runs" / "student_distilled_pseudo"
     with gzip.open(work / "pseudo_labels.json.gz", "rt") as f:
         pseudo = json.load(f)
     assert "not DFT labels" in pseudo["meta"]["provenance"] and pseudo["meta"]["units"]["Ef"] == "eV/atom"
@@ -53,4 +53,4 @@ def test_distill_fills_only_missing_labels_outside_the_held_out_chemistry(recipe
         real = {t for t in TASKS if record["id"] in masks[t]}
         assert record["labels"] and not set(record["labels"]) & real  # the teacher never overrides a real label
     assert (work / "test_ids.txt").read_text().split() == sorted(split["test"], key=ids.index)
-    assert (tmp_path / "checkpoints" / "student_distilled" / "best.ckpt").exists()
+    assert (tmp_path / "runs" / "student_distilled" / "best.ckpt").exists()

@@ -14,16 +14,16 @@ def test_ensemble_trains_each_seed_once_and_writes_a_loadable_manifest(cli_recip
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(cli_recipe))
     assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "1"]) == 0
-    manifest = tmp_path / "checkpoints" / "tiny_ensemble.json"
+    manifest = tmp_path / "runs" / "tiny_ensemble.json"
     content = json.loads(manifest.read_text())
     assert content["members"] == ["tiny_s0/best.ckpt", "tiny_s1/best.ckpt"]
     assert set(content["std_scale"]) == {"Ef", "Eg"} and content["units"]["Ef"] == "eV/atom"
-    assert (tmp_path / "checkpoints" / "tiny_ensemble_calibration.md").exists()
-    first = (tmp_path / "checkpoints" / "tiny_s0" / "best.ckpt").stat().st_mtime_ns
+    assert (tmp_path / "runs" / "tiny_ensemble_calibration.md").exists()
+    first = (tmp_path / "runs" / "tiny_s0" / "best.ckpt").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "1"]) == 0  # resumes: nothing retrained
     assert capsys.readouterr().out.count("reusing") == 2
-    assert (tmp_path / "checkpoints" / "tiny_s0" / "best.ckpt").stat().st_mtime_ns == first
+    assert (tmp_path / "runs" / "tiny_s0" / "best.ckpt").stat().st_mtime_ns == first
     predictor = load_predictor([manifest], warn=False)
     assert predictor.has_uncertainty and predictor.std_scale == content["std_scale"]
     assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "0"]) == 2  # a repeated seed adds nothing
@@ -36,11 +36,11 @@ def test_ensemble_trains_each_seed_once_and_writes_a_loadable_manifest(cli_recip
     err = capsys.readouterr().err
     assert "tiny_s0/best.ckpt was trained from another configuration" in err and "['Ef', 'Eg']" in err, err
     assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "1", "--trainer.max_epochs=2"]) == 2  # other options
-    best = tmp_path / "checkpoints" / "tiny_s1" / "best.ckpt"
+    best = tmp_path / "runs" / "tiny_s1" / "best.ckpt"
     best.write_bytes(best.read_bytes() + b"\0")  # no longer what the fit wrote
     assert main(["ensemble", "-c", str(recipe), "--seeds", "1"]) == 2
     assert "no equiprop fit recorded writing it" in capsys.readouterr().err
-    assert (tmp_path / "checkpoints" / "tiny_s0" / "best.ckpt").stat().st_mtime_ns == first  # nothing retrained
+    assert (tmp_path / "runs" / "tiny_s0" / "best.ckpt").stat().st_mtime_ns == first  # nothing retrained
 
 
 def test_an_ensemble_named_by_a_path_is_refused_before_anything_is_written(cli_recipe, tmp_path, monkeypatch, capsys):
@@ -51,4 +51,4 @@ def test_an_ensemble_named_by_a_path_is_refused_before_anything_is_written(cli_r
     assert main(["ensemble", "-c", str(recipe), "--seeds", "0", "--run_name", str(outside / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not one folder name" in err[0], err
-    assert not outside.exists() and not (tmp_path / "checkpoints").exists()
+    assert not outside.exists() and not (tmp_path / "runs").exists()

@@ -38,7 +38,7 @@ def test_one_fold_then_a_rerun_that_skips_it_and_writes_the_official_record(reci
     data = str(shared_data / "matbench" / "matbench_phonons.json.gz")
     args = ["matbench", "--task", "matbench_phonons", "-c", str(recipe), "--data-path", data, *FAST]
     assert main(args + ["--folds", "0"]) == 0
-    run = tmp_path / "checkpoints" / "mb" / "matbench_phonons"
+    run = tmp_path / "runs" / "mb" / "matbench_phonons"
     fold0 = run / "fold_0" / "predictions.json"
     first = json.loads(fold0.read_text())
     assert first["n_test"] == 253 and first["n_train"] + first["n_val"] == 1012 and first["units"] == "cm^-1"
@@ -65,7 +65,7 @@ def test_subset_protocol_reports_references(recipe, tmp_path, monkeypatch, share
                  *FAST]) == 0
     out = capsys.readouterr().out
     assert "NOT a leaderboard result" in out and "on the same subset" in out
-    result = json.loads((tmp_path / "checkpoints" / "mb" / "matbench_log_gvrh_subset" /
+    result = json.loads((tmp_path / "runs" / "mb" / "matbench_log_gvrh_subset" /
                          "subset_results.json").read_text())
     fold = result["folds"]["1"]
     assert fold["units"] == "log10(GPa)" and fold["n_test"] > 100
@@ -87,7 +87,7 @@ def test_subset_without_the_shared_folder_is_a_one_line_error(recipe, tmp_path, 
     assert main(["matbench", "--task", "matbench_log_gvrh", "-c", str(recipe), "--subset", *extra, *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert message.format(tmp=tmp_path) in err and "\n" not in err
-    assert not (tmp_path / "checkpoints").exists()  # nothing trained
+    assert not (tmp_path / "runs").exists()  # nothing trained
 
 
 def test_seeds_train_one_member_each_and_the_fold_predicts_their_mean(recipe, tmp_path, monkeypatch, shared_data,
@@ -96,7 +96,7 @@ def test_seeds_train_one_member_each_and_the_fold_predicts_their_mean(recipe, tm
     data = str(shared_data / "matbench" / "matbench_phonons.json.gz")
     args = ["matbench", "--task", "matbench_phonons", "-c", str(recipe), "--data-path", data, "--folds", "1", *FAST]
     assert main(args + ["--seeds", "0", "1"]) == 0
-    fold = tmp_path / "checkpoints" / "mb" / "matbench_phonons" / "fold_1"
+    fold = tmp_path / "runs" / "mb" / "matbench_phonons" / "fold_1"
     members = [json.loads((fold / f"seed_{s}" / "predictions.json").read_text()) for s in (0, 1)]
     ensemble = json.loads((fold / "predictions.json").read_text())
     assert members[0]["predictions"] != members[1]["predictions"]  # different initialisations

@@ -35,7 +35,7 @@ def test_two_trials_then_a_resumed_third(tmp_path, monkeypatch, capsys):
     recipe = tmp_path / "tune.yaml"
     recipe.write_text(yaml.safe_dump(RECIPE))
     assert main(["tune", "-c", str(recipe), "--n-trials", "2", "--trainer.max_epochs=1"]) == 0
-    run = tmp_path / "checkpoints" / "tiny_tune"
+    run = tmp_path / "runs" / "tiny_tune"
     storage = f"sqlite:///{run / 'optuna.db'}"
     study = optuna.load_study(study_name="tiny_tune", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
@@ -71,11 +71,11 @@ def test_the_best_recipe_gives_list_choices_as_lists_and_fits(tmp_path, monkeypa
     recipe = tmp_path / "tune.yaml"
     recipe.write_text(yaml.safe_dump(dict(RECIPE, run_name="lists", tune={**RECIPE["tune"], "search_space": space})))
     assert main(["tune", "-c", str(recipe), "--n-trials", "2"]) == 0
-    study = optuna.load_study(study_name="lists", storage=f"sqlite:///{tmp_path / 'checkpoints/lists/optuna.db'}")
-    best = load_recipe(tmp_path / "checkpoints" / "lists" / "best_recipe.yaml")
+    study = optuna.load_study(study_name="lists", storage=f"sqlite:///{tmp_path / 'runs/lists/optuna.db'}")
+    best = load_recipe(tmp_path / "runs" / "lists" / "best_recipe.yaml")
     assert best["data"]["tasks"] == json.loads(study.best_trial.params["data.tasks"])
-    assert main(["fit", "-c", str(tmp_path / "checkpoints" / "lists" / "best_recipe.yaml")]) == 0
-    assert (tmp_path / "checkpoints" / "lists_best" / "best.ckpt").exists()
+    assert main(["fit", "-c", str(tmp_path / "runs" / "lists" / "best_recipe.yaml")]) == 0
+    assert (tmp_path / "runs" / "lists_best" / "best.ckpt").exists()
 
 
 def test_multi_objective_returns_a_pareto_front(tmp_path, monkeypatch, capsys):
@@ -85,10 +85,10 @@ def test_multi_objective_returns_a_pareto_front(tmp_path, monkeypatch, capsys):
     path.write_text(yaml.safe_dump(recipe))
     assert main(["tune", "-c", str(path), "--n-trials", "2"]) == 0
     study = optuna.load_study(study_name="tiny_pareto",
-                              storage=f"sqlite:///{tmp_path / 'checkpoints' / 'tiny_pareto' / 'optuna.db'}")
+                              storage=f"sqlite:///{tmp_path / 'runs' / 'tiny_pareto' / 'optuna.db'}")
     assert len(study.directions) == 2 and all(len(t.values) == 2 for t in study.trials)
     assert "Pareto front" in capsys.readouterr().out
-    assert (tmp_path / "checkpoints" / "tiny_pareto" / "pareto_front.png").exists()
+    assert (tmp_path / "runs" / "tiny_pareto" / "pareto_front.png").exists()
 
 
 def test_search_over_pretrained_potentials(tmp_path, monkeypatch):
@@ -106,10 +106,10 @@ def test_search_over_pretrained_potentials(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump(recipe))
     assert main(["tune", "-c", str(path), "--n-trials", "2"]) == 0
     study = optuna.load_study(study_name="tiny_foundation",
-                              storage=f"sqlite:///{tmp_path / 'checkpoints' / 'tiny_foundation' / 'optuna.db'}")
+                              storage=f"sqlite:///{tmp_path / 'runs' / 'tiny_foundation' / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     for t in study.trials:
-        used = load_recipe(tmp_path / "checkpoints" / "tiny_foundation" / f"trial_{t.number:03d}" / "recipe.yaml")
+        used = load_recipe(tmp_path / "runs" / "tiny_foundation" / f"trial_{t.number:03d}" / "recipe.yaml")
         assert used["model"]["encoder"]["init_args"]["model"] == t.params["model.encoder.init_args.model"]
 
 
@@ -128,7 +128,7 @@ def test_each_resumed_run_draws_new_parameters(tmp_path, monkeypatch, capsys):
         assert tune_command(["-c", str(path), "--n-trials", str(n_trials), *FEW_BATCHES]) == 0
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="tiny_resume",
-                              storage=f"sqlite:///{tmp_path / 'checkpoints' / 'tiny_resume' / 'optuna.db'}")
+                              storage=f"sqlite:///{tmp_path / 'runs' / 'tiny_resume' / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     params = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(set(params)) == 3, params
@@ -173,7 +173,7 @@ def test_bad_tune_options_are_one_line_errors_before_any_trial(tmp_path, monkeyp
     assert main(["tune", "-c", str(path), "--n-trials", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
-    assert not (tmp_path / "checkpoints" / "tiny_tune" / "optuna.db").exists()  # nothing ran
+    assert not (tmp_path / "runs" / "tiny_tune" / "optuna.db").exists()  # nothing ran
 
 
 def test_a_metric_that_is_never_logged_stops_the_search_naming_the_logged_ones(tmp_path, monkeypatch, capsys):
@@ -198,9 +198,9 @@ def test_head_shape_and_structured_choices_reach_the_trials(tmp_path, monkeypatc
     (tmp_path / "tune.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["tune", "-c", "tune.yaml", "--n-trials", "2", "--trainer.max_epochs=1"]) == 0
     study = optuna.load_study(study_name="heads_tune",
-                              storage=f"sqlite:///{tmp_path / 'checkpoints' / 'heads_tune' / 'optuna.db'}")
+                              storage=f"sqlite:///{tmp_path / 'runs' / 'heads_tune' / 'optuna.db'}")
     for t in study.trials:
-        used = load_recipe(tmp_path / "checkpoints" / "heads_tune" / f"trial_{t.number:03d}" / "recipe.yaml")
+        used = load_recipe(tmp_path / "runs" / "heads_tune" / f"trial_{t.number:03d}" / "recipe.yaml")
         assert used["model"]["task_weights"] in ({"Ef": 1.0}, {"Ef": 2.0, "eps_electronic": 0.5})
         assert isinstance(t.params["model.task_weights"], str)
         assert used["model"]["head_hidden"] == t.params["model.head_hidden"]

@@ -1,7 +1,7 @@
 """LightningCLI for ``equiprop fit|validate|test -c recipes/X.yaml``: class_path configs, any value overridable.
 
 One value, one place: ``data.cutoff`` feeds the encoder's cutoff and ``data.tasks`` the model's tasks (linked).
-Runs write to ``checkpoints/<run_name>/``: best.ckpt and last.ckpt, TensorBoard logs and the resolved config.
+Runs write to ``runs/<run_name>/`` (``$EQUIPROP_RUNS/<run_name>/``: ``train.run_dir.runs_root``): best.ckpt and last.ckpt, TensorBoard logs and the resolved config.
 A fit refuses a folder that holds an earlier run unless it resumes it (``--ckpt_path``) or replaces it
 (``--overwrite=true``), and two fits never share one (``equiprop.train.run_dir``). Checkpoints are written
 atomically in the run folder (``equiprop.train.checkpoint_io``).
@@ -19,11 +19,9 @@ from equiprop.data.errors import ConfigError
 from equiprop.train.callbacks import MetricsTable
 from equiprop.train.checkpoint_io import use_atomic_checkpoints
 from equiprop.shipped import refuse_shipped
-from equiprop.train.run_dir import claim_run_dir, is_rank_zero, release_all, run_folder
+from equiprop.train.run_dir import claim_run_dir, is_rank_zero, release_all, run_folder, runs_root
 from equiprop.train.run_record import config_digest
 from equiprop.train.module import MultiTaskModel
-
-CHECKPOINT_ROOT = "checkpoints"
 
 
 class EquipropCLI(LightningCLI):
@@ -34,7 +32,7 @@ class EquipropCLI(LightningCLI):
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--run_name", type=str, default="run", help="folder under checkpoints/ for this run")
+        parser.add_argument("--run_name", type=str, default="run", help="folder under runs/ ($EQUIPROP_RUNS) for this run")
         parser.add_argument("--overwrite", type=bool, default=False,
                             help="fit: delete the checkpoints an earlier run left in the run folder (default: refuse)")
         parser.link_arguments("data.cutoff", "model.encoder.init_args.cutoff")
@@ -57,7 +55,7 @@ class EquipropCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         self.config_digest = config_digest(config)  # before the run's folders are filled in: what it computes
-        run_dir = run_folder(CHECKPOINT_ROOT, config.run_name, nested=self.nested_run_names)
+        run_dir = run_folder(runs_root(), config.run_name, nested=self.nested_run_names)
         self.own_dir = run_dir
         check_trainer_numbers(config.trainer)
         if config.checkpoint.dirpath is None:

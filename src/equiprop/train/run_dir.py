@@ -1,6 +1,8 @@
 """One fit per run directory: a re-run never shadows an earlier run's checkpoints, two fits never share a folder.
 
-``equiprop fit`` writes ``best.ckpt`` and ``last.ckpt`` into ``checkpoints/<run_name>/``. A folder that already holds
+Runs live under one root of their own, ``runs/`` in the working directory, or wherever ``$EQUIPROP_RUNS`` points
+(e.g. a cluster's scratch disk): never under ``checkpoints/``, which holds only the shipped models (``runs_root``).
+``equiprop fit`` writes ``best.ckpt`` and ``last.ckpt`` into ``runs/<run_name>/``. A folder that already holds
 checkpoints is refused unless the fit resumes it (``--ckpt_path``) or replaces it (``--overwrite=true``, which deletes
 the old checkpoints first), so ``best.ckpt`` is always the current run's own. While a fit runs it holds
 ``.<run_name>.fit.lock`` beside the run folder (created with O_EXCL, so of two fits started at once exactly one gets it); a second fit on
@@ -8,7 +10,7 @@ the same folder is refused. A lock left by a killed process on this host is dete
 over. Under DDP only global rank zero takes the lock.
 
 A run name is one plain folder name (``check_run_name``): ``--run_name=/tmp/x`` or ``../x`` would put checkpoints
-outside ``checkpoints/``, and ``--overwrite=true`` would delete them there. Workflows that nest their runs (tune trials,
+outside ``runs/``, and ``--overwrite=true`` would delete them there. Workflows that nest their runs (tune trials,
 MatBench folds, learning curves) build ``<name>/trial_000`` from a checked name through ``build_run``, which allows
 sub-folders, each of them a plain name too (``run_folder``).
 """
@@ -27,8 +29,20 @@ from equiprop.data.errors import ConfigError
 from equiprop.shipped import refuse_shipped, refuse_shipped_name
 from equiprop.train.run_record import owned_checkpoints, start_record
 
+RUNS_ENV = "EQUIPROP_RUNS"  # where runs go; default DEFAULT_RUNS_ROOT in the working directory
+DEFAULT_RUNS_ROOT = "runs"
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 MAX_NAME = 200  # file names end at 255 bytes; ".<name>.fit.lock", "<name>_ensemble_calibration.md" add to a name
+
+
+def runs_root() -> Path:
+    """The folder every run, ensemble, study, MatBench fold and curve writes under: ``$EQUIPROP_RUNS`` or ``runs``."""
+    return Path(os.environ.get(RUNS_ENV) or DEFAULT_RUNS_ROOT)
+
+
+def run_path(*parts: str) -> Path:
+    """``runs_root() / parts...`` (``run_path(run_name)``: a run's folder; ``run_path(f"{name}_ensemble.json")``)."""
+    return runs_root().joinpath(*parts)
 
 
 def check_run_name(name) -> str:
@@ -36,7 +50,7 @@ def check_run_name(name) -> str:
     ConfigError naming it and what is allowed."""
     if not isinstance(name, str) or PLAIN_NAME.fullmatch(name) is None:
         raise ConfigError(f"run_name {name!r} is not one folder name: use ASCII letters, digits, '_', '-' and '.' "
-                          "(not first), no '/' (e.g. --run_name=my_run_s0); it names the folder under checkpoints/")
+                          "(not first), no '/' (e.g. --run_name=my_run_s0); it names the folder under runs/ ($EQUIPROP_RUNS)")
     if len(name) > MAX_NAME:
         raise ConfigError(f"run_name {name[:40]!r}... is {len(name)} characters long: at most {MAX_NAME} (it names "
                           "a folder, and files such as its lock and its ensemble manifest add to it)")
@@ -128,7 +142,7 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, own_dir: Path | 
                   config: tuple[str | None, dict] = (None, {}), reentrant: bool = False) -> Path:
     """Lock ``run_dir`` for this fit and make sure no earlier run's checkpoint can be mistaken for this one's.
 
-    ``own_dir``: ``checkpoints/<run_name>``, the only folder ``--overwrite=true`` deletes in (default ``run_dir``);
+    ``own_dir``: ``runs/<run_name>``, the only folder ``--overwrite=true`` deletes in (default ``run_dir``);
     only checkpoints an equiprop run wrote there, unchanged since (``train.run_record``), are deleted. ``config``:
     (digest, summary) of the resolved config, recorded for ``equiprop ensemble``'s reuse check."""
     refuse_shipped(run_dir, "checkpoint folder")
@@ -151,7 +165,7 @@ def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool, own_dir: Path | 
 
 
 def remove_earlier_run(run_dir: Path, own_dir: Path) -> None:
-    """``--overwrite=true``: delete the checkpoints an equiprop run wrote in ``checkpoints/<run_name>/``, or refuse
+    """``--overwrite=true``: delete the checkpoints an equiprop run wrote in ``runs/<run_name>/``, or refuse
     (naming them) when the folder holds any other: a file equiprop did not write is never deleted."""
     if run_dir.resolve() != own_dir.resolve():
         raise ConfigError(f"--overwrite=true deletes only in the run's own folder {own_dir}; the checkpoint folder "

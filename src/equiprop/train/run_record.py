@@ -1,6 +1,6 @@
 """What a run folder's checkpoints are: the record a fit keeps of the files it wrote and of the config it ran.
 
-``checkpoints/<run_name>/.equiprop-run.json`` (hidden, beside the checkpoints)::
+``runs/<run_name>/.equiprop-run.json`` (hidden, beside the checkpoints)::
 
     {"format": "equiprop-run-1", "config_sha256": "...", "config_summary": {...}, "files": {"best.ckpt": "<sha256>"}}
 

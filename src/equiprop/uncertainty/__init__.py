@@ -1,7 +1,8 @@
-"""Predictive uncertainty: deep ensembles, Monte-Carlo dropout, calibration metrics and recalibration."""
+"""Predictive uncertainty: calibration metrics and recalibration, acquisition scores. Ensembles and MC dropout are
+the one predictor's (``equiprop.inference.Predictor``); ``load_predictor`` is re-exported here for older scripts."""
 
+from equiprop.inference import STD_SUFFIX, load_predictor
+from equiprop.train.integrity import read_manifest
 from equiprop.uncertainty.calibration import calibration_metrics, fit_std_scale
-from equiprop.uncertainty.ensemble import STD_SUFFIX, UncertainPredictor, load_predictor, read_manifest
 
-__all__ = ["STD_SUFFIX", "UncertainPredictor", "calibration_metrics", "fit_std_scale", "load_predictor",
-           "read_manifest"]
+__all__ = ["STD_SUFFIX", "calibration_metrics", "fit_std_scale", "load_predictor", "read_manifest"]

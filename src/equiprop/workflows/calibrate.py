@@ -3,7 +3,7 @@
     equiprop ensemble -c RECIPE.yaml --seeds 0 1 2 [--mc-samples N] [--trainer.KEY=VALUE ...]
     equiprop calibrate --checkpoint CKPT [CKPT ...] [--mc-samples N] [--manifest OUT.json] [--report PREFIX]
 
-``ensemble`` trains the recipe once per seed (run folders ``checkpoints/<run_name>_s<seed>``; a seed whose
+``ensemble`` trains the recipe once per seed (run folders ``runs/<run_name>_s<seed>``; a seed whose
 ``best.ckpt`` exists is reused, so an interrupted ensemble resumes), then calibrates the members. ``calibrate``
 rebuilds the members' data (the first member's saved config; its training split is verified against the checkpoint),
 predicts the validation and the (grouped) test split with mean and std, fits one std scale per output on validation
@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.uncertainty.calibration import EXPECTED_WITHIN, calibration_metrics, calibration_plot, \
     fit_std_scale, flat_components
 from equiprop.train.integrity import DIGEST_KEY, MANIFEST_FORMAT, member_digests
-from equiprop.uncertainty.ensemble import UncertainPredictor, load_predictor
+from equiprop.train.run_dir import run_path
+from equiprop.inference import Predictor, evaluate_split, load_predictor
 from equiprop.workflows.options import ArgumentParser, non_negative_int, random_seed
 from equiprop.workflows.predict import check_output
 
@@ -36,29 +36,14 @@ METRICS = ["n", "mae", "mean_sigma", "within_1sigma", "within_2sigma", "miscalib
            "zero_sigma"]
 
 
-@torch.no_grad()
-def split_predictions(predictor: UncertainPredictor, datamodule, split: str) -> dict[str, tuple]:
+def split_predictions(predictor: Predictor, datamodule, split: str) -> dict[str, tuple]:
     """{task: (true, mean, std)} as (n, components) arrays in physical units over the split's labelled structures
-    (binary tasks left out: a probability has no error in units)."""
-    from equiprop.workflows.scoreboard_inputs import physical_labels
-
-    tasks = {n: t for n, t in predictor.tasks.items() if n in predictor.output_tasks and t.kind != "binary"}
-    parts = {name: ([], [], []) for name in tasks}
-    loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}[split]()
-    for batch in loader:
-        predicted = predictor.predict_batch(batch)
-        for name, task in tasks.items():
-            mask = batch[keys.mask_key(name)].numpy().astype(bool)
-            if not mask.any():
-                continue
-            mean, std = predicted[name]
-            true = task.to_user(physical_labels(task, batch[keys.label_key(name)][torch.as_tensor(mask)]))
-            for part, values in zip(parts[name], (true, mean[mask], std[mask])):
-                part.append(flat_components(task, values))
-    return {name: tuple(np.concatenate(p) for p in part) for name, part in parts.items() if part[0]}
+    (``evaluate_split``; binary tasks left out: a probability has no error in units)."""
+    return {name: tuple(flat_components(predictor.tasks[name], v) for v in (p.true, p.mean, p.std))
+            for name, p in evaluate_split(predictor, datamodule, split).items()}
 
 
-def calibrate(predictor: UncertainPredictor, datamodule, save: Path | None = None) -> dict[str, dict]:
+def calibrate(predictor: Predictor, datamodule, save: Path | None = None) -> dict[str, dict]:
     """Per task: the std scale fitted on validation, metrics on validation, on test raw and on test rescaled.
     ``save``: an .npz of every (true, mean, std) array, to study other recalibrations without predicting again."""
     if not predictor.has_uncertainty:
@@ -216,7 +201,7 @@ def ensemble_command(argv: list[str]) -> int:
     parser.add_argument("-c", "--config", required=True, help="the recipe every member is trained with")
     parser.add_argument("--seeds", nargs="+", type=random_seed, required=True,
                         help="one member per seed (seed_everything)")
-    parser.add_argument("--run_name", help="members go to checkpoints/<run_name>_s<seed> (default: the recipe's)")
+    parser.add_argument("--run_name", help="members go to runs/<run_name>_s<seed> (default: the recipe's)")
     parser.add_argument("--mc-samples", type=non_negative_int, default=0,
                         help="dropout draws per member in calibration")
     parser.add_argument("--member-checkpoint", default="best.ckpt", choices=["best.ckpt", "last.ckpt", PER_TASK],
@@ -229,7 +214,7 @@ def ensemble_command(argv: list[str]) -> int:
     name = check_run_name(args.run_name or load_recipe(args.config).get("run_name") or Path(args.config).stem)
     members = []
     for seed in args.seeds:
-        best = Path("checkpoints") / f"{name}_s{seed}" / args.member_checkpoint
+        best = run_path(f"{name}_s{seed}", args.member_checkpoint)
         member_args = [f"--seed_everything={seed}", f"--run_name={name}_s{seed}", *overrides]
         if best.exists():
             check_reusable(best, args.config, member_args)
@@ -240,7 +225,7 @@ def ensemble_command(argv: list[str]) -> int:
             if not best.exists():
                 raise ConfigError(f"seed {seed}: training finished without {best}")
         members.append(str(best))
-    manifest = Path("checkpoints") / f"{name}_ensemble.json"
+    manifest = run_path(f"{name}_ensemble.json")
     run_calibration(members, args.mc_samples, manifest, manifest.with_name(manifest.stem + "_calibration"),
                     args.config, "equiprop ensemble " + " ".join(argv))
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from equiprop.train.run import build_run, set_dotted
+from equiprop.train.run_dir import run_path, runs_root
 
 FIELDS = ["model", "requested", "n_train", "seed", "task", "metric", "mae", "units", "epochs"]
 
@@ -29,7 +30,7 @@ def fit_and_test(recipe: dict, task: str | dict, n_train: int | None, seed: int,
     """One fit of ``recipe`` on ``n_train`` labels of ``task`` (None: all): test MAE, its units, the N used.
 
     ``task``: a task name, or a task definition such as {"name": "eps_electronic", "parametrization": "spd_log"}."""
-    run = dict(recipe, seed_everything=seed, run_name=str(workdir.relative_to("checkpoints")))
+    run = dict(recipe, seed_everything=seed, run_name=str(workdir.relative_to(runs_root())))
     run = set_dotted(set_dotted(run, "data.tasks", [task]), "data.split", split_config(n_train, seed))
     trainer, model, datamodule = build_run(run, list(overrides) + ["--trainer.enable_progress_bar=false",
                                                                    "--trainer.enable_model_summary=false"], workdir)
@@ -48,9 +49,10 @@ def median_baseline(recipe: dict, task: str | dict, n_train: int | None, seed: i
                     overrides: list[str] = ()) -> dict:
     """Test MAE of the component-wise median of the same N training labels a fit of ``recipe`` would see (no fit)."""
     from equiprop.data import keys
-    from equiprop.workflows.scoreboard_inputs import physical_labels, training_labels
+    from equiprop.inference.evaluate import physical_labels
+    from equiprop.workflows.scoreboard_inputs import training_labels
 
-    run = dict(recipe, seed_everything=seed, run_name=str(workdir.relative_to("checkpoints")))
+    run = dict(recipe, seed_everything=seed, run_name=str(workdir.relative_to(runs_root())))
     run = set_dotted(set_dotted(run, "data.tasks", [task]), "data.split", split_config(n_train, seed))
     _, model, datamodule = build_run(run, list(overrides), workdir)
     datamodule.setup("test")
@@ -89,7 +91,7 @@ def run_study(models: dict[str, dict], task: str | dict, sizes: list[str], seeds
     for size in sizes:  # the baseline row of each (N, seed): no training, the first model's data and split
         for seed in seeds:
             if (MEDIAN, str(size), str(seed)) not in done:
-                workdir = Path("checkpoints") / out.stem / f"{MEDIAN}_n{size}_s{seed}"
+                workdir = run_path(out.stem, f"{MEDIAN}_n{size}_s{seed}")
                 result = median_baseline(next(iter(models.values())), task, None if size == "all" else int(size),
                                          seed, workdir, overrides)
                 append_row(table, {"model": MEDIAN, "requested": size, "seed": seed, "task": task_name, **result})
@@ -99,7 +101,7 @@ def run_study(models: dict[str, dict], task: str | dict, sizes: list[str], seeds
                 if (name, str(size), str(seed)) in done:
                     continue
                 n = None if size == "all" else int(size)
-                workdir = Path("checkpoints") / out.stem / f"{name}_n{size}_s{seed}"
+                workdir = run_path(out.stem, f"{name}_n{size}_s{seed}")
                 result = fit_and_test(recipe, task, n, seed, workdir, overrides)
                 append_row(table, {"model": name, "requested": size, "seed": seed, "task": task_name, **result})
                 print(f"{name} N={result['n_train']} seed={seed}: test MAE {result['mae']:.4g} {result['units']}")

@@ -29,6 +29,7 @@ from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.record import CrystalRecord, from_pymatgen_dict, read_structure_file, structure_format
 from equiprop.data.sources.records_json import bundled_path, read_json
 from equiprop.shipped import refuse_shipped
+from equiprop.train.run_dir import run_path
 from equiprop.workflows.options import ArgumentParser
 
 CHUNK = 512  # pool structures per teacher pass: bounded memory for the graphs
@@ -125,19 +126,19 @@ def parse_arguments(argv: list[str]):
                         help="unlabelled structures: bundled:NAME, structure files, extxyz, folders")
     parser.add_argument("--tasks", nargs="+", help="tasks to distil (default: the student's tasks the teacher has)")
     parser.add_argument("--run_name", help="the student's run (default: <recipe run_name>_distilled)")
-    parser.add_argument("--workdir", help="where pseudo-labels and split files go (default checkpoints/<run>_pseudo)")
+    parser.add_argument("--workdir", help="where pseudo-labels and split files go (default runs/<run>_pseudo)")
     return parser.parse_known_args(argv)
 
 
 def distill_command(argv: list[str]) -> int:
     from equiprop.train.run import build_datamodule, fit, load_recipe
     from equiprop.train.run_dir import check_run_name
-    from equiprop.uncertainty import load_predictor
+    from equiprop.inference import load_predictor
 
     args, overrides = parse_arguments(argv)
     recipe = load_recipe(args.config)
     run_name = check_run_name(args.run_name or f"{recipe.get('run_name') or Path(args.config).stem}_distilled")
-    workdir = Path(args.workdir or Path("checkpoints") / f"{run_name}_pseudo")
+    workdir = Path(args.workdir or run_path(f"{run_name}_pseudo"))
     refuse_shipped(workdir, "--workdir")
     teacher = load_predictor(args.checkpoint, batch_size=64, warn=False)
     datamodule = build_datamodule(args.config, [])

@@ -15,27 +15,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch_geometric.data import Batch
-from torch_geometric.utils import scatter
 
-from equiprop.data import keys
 from equiprop.data.errors import DataError
 from equiprop.data.record import read_structure_file
-from equiprop.predict import Predictor
+from equiprop.inference import Predictor
 from equiprop.data.record import collect_files
 from equiprop.workflows.options import ArgumentParser, positive_int
 from equiprop.workflows.predict import check_output
-
-
-def invariant_features(encoder, batch) -> torch.Tensor:
-    """(num_graphs, d) mean over atoms of [0e channels, |l>0 channels|]."""
-    x = encoder(batch)
-    parts = []
-    for (mul, ir), block in zip(encoder.irreps_out, x.split([m.dim for m in encoder.irreps_out], dim=1)):
-        block = block.reshape(-1, mul, ir.dim)
-        parts.append(block[:, :, 0] if ir.l == 0 and ir.p == 1 else block.norm(dim=-1))
-    return scatter(torch.cat(parts, dim=1), batch[keys.BATCH], dim=0, dim_size=batch.num_graphs, reduce="mean")
 
 
 def crystal_system(record) -> str:
@@ -49,14 +35,6 @@ def crystal_system(record) -> str:
             return "unknown"
 
 
-@torch.no_grad()
-def embed_graphs(encoder, graphs: list, batch_size: int = 64) -> np.ndarray:
-    encoder.eval()
-    out = [invariant_features(encoder, Batch.from_data_list(graphs[start:start + batch_size])).double().numpy()
-           for start in range(0, len(graphs), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 0))
-
-
 def embed_command(argv: list[str]) -> int:
     parser = ArgumentParser(prog="equiprop embed", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -68,7 +46,7 @@ def embed_command(argv: list[str]) -> int:
     parser.add_argument("--limit", type=positive_int, help="embed only the first N structures (N >= 1)")
     args = parser.parse_args(argv)
     check_output(Path(args.output))
-    predictor = Predictor.from_checkpoint(args.checkpoint)
+    predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=64)
     records, skipped = [], []
     if args.dataset:
         from equiprop.data.sources.records_json import BundledDataset
@@ -82,10 +60,10 @@ def embed_command(argv: list[str]) -> int:
             except DataError as err:
                 skipped.append(str(err))
     records = records[: args.limit]
-    graphs, kept, unusable = predictor.graphs(records)
-    skipped += list(unusable.values())
-    kept = [records[i] for i in kept]
-    embeddings = embed_graphs(predictor.model.encoder, graphs)
+    graphs, kept, unusable = predictor.checked_graphs(records, checked=False)  # validity only: a map takes all
+    skipped += [str(err) for err in unusable.values()]
+    kept = list(kept.values())
+    embeddings = predictor.latents(graphs)
     labels = {f"label_{name}": np.array([float(np.mean(r.labels[name])) if name in r.labels and np.ndim(
         r.labels[name]) == 0 else np.nan for r in kept]) for name, t in predictor.tasks.items() if t.kind != "tensor"}
     units = {f"units_{name}": t.units for name, t in predictor.tasks.items()}

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from equiprop.data import keys
+from equiprop.inference import Predictor, evaluate_split
 from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import MATBENCH_TASKS
 from equiprop.train.run import build_run, load_recipe, set_dotted
-from equiprop.train.run_dir import check_run_name
+from equiprop.train.run_dir import check_run_name, run_path, runs_root
 from equiprop.workflows.options import ArgumentParser, number, random_seed
 
 SHARED_ENV = "EQUIPROP_SHARED_DATA"  # default of --shared: the folder holding matbench/, matminer-0.4.0/, perov5/
@@ -94,22 +94,17 @@ def run_fold(recipe: dict, task: str, fold: int, subset: bool, source: dict, ove
     if seed is not None:
         fold_recipe["seed_everything"] = seed
     for key, value in {"data.sources": [source], "data.tasks": [label_task], "data.split": split,
-                       "run_name": str(fold_dir.relative_to("checkpoints"))}.items():
+                       "run_name": str(fold_dir.relative_to(runs_root()))}.items():
         fold_recipe = set_dotted(fold_recipe, key, value)
     trainer, model, datamodule = build_run(fold_recipe, overrides, fold_dir)
     trainer.fit(model, datamodule=datamodule)
     best = trainer.checkpoint_callback.best_model_path
     if best:
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
-    model.eval()
-    predictions, truth = {}, {}
+    tested = evaluate_split(Predictor(model), datamodule, "test")[label_task]
+    predictions = {i: float(v) for i, v in zip(tested.ids, tested.mean)}
+    truth = {i: float(v) for i, v in zip(tested.ids, tested.true)}
     task_spec = model.tasks[label_task]
-    with torch.no_grad():
-        for batch in datamodule.test_dataloader():
-            values = model.predict_physical(batch)[label_task]
-            targets = task_spec.from_model(batch[keys.label_key(label_task)].numpy())
-            for structure_id, value, target in zip(batch[keys.STRUCTURE_ID], values.tolist(), targets):
-                predictions[structure_id], truth[structure_id] = value, float(target)
     errors = [abs(predictions[i] - truth[i]) for i in predictions]
     return {"predictions": predictions, "targets": truth, "mae": float(np.mean(errors)), "units": task_spec.units,
             "n_train": len(datamodule.subsets["train"]), "n_val": len(datamodule.subsets["val"]),
@@ -192,7 +187,7 @@ def matbench_command(argv: list[str]) -> int:
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("--run_name=")]
     overrides = [o for o in overrides if not o.startswith("--run_name=")]
     run_name = check_run_name(names[-1] if names else recipe.get("run_name", "matbench"))
-    run_dir = Path("checkpoints") / run_name / (args.task + ("_subset" if args.subset else ""))
+    run_dir = run_path(run_name, args.task + ("_subset" if args.subset else ""))
     shared = shared_folder(args.shared, "--subset") if args.subset else None
     data_path = task_data_path(args.task, args.data_path, args.shared)
     source = source_config(args.task, args.subset, data_path, shared)

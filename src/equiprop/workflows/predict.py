@@ -1,6 +1,20 @@
 """``equiprop predict``: structure files in, a CSV/JSON table of predictions (and of refused inputs) out.
 
-What is refused and how it is reported, and the exit status: see ``equiprop.predict``.
+    equiprop predict --checkpoint CKPT [CKPT ...] | --model NAME --input FILES_OR_FOLDERS --output out.{csv,json}
+                     [--tasks ...] [--mc-samples N] [--allow-unseen-elements] [--allow-failures] [--batch-size N]
+
+What the model refuses, and why: ``equiprop.inference.predictor`` (the one predictor, also the screen's). Here:
+
+- **Input folders** are read one level deep; files of unknown type and sub-folders in them are failed rows too
+  (counted and named); hidden files (dotfiles) are skipped silently.
+- **Output**: CSV columns ``id, file, formula, <task> [units] ..., status, error`` (and ``<task>_std [units]`` with
+  several members or MC samples); every input gets a row, in input order: ``status`` "ok", or "failed" with empty
+  property cells and the reason in ``error``. JSON: ``{"checkpoint", "units", "predictions": [rows with status
+  "ok"], "errors": [{"id", "file", "formula", "status": "failed", "reason", "error"}]}``. A binary task's output is
+  the predicted probability of class 1, units "probability". The output's folder must exist and be writable:
+  checked before anything is computed.
+- **Exit status**: 0 when every input was predicted; 1 when any input failed (``--allow-failures``: 0 as long as
+  something was predicted); 1 whenever nothing was predicted; 2 for a bad checkpoint, output path or argument.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ import numpy as np
 from equiprop.data.errors import ConfigError, DataError, SkipLog
 from equiprop.data.record import CrystalRecord, failure_row, read_inputs
 from equiprop.shipped import refuse_shipped
-from equiprop.uncertainty import STD_SUFFIX, UncertainPredictor, load_predictor
+from equiprop.inference import STD_SUFFIX, Predictor, load_predictor
 from equiprop.workflows.options import ArgumentParser, non_negative_int, positive_int
 
 
@@ -92,7 +106,7 @@ def row(record: CrystalRecord, outcome: dict | DataError) -> dict:
     return {"id": record.id, "file": record.source, "formula": record.formula, "status": "ok", **outcome}
 
 
-def output_units(predictor: UncertainPredictor) -> dict[str, str]:
+def output_units(predictor: Predictor) -> dict[str, str]:
     """Units of every output column, each std (same units) right after its value."""
     units = {}
     for name, unit in predictor.units().items():
@@ -102,14 +116,14 @@ def output_units(predictor: UncertainPredictor) -> dict[str, str]:
     return units
 
 
-def per_atom_outputs(predictor: UncertainPredictor) -> list[str]:
+def per_atom_outputs(predictor: Predictor) -> list[str]:
     """Outputs that hold one value per atom (per-atom tasks and their std), in the input's atom order."""
     return [name for name in output_units(predictor)
             if predictor.tasks.get(name.removesuffix(STD_SUFFIX)) is not None
             and predictor.tasks[name.removesuffix(STD_SUFFIX)].level == "atom"]
 
 
-def report(rows: list[dict], output: Path, predictor: UncertainPredictor, records: list[CrystalRecord]) -> None:
+def report(rows: list[dict], output: Path, predictor: Predictor, records: list[CrystalRecord]) -> None:
     failed = SkipLog(max_examples=5)
     for r in rows:
         if r["status"] == "failed":

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import yaml
 
-from equiprop.data import keys
+from equiprop.inference.evaluate import evaluate_split, physical_labels
 from equiprop.data.errors import ConfigError
 from equiprop.workflows.scoreboard import INVARIANT, MODEL, TaskResults
 
@@ -28,7 +28,7 @@ class Run:
 
     checkpoint: Path
     config: Path  # the config the data module was built from
-    model: object  # MultiTaskModel, in eval mode
+    predictor: object  # equiprop.inference.Predictor of the checkpoint
     datamodule: object  # MultiTaskDataModule
     seed: int | None  # seed_everything of the run
     split: str  # the data.split section of the config, as JSON
@@ -47,8 +47,8 @@ def saved_config(checkpoint: Path) -> Path | None:
 
 def load_run(checkpoint: str | Path, recipe: str | Path) -> Run:
     """The checkpoint's model and data module; the recipe's data section is used only if no config was saved."""
+    from equiprop.inference import Predictor
     from equiprop.train.run import build_datamodule
-    from equiprop.predict import Predictor
 
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
@@ -56,12 +56,12 @@ def load_run(checkpoint: str | Path, recipe: str | Path) -> Run:
     config = saved_config(checkpoint) or Path(recipe)
     datamodule = build_datamodule(str(config), [])
     datamodule.setup("test")
-    model = Predictor.from_checkpoint(checkpoint).model.eval()
+    predictor = Predictor.from_checkpoint(checkpoint)
     stored = torch.load(checkpoint, map_location="cpu", weights_only=True)
     saved = yaml.safe_load(Path(config).read_text()) or {}
     data = saved.get("data") or {}
     split = (data.get("init_args", data) if isinstance(data, dict) else {}).get("split")
-    return Run(checkpoint, config, model, datamodule, saved.get("seed_everything"), json.dumps(split),
+    return Run(checkpoint, config, predictor, datamodule, saved.get("seed_everything"), json.dumps(split),
                check_training_split(stored, datamodule))
 
 
@@ -107,35 +107,17 @@ def check_same_split(a, b) -> None:
                               f"differ ({len(left.get(part, []))} vs {len(right.get(part, []))} structures)")
 
 
-def physical_labels(task, model_space: torch.Tensor) -> np.ndarray:
-    """Labels are stored in model space (log10 for log-scalars, maybe a log tensor): back to physical units."""
-    return np.asarray(task.from_model(model_space.double().numpy()), dtype=np.float64)
-
-
 def training_labels(datamodule, name: str) -> np.ndarray:
     """The labelled training values of one task, physical units, (n_train, *shape)."""
     task = datamodule.tasks[name]
     return physical_labels(task, datamodule.subsets["train"].labels({name: task})[name].values)
 
 
-@torch.no_grad()
 def predictions_on_test_split(run: Run) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
-    """{task: (structure ids, true, predicted)} in physical units over the labelled test structures; binary tasks
-    (probabilities, not errors in units) are left out."""
-    tasks = {n: t for n, t in run.datamodule.tasks.items() if n in run.model.tasks and t.kind != "binary"}
-    parts = {name: ([], [], []) for name in tasks}
-    for batch in run.datamodule.test_dataloader():
-        physical = run.model.predict_physical(batch)
-        for name, task in tasks.items():
-            mask = batch[keys.mask_key(name)]
-            if not bool(mask.any()):
-                continue
-            ids, true, pred = parts[name]
-            ids += [i for i, m in zip(batch[keys.STRUCTURE_ID], mask.tolist()) if m]
-            true.append(physical_labels(task, batch[keys.label_key(name)][mask]))
-            pred.append(physical[name][mask].double().numpy())
-    return {name: (ids, np.concatenate(true), np.concatenate(pred)) for name, (ids, true, pred) in parts.items()
-            if ids}
+    """{task: (structure ids, true, predicted)} in physical units (Cartesian tensors) over the labelled test
+    structures (``evaluate_split``; binary tasks left out: probabilities, not errors in units)."""
+    return {name: (p.ids, p.true, p.mean)
+            for name, p in evaluate_split(run.predictor, run.datamodule, "test", form="cartesian").items()}
 
 
 def task_results(model_run: Run, baseline_run: Run | None) -> dict[str, TaskResults]:

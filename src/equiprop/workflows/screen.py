@@ -38,7 +38,6 @@ from equiprop.data.errors import ConfigError
 from equiprop.screening import store as work
 from equiprop.screening.inputs import InputPlan, expand
 from equiprop.screening.pipeline import META, run_stage, value_columns
-from equiprop.screening.predictor import load_stage_predictor, output_shapes
 from equiprop.screening.selection import load_selection, reduce_values, select
 from equiprop.shipped import refuse_shipped, resolve_all
 from equiprop.workflows.options import ArgumentParser, non_negative_int, positive_int
@@ -169,10 +168,9 @@ def screen(args: argparse.Namespace) -> dict:
     # a shipped model's name -> its manifest, so that resuming compares the files behind it
     args.phase1, args.phase2 = resolve_all(args.phase1), resolve_all(args.phase2)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)  # workers (if any) run one thread each
-    p1 = load_stage_predictor(args.phase1, args.batch_size, args.allow_unseen_elements, args.mc_samples, "phase 1")
-    p2 = load_stage_predictor(args.phase2, args.batch_size, args.allow_unseen_elements, args.mc_samples,
-                              "phase 2") if args.phase2 else None
-    units1, shapes1 = p1.units(), output_shapes(p1)
+    p1 = stage_predictor(args.phase1, args, "phase 1")
+    p2 = stage_predictor(args.phase2, args, "phase 2") if args.phase2 else None
+    units1, shapes1 = p1.units(), p1.output_shapes()
     selection = load_selection(args.config, shapes1)
     plan = InputPlan(expand(args.input))
     store = work.WorkDir(args.workdir or output.with_name(output.name + ".work"))
@@ -181,7 +179,7 @@ def screen(args: argparse.Namespace) -> dict:
         "phase2": work.checkpoint_identity(args.phase2), "selection_sha256": selection.sha256(),
         "chunk_size": args.chunk_size, "allow_unseen_elements": args.allow_unseen_elements,
         "mc_samples": args.mc_samples})
-    common = dict(batch_size=args.batch_size, workers=args.workers, allow_unseen_elements=args.allow_unseen_elements)
+    common = dict(workers=args.workers)
     chunks1 = chunk_ranges(len(plan), args.chunk_size)
     stats1 = run_stage(p1, plan, chunks1, store, "phase1", total=len(plan), desc="phase 1", **common)
     header1, cells = read_columns(store, "phase1", chunks1, ["status", "reason"]
@@ -263,6 +261,17 @@ def print_summary(summary: dict) -> None:
                      f"{two['structures_computed']} computed in {two['seconds']:.1f} s")
     lines.append(f"wrote {summary['output']} and its .summary.json")
     print("\n".join(lines))
+
+
+def stage_predictor(paths: list[str], args, stage: str):
+    """The stage's predictor (checkpoints, an ensemble manifest or a shipped model); its notices printed once."""
+    from equiprop.inference import Predictor
+
+    predictor = Predictor.load(list(paths), mc_samples=args.mc_samples, batch_size=args.batch_size,
+                               allow_unseen_elements=args.allow_unseen_elements, warn=False)
+    for notice in predictor.notices:
+        print(f"equiprop screen: warning: {stage}: {notice}", file=sys.stderr)
+    return predictor
 
 
 def screen_command(argv: list[str]) -> int:

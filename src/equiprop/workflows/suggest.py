@@ -31,7 +31,6 @@ from equiprop.data.tensor_ops import isotropic_scalar
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.record import CrystalRecord
 from equiprop.uncertainty.acquisition import DIRECTIONS, STRATEGIES, acquisition_scores, greedy_diverse_selection
-from equiprop.workflows.embed import invariant_features
 from equiprop.workflows.options import (ArgumentParser, finite_float, non_negative_float, non_negative_int,
                                        positive_int)
 from equiprop.data.record import read_inputs
@@ -48,25 +47,18 @@ def isotropic(values: np.ndarray) -> np.ndarray:
         raise ConfigError(f"--reduce isotropic: {err}") from None
 
 
-def predicted(predictor, batch, output: str, reduce: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(mean, std) of one scalar output; ``reduce``: a tensor's isotropic scalar taken per draw (member and dropout
-    mask), so its std is the spread of the reduced draws, times the tensor's std scale where calibrated."""
-    if reduce is None:
-        return predictor.predict_batch(batch)[output]
-    return predictor.mean_std(output, isotropic(predictor.samples(batch)[output]))
-
-
 @torch.no_grad()
 def predict_with_latents(predictor, batches, output: str, reduce: str | None = None
                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(mean, std or None, latent vectors) of one scalar output over an iterable of batches."""
+    """(mean, std or None, latent vectors) of one scalar output over an iterable of batches; the encoder runs once
+    per batch. ``reduce``: a tensor's isotropic scalar taken per draw (member and dropout mask), so its std is the
+    spread of the reduced draws, times the tensor's std scale where calibrated."""
     means, stds, latents = [], [], []
-    encoder = predictor.members[0].model.encoder
     for batch in batches:
-        mean, std = predicted(predictor, batch, output, reduce)
+        draws = predictor.samples(batch, latents=latents)[output]
+        mean, std = predictor.mean_std(output, draws if reduce is None else isotropic(draws))
         means.append(mean)
         stds.append(std)
-        latents.append(invariant_features(encoder, batch).double().numpy())
     if not means:
         return np.zeros(0), None, np.zeros((0, 0))
     std = None if stds[0] is None else np.concatenate(stds)
@@ -175,7 +167,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 
 def suggest_command(argv: list[str]) -> int:
-    from equiprop.uncertainty.ensemble import load_predictor
+    from equiprop.inference import load_predictor
 
     args = parse_arguments(argv)
     output = Path(args.output)

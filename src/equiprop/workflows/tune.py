@@ -5,7 +5,7 @@
 
 The recipe is a fit recipe plus a ``tune:`` section (metric, directions, pruner, seed, heartbeat_interval,
 grace_period, search_space); a bad entry is a one-line error naming the option and what it accepts, before any
-trial trains. Storage defaults to SQLite next to the run (``checkpoints/<run_name>/optuna.db``); any Optuna RDB URL
+trial trains. Storage defaults to SQLite next to the run (``runs/<run_name>/optuna.db``); any Optuna RDB URL
 lets several workers share one study. Re-running the same command resumes the study (up to ``--n-trials`` finished
 trials).
 
@@ -19,7 +19,7 @@ silent for ``tune.grace_period`` seconds (default 180, must exceed the interval)
 to start a trial, and retried (up to twice). A shorter grace period frees a killed worker's trial sooner; it must
 stay well above the interval, or a busy but live worker's trial is failed too.
 
-Outputs in ``checkpoints/<run_name>/``: trials.csv, best_recipe.yaml, optimisation history and parameter-importance
+Outputs in ``runs/<run_name>/``: trials.csv, best_recipe.yaml, optimisation history and parameter-importance
 (or Pareto-front) PNGs.
 """
 
@@ -38,7 +38,7 @@ import yaml
 from equiprop.data.errors import ConfigError
 from equiprop.train.run import build_run, load_recipe, set_dotted
 from equiprop.shipped import refuse_shipped
-from equiprop.train.run_dir import check_run_name
+from equiprop.train.run_dir import check_run_name, run_path
 from equiprop.workflows.options import ArgumentParser, non_negative_int
 
 SECONDS_PER_EPOCH = "seconds_per_epoch"
@@ -297,7 +297,7 @@ def tune_command(argv: list[str]) -> int:
         raise ConfigError(f"{args.config}: no tune.search_space section")
     check_tune(tune)
     run_name = check_run_name(recipe.get("run_name", Path(args.config).stem))  # trials nest in its folder
-    run_dir = Path("checkpoints") / run_name
+    run_dir = run_path(run_name)
     if args.storage and args.storage.startswith("sqlite:///"):  # a file: never one of a shipped model
         refuse_shipped(args.storage.removeprefix("sqlite:///"), "--storage")
     run_dir.mkdir(parents=True, exist_ok=True)
