@@ -26,14 +26,13 @@ def physical_labels(task, model_space: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_split(predictor, datamodule, split: str, form: str = "user", binary: bool = False
-                   ) -> dict[str, SplitPredictions]:
+def evaluate_split(predictor, datamodule, split: str, form: str = "user") -> dict[str, SplitPredictions]:
     """{task: SplitPredictions} over the labelled structures of ``split`` ("train", "val" or "test") of a set-up
     data module, for the predictor's output tasks. ``form``: "user" (Voigt where a task has one) or "cartesian".
-    Binary tasks are left out unless ``binary`` (a probability has no error in units)."""
+    Binary tasks are left out (a probability has no error in units)."""
     labelled = getattr(datamodule, "tasks", predictor.tasks)  # the data's tasks: a model's others have no labels
     tasks = {n: t for n, t in predictor.tasks.items()
-             if n in predictor.output_tasks and n in labelled and (binary or t.kind != "binary")}
+             if n in predictor.output_tasks and n in labelled and t.kind != "binary"}
     parts: dict[str, tuple[list, list, list, list]] = {name: ([], [], [], []) for name in tasks}
     loader = {"train": datamodule.train_dataloader, "val": datamodule.val_dataloader,
               "test": datamodule.test_dataloader}[split]()

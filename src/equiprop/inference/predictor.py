@@ -41,6 +41,7 @@ from torch_geometric.data import Batch
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord
+from equiprop.inference import checkpoints as io
 from equiprop.inference import checks
 from equiprop.inference.outputs import STD_SUFFIX, batch_outputs, latent_vectors, output_units, per_structure
 
@@ -84,9 +85,7 @@ class Predictor:
         self.species_seen = species_seen
         self.notices = list(notices or [])
         self.draws = [self.mc_samples if self.mc_samples and has_dropout(m) else 1 for m in self.models]
-        from equiprop.inference.checkpoints import same_frozen_encoder
-
-        self.shared_encoder = len(self.models) > 1 and all(same_frozen_encoder(first.encoder, m.encoder)
+        self.shared_encoder = len(self.models) > 1 and all(io.same_frozen_encoder(first.encoder, m.encoder)
                                                            for m in self.models[1:])
         if self.mc_samples and not any(d > 1 for d in self.draws):
             self.notices.append(f"mc_samples={self.mc_samples} ignored: no member was trained with model.dropout")
@@ -99,8 +98,6 @@ class Predictor:
         scales, opt-in tasks; ``mc_samples`` overrides the manifest's) or checkpoint paths (one, or several: a deep
         ensemble). ``tasks``: the outputs to predict (default: every task with training labels except the
         manifest's ``opt_in_tasks``). ``warn``: issue each notice as a Python warning (the CLI prints them)."""
-        from equiprop.inference import checkpoints as io
-
         sources = io.read_sources(source)
         members = [io.load_member(path) for path in sources.paths]
         available = [name for name in members[0].model.tasks if name not in members[0].untrained]
