@@ -33,7 +33,7 @@ LARGE_SECONDS = 360.0  # per 100,000 structures: 100,000 through Phase 1 in unde
 
 
 def base_records():
-    from equiprop.screening.inputs import Bundled
+    from equiprop.data.inputs import Bundled
 
     bundled = Bundled("default")
     return list(bundled.read(0, len(bundled)))

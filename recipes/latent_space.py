@@ -1,6 +1,6 @@
 """Map a model's latent space to 2-D (PCA and t-SNE) coloured by a property and by crystal system.
 
-    equiprop embed --checkpoint runs/quickstart/best.ckpt --dataset default --output emb.npz
+    equiprop embed --checkpoint runs/quickstart/best.ckpt --input bundled:default --output emb.npz
     python recipes/latent_space.py emb.npz --color Ef --out latent_space.png
 """
 

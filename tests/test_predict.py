@@ -381,3 +381,53 @@ def test_opt_in_tasks_are_left_out_with_their_reason_until_asked_for(checkpoint,
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "opt_in_tasks": ["K_VRH"]}))
     assert predict(manifest, inputs, tmp_path / "bad.csv") == 2
     assert "opt_in_tasks must map task names to the reason" in capsys.readouterr().err
+
+
+# -- 9. one input grammar (equiprop.data.inputs): every form in one command --------------------------------------
+def test_predict_reads_every_form_of_input_in_order_with_one_failure_row_shape(checkpoint, entries, tmp_path,
+                                                                               capsys):
+    import ase.db
+    import ase.io
+    import yaml
+
+    cifs = write_cifs(tmp_path / "cifs", entries, 3)
+    atoms = [structure(entries, i).to_ase_atoms() for i in range(3, 5)]
+    for i, a in enumerate(atoms):
+        a.info["material_id"] = f"frame-{i}"
+    ase.io.write(tmp_path / "frames.extxyz", atoms, format="extxyz")
+    with ase.db.connect(tmp_path / "rows.db") as db:
+        db.write(structure(entries, 5).to_ase_atoms(), material_id="row-a")
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps({"meta": {}, "entries": [dict(entries[6], Ef=-1.0)]}))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"tasks": ["Ef"], "sources": [
+        {"class_path": "equiprop.data.sources.RecordsJSON", "init_args": {"path": str(records)}}]}}))
+    (tmp_path / "notes.txt").write_text("x")
+    inputs = [str(tmp_path / "cifs" / "*.cif"), tmp_path / "frames.extxyz", tmp_path / "rows.db", recipe,
+              tmp_path / "notes.txt", tmp_path / "missing.cif"]
+    out = tmp_path / "p.json"
+    assert predict(checkpoint, inputs, out, "--allow-failures") == 0
+    result = json.loads(out.read_text())
+    expected = [p.stem for p in sorted(cifs)] + ["frame-0", "frame-1", "row-a", entries[6]["material_id"]]
+    assert [p["id"] for p in result["predictions"]] == expected
+    # the failure rows of unreadable inputs and of refused structures have one shape (InputFailure.row)
+    assert [(e["id"], e["reason"]) for e in result["errors"]] == [("notes", "unknown file type"),
+                                                                 ("missing", "missing file")]
+    assert all(list(e) == ["id", "file", "formula", "status", "reason", "error"] for e in result["errors"])
+
+    # the same predictions through each form alone as through the CIF files
+    assert predict(checkpoint, [cifs[0]], tmp_path / "one.json") == 0
+    alone = json.loads((tmp_path / "one.json").read_text())["predictions"][0]
+    assert alone["Ef"] == result["predictions"][0]["Ef"]
+
+
+def test_a_recipe_input_runs_no_code_but_equiprop_readers(checkpoint, tmp_path, capsys):
+    import yaml
+
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"sources": [{"class_path": "os.system",
+                                                            "init_args": {"command": "touch pwned"}}]}}))
+    assert predict(checkpoint, [recipe], tmp_path / "p.json") == 2
+    err = capsys.readouterr().err
+    assert "os.system is not a reader of equiprop.data.sources" in err and str(recipe) in err
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()

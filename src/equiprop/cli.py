@@ -32,13 +32,13 @@ COMMANDS = {
     "validate": Command("equiprop.train.cli:lightning_command_main", "", ""),
     "test": Command("equiprop.train.cli:lightning_command_main", "", ""),
     "predict": Command("equiprop.workflows.predict:predict_command",
-                       "predict (--model NAME | --checkpoint CKPT [...]) --input FILES_OR_DIR [...] "
+                       "predict (--model NAME | --checkpoint CKPT [...]) --input INPUTS [...] "
                        "--output out.{csv,json}\n         [--tasks ...] [--allow-failures] [--allow-unseen-elements]",
-                       "properties of new structures (CIF/POSCAR/extxyz) in physical units"),
+                       "properties of new structures in physical units"),
     "models": Command("equiprop.shipped:models_command", "models [NAME]",
                       "the pretrained models that ship with equiprop: tasks, data, test metrics"),
     "screen": Command("equiprop.workflows.screen:screen_command",
-                      "screen --input PATHS --phase1 CKPT [...] [--phase2 CKPT ...] [-c SELECTION.yaml] "
+                      "screen --input INPUTS --phase1 CKPT [...] [--phase2 CKPT ...] [-c SELECTION.yaml] "
                       "--output OUT.csv", "two-phase screening: a fast model on everything, a slow one on the "
                                           "candidates its selection keeps (--phase1/--phase2: the two models)"),
     "tune": Command("equiprop.workflows.tune:tune_command",
@@ -55,15 +55,15 @@ COMMANDS = {
                          "calibrate --checkpoint CKPT [CKPT ...] [--mc-samples N] [--manifest OUT.json]",
                          "calibration of predicted sigmas on the validation/test splits; fits per-task std scales"),
     "suggest": Command("equiprop.workflows.suggest:suggest_command",
-                       "suggest --input FILES_OR_DIRS|bundled:NAME --checkpoint CKPT [...] --task NAME --budget N "
+                       "suggest --input INPUTS --checkpoint CKPT [...] --task NAME --budget N "
                        "--output out.csv", "rank unlabelled structures for the next DFT labels (uncertainty/window/EI "
                                            "+ diversity)"),
     "distill": Command("equiprop.workflows.distill:distill_command",
-                       "distill --checkpoint TEACHER [...] -c STUDENT_RECIPE.yaml --input bundled:NAME|FILES "
+                       "distill --checkpoint TEACHER [...] -c STUDENT_RECIPE.yaml --input INPUTS "
                        "[--tasks ...]", "train a fast student on a teacher's predictions over unlabelled crystals "
                                         "plus the real labels"),
     "embed": Command("equiprop.workflows.embed:embed_command",
-                     "embed --checkpoint CKPT (--input FILES_OR_DIRS | --dataset default) --output emb.npz",
+                     "embed --checkpoint CKPT --input INPUTS --output emb.npz",
                      "per-structure latent vectors (rotation-invariant) for maps of the learned space"),
     "data": Command("equiprop.cli:data_command", "data summary [-c CONFIG] [--data.KEY=VALUE ...]",
                     "per source and task: records read, labels present, skips with reasons, merges, splits"),
@@ -76,8 +76,10 @@ def usage() -> str:
     lines = ["usage: equiprop " + "\n       equiprop ".join(c.synopsis for c in listed.values()), ""]
     width = max(len(n) for n in listed) + 3
     lines += [f"  {('fit|validate|test' if n == 'fit' else n):<{width + 8}}{c.summary}" for n, c in listed.items()]
-    lines += ["", "Old spellings of renamed flags (--checkpoints, --teacher, --pool, --run-name) still work, with a "
-                  "note."]
+    lines += ["", "INPUTS (every command that reads structures): structure files (CIF, POSCAR, extxyz frames, ASE .db "
+                  "rows), folders (one level), globs, a recipe .yaml (its data.sources) or bundled:NAME.",
+              "Old spellings of renamed flags (--checkpoints, --teacher, --pool, --run-name, embed --dataset NAME) "
+              "still work, with a note."]
     return "\n".join(lines)
 
 

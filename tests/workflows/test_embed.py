@@ -33,7 +33,10 @@ def test_embeddings_are_invariant_and_carry_labels(tmp_path, tiny_entries, quiet
     assert out["embeddings"].shape[0] == 2 and out["embeddings"].shape[1] == 8 + 4 + 4
     np.testing.assert_allclose(out["embeddings"][0], out["embeddings"][1], rtol=1e-4, atol=1e-5)
 
-    assert main(["embed", "--checkpoint", checkpoint, "--dataset", "tiny", "--output", str(tmp_path / "t.npz")]) == 0
+    assert main(["embed", "--checkpoint", checkpoint, "--input", "bundled:tiny", "--output", str(tmp_path / "t.npz")]) == 0
     tiny = np.load(tmp_path / "t.npz")
-    assert len(tiny["ids"]) == 52 and np.isfinite(tiny["label_Ef"]).sum() == 41
+    # every entry of the dataset, labelled or not (58), with the model's labels where it has them (41 of Ef)
+    assert len(tiny["ids"]) == 58 and np.isfinite(tiny["label_Ef"]).sum() == 41
+    assert main(["embed", "--checkpoint", checkpoint, "--dataset", "tiny", "--output", str(tmp_path / "old.npz")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "old.npz")["embeddings"], tiny["embeddings"])  # old spelling
     assert str(tiny["units_Ef"]) == "eV/atom" and "cubic" in set(tiny["crystal_systems"])

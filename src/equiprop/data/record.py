@@ -277,7 +277,7 @@ def read_extxyz_text(text: str, where: str, source: str) -> list[CrystalRecord]:
     except Exception as err:  # ase raises ValueError/IndexError/KeyError on malformed frames
         raise DataError(where, f"cannot parse extxyz ({type(err).__name__}: {err})",
                         "unparseable structure") from None
-    return [_frame_record(atoms, i, where, source) for i, atoms in enumerate(frames)]
+    return [frame_record(atoms, i, where, source) for i, atoms in enumerate(frames)]
 
 
 def iread_extxyz(path: Path, source: str):
@@ -294,59 +294,17 @@ def iread_extxyz(path: Path, source: str):
         except Exception as err:  # ase raises ValueError/IndexError/KeyError on malformed frames
             raise DataError(f"{path}[{i}]", f"cannot parse extxyz ({type(err).__name__}: {err})",
                             "unparseable structure") from None
-        yield _frame_record(atoms, i, str(path), source)
+        yield frame_record(atoms, i, str(path), source)
         i += 1
 
 
-def _frame_record(atoms, i: int, where: str, source: str) -> CrystalRecord:
+def frame_record(atoms, i: int, where: str, source: str) -> CrystalRecord:
     info = dict(atoms.info)
     frame_id = str(info.pop("id", info.pop("material_id", f"{Path(where).stem}:{i}")))
     per_atom = {k: v for k, v in atoms.arrays.items() if k not in ("numbers", "positions")}  # per-atom labels
     # ase moves columns and keys it knows (energy, forces, charges, magmoms, stress) into a calculator
     computed = dict(atoms.calc.results) if getattr(atoms, "calc", None) is not None else {}
     return from_ase(atoms, frame_id, source, labels={**computed, **per_atom, **info})
-
-
-# -- structure files a user gives (equiprop predict, suggest, embed, screen) ----------------------------------
-def collect_files(inputs: list[str]) -> list[Path]:
-    """Files given, and every entry of the folders given (one level; dotfiles skipped). Entries that are not
-    structure files are kept, so that reading them reports them rather than dropping them silently."""
-    files = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(p for p in path.iterdir() if not p.name.startswith("."))
-        else:
-            files.append(path)
-    return files
-
-
-def failure_row(err: DataError, file: str, record: CrystalRecord | None = None) -> dict:
-    """The row a refused input gets in a prediction table (``equiprop predict``, ``suggest``)."""
-    return {"id": record.id if record is not None else Path(file).stem, "file": file,
-            "formula": record.formula if record is not None else "", "status": "failed", "reason": err.kind,
-            "error": str(err)}
-
-
-def read_inputs(inputs: list[str], fast_cif: bool = False) -> list[CrystalRecord | dict]:
-    """Records and failure rows, in input order (``fast_cif``: see ``read_structure_file``)."""
-    items = []
-    for path in collect_files(inputs):
-        try:
-            if path.is_dir():
-                raise DataError(str(path), "a folder inside an input folder: not searched (give it to --input)",
-                                "folder not searched")
-            if not path.exists():
-                raise DataError(str(path), "no such file", "missing file")
-            if structure_format(path) is None:
-                raise DataError(str(path), "unknown file type (expected .cif, POSCAR/CONTCAR/.vasp or "
-                                           ".xyz/.extxyz)", "unknown file type")
-            for record in read_structure_file(path, fast_cif=fast_cif):
-                record.source = str(path)
-                items.append(record)
-        except DataError as err:
-            items.append(failure_row(err, str(path)))
-    return items
 
 
 def scan_xyz_frames(path: Path) -> tuple[np.ndarray, str | None]:

@@ -25,7 +25,7 @@ import torch
 from equiprop.data.errors import DataError
 from equiprop.data.processes import DieWithParent
 from equiprop.inference import STD_SUFFIX
-from equiprop.screening.inputs import InputFailure
+from equiprop.data.inputs import InputFailure
 
 META = ["index", "id", "file", "formula", "status", "reason", "error"]
 

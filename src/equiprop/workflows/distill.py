@@ -26,8 +26,8 @@ import torch
 import yaml
 
 from equiprop.data.errors import ConfigError, DataError, SkipLog
-from equiprop.data.record import CrystalRecord, from_pymatgen_dict, read_structure_file, structure_format
-from equiprop.data.sources.records_json import bundled_path, read_json
+from equiprop.data.inputs import INPUT_HELP, InputFailure, read_structures
+from equiprop.data.record import CrystalRecord
 from equiprop.shipped import refuse_shipped
 from equiprop.train.run_dir import run_path
 from equiprop.workflows.options import ArgumentParser
@@ -36,28 +36,16 @@ CHUNK = 512  # pool structures per teacher pass: bounded memory for the graphs
 
 
 def pool_records(items: list[str], skips: SkipLog):
-    """CrystalRecords of the pool, labels dropped (the pool is unlabelled by definition); unreadable files counted."""
-    for item in items:
-        if item.startswith("bundled:"):
-            content = read_json(bundled_path(item.split(":", 1)[1]))
-            for d in content.get("records", []):
-                record = CrystalRecord.from_dict(d)
-                record.labels, record.source = {}, item
-                yield record
-            for e in content.get("entries", []):  # the tiny layout: pymatgen structure dicts
-                yield from_pymatgen_dict(e["structure"], e["material_id"], item)
-            continue
-        path = Path(item)
-        files = sorted(p for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() else [path]
-        for file in files:
-            try:
-                if structure_format(file) is None:
-                    raise DataError(str(file), "unknown file type", "unknown file type")
-                for record in read_structure_file(file):
-                    record.labels = {}
-                    yield record
-            except DataError as err:
-                skips.add(err.kind, str(err))
+    """CrystalRecords of the pool, without labels (the pool is unlabelled by definition); what cannot be read, and
+    what the sources behind the inputs skipped, counted."""
+    plan = read_structures(items)
+    for notice in plan.notices:
+        skips.add("skipped by its source", notice)
+    for item in plan:
+        if isinstance(item, InputFailure):
+            skips.add(item.reason, item.error)
+        else:
+            yield item
 
 
 def held_out(datamodule) -> tuple[set[str], set[str], dict[str, list[str]]]:
@@ -123,7 +111,7 @@ def parse_arguments(argv: list[str]):
                         help="the teacher: checkpoint(s), an ensemble manifest or a shipped model's name")
     parser.add_argument("-c", "--config", required=True, help="the student's recipe (e.g. an invariant model)")
     parser.add_argument("--input", nargs="+", required=True,
-                        help="unlabelled structures: bundled:NAME, structure files, extxyz, folders")
+                        help="the unlabelled pool: " + INPUT_HELP)
     parser.add_argument("--tasks", nargs="+", help="tasks to distil (default: the student's tasks the teacher has)")
     parser.add_argument("--run_name", help="the student's run (default: <recipe run_name>_distilled)")
     parser.add_argument("--workdir", help="where pseudo-labels and split files go (default runs/<run>_pseudo)")

@@ -1,25 +1,27 @@
 """``equiprop embed``: per-structure latent vectors of a trained encoder, for maps of the learned space.
 
-    equiprop embed --checkpoint CKPT --input FILES_OR_DIRS --output emb.npz
-    equiprop embed --checkpoint CKPT --dataset default --output emb.npz     (bundled data, with its labels)
+    equiprop embed --checkpoint CKPT --input INPUTS --output emb.npz
+    equiprop embed --checkpoint CKPT --input bundled:default --output emb.npz     (bundled data, with its labels)
 
 The vector of a structure is the mean over its atoms of the encoder's rotation-invariant features: the 0e channels
 and the norm of every l > 0 channel, so it does not depend on the orientation of the input. The .npz holds ids,
-formulas, crystal systems, the embeddings and, for datasets, every task's label (NaN where missing) with its units.
+formulas, crystal systems, the embeddings and every scalar task's label where the inputs carry one (bundled data,
+recipes, extxyz ``info``; NaN where missing), with its units. Inputs: ``equiprop.data.inputs``, as every command's;
+``--dataset NAME`` is the old spelling of ``--input bundled:NAME``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
 
-from equiprop.data.errors import DataError
-from equiprop.data.record import read_structure_file
+from equiprop.data.inputs import BUNDLED_PREFIX, INPUT_HELP, InputFailure, read_structures
 from equiprop.inference import Predictor
-from equiprop.data.record import collect_files
 from equiprop.workflows.options import ArgumentParser, positive_int
 from equiprop.workflows.predict import check_output
 
@@ -40,26 +42,21 @@ def embed_command(argv: list[str]) -> int:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", nargs="+", help="CIF/POSCAR/extxyz files or folders")
-    source.add_argument("--dataset", choices=["default", "tiny"], help="a bundled dataset (labels included)")
+    source.add_argument("--input", nargs="+", help=INPUT_HELP)
+    source.add_argument("--dataset", choices=["default", "tiny"], help="old spelling of --input bundled:NAME")
     parser.add_argument("--output", required=True, help="emb.npz")
-    parser.add_argument("--limit", type=positive_int, help="embed only the first N structures (N >= 1)")
+    parser.add_argument("--limit", type=positive_int, help="embed only the first N inputs (N >= 1)")
     args = parser.parse_args(argv)
     check_output(Path(args.output))
     predictor = Predictor.from_checkpoint(args.checkpoint, batch_size=64)
-    records, skipped = [], []
     if args.dataset:
-        from equiprop.data.sources.records_json import BundledDataset
-        from equiprop.data.tasks import resolve_tasks
-
-        records = BundledDataset(args.dataset).load(resolve_tasks(list(predictor.tasks.values()))).records
-    else:
-        for path in collect_files(args.input):
-            try:
-                records += read_structure_file(path)
-            except DataError as err:
-                skipped.append(str(err))
-    records = records[: args.limit]
+        print(f"equiprop embed: note: --dataset {args.dataset} is now --input {BUNDLED_PREFIX}{args.dataset} (the old "
+              "spelling still works)", file=sys.stderr)
+        args.input = [BUNDLED_PREFIX + args.dataset]
+    plan = read_structures(args.input, tasks=predictor.tasks)
+    items = list(islice(plan, args.limit))  # only the first N inputs are read
+    records = [item for item in items if not isinstance(item, InputFailure)]
+    skipped = plan.notices + [item.error for item in items if isinstance(item, InputFailure)]
     graphs, kept, unusable = predictor.checked_graphs(records, checked=False)  # validity only: a map takes all
     skipped += [str(err) for err in unusable.values()]
     kept = list(kept.values())

@@ -1,12 +1,13 @@
 """``equiprop predict``: structure files in, a CSV/JSON table of predictions (and of refused inputs) out.
 
-    equiprop predict --checkpoint CKPT [CKPT ...] | --model NAME --input FILES_OR_FOLDERS --output out.{csv,json}
+    equiprop predict --checkpoint CKPT [CKPT ...] | --model NAME --input INPUTS --output out.{csv,json}
                      [--tasks ...] [--mc-samples N] [--allow-unseen-elements] [--allow-failures] [--batch-size N]
 
 What the model refuses, and why: ``equiprop.inference.predictor`` (the one predictor, also the screen's). Here:
 
-- **Input folders** are read one level deep; files of unknown type and sub-folders in them are failed rows too
-  (counted and named); hidden files (dotfiles) are skipped silently.
+- **Inputs** (``equiprop.data.inputs``, the grammar of every command): files, folders (one level deep), globs,
+  extxyz frames, ASE ``.db`` rows, a recipe's ``data.sources`` and ``bundled:NAME``; files of unknown type and
+  sub-folders are failed rows too (counted and named); hidden files (dotfiles) in folders are skipped silently.
 - **Output**: CSV columns ``id, file, formula, <task> [units] ..., status, error`` (and ``<task>_std [units]`` with
   several members or MC samples); every input gets a row, in input order: ``status`` "ok", or "failed" with empty
   property cells and the reason in ``error``. JSON: ``{"checkpoint", "units", "predictions": [rows with status
@@ -29,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from equiprop.data.errors import ConfigError, DataError, SkipLog
-from equiprop.data.record import CrystalRecord, failure_row, read_inputs
+from equiprop.data.inputs import INPUT_HELP, InputFailure, read_structures
+from equiprop.data.record import CrystalRecord
 from equiprop.shipped import refuse_shipped
 from equiprop.inference import STD_SUFFIX, Predictor, load_predictor
 from equiprop.workflows.options import ArgumentParser, non_negative_int, positive_int
@@ -61,7 +63,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                              "manifest .json (`equiprop calibrate`) add <task>_std columns")
     parser.add_argument("--mc-samples", type=non_negative_int, default=None,
                         help="Monte-Carlo dropout draws per checkpoint (models trained with model.dropout)")
-    parser.add_argument("--input", nargs="+", required=True, help="CIF/POSCAR/extxyz files or folders of them")
+    parser.add_argument("--input", nargs="+", required=True, help=INPUT_HELP)
     parser.add_argument("--output", required=True, help="out.csv or out.json (its folder must exist)")
     parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--tasks", nargs="+",
@@ -76,7 +78,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         from equiprop.shipped import resolve
 
         if not Path(resolve(args.model)).name == "model.json":
-            parser.error(f"--model takes a shipped model's name (`equiprop models`); for a file use --checkpoint")
+            parser.error("--model takes a shipped model's name (`equiprop models`); for a file use --checkpoint")
         args.checkpoint = [args.model]
     if Path(args.output).suffix not in (".csv", ".json"):
         parser.error("--output must end in .csv or .json")
@@ -91,10 +93,13 @@ def predict_command(argv: list[str]) -> int:
                                warn=False, tasks=args.tasks)
     for notice in predictor.notices:
         print(f"equiprop predict: warning: {notice}", file=sys.stderr)
-    items = read_inputs(args.input)
+    plan = read_structures(args.input)
+    for notice in plan.notices:
+        print(f"equiprop predict: skipped {notice}", file=sys.stderr)
+    items = list(plan)
     records = [item for item in items if isinstance(item, CrystalRecord)]
     outcomes = iter(predictor.predict_records(records, progress=True))
-    rows = [item if isinstance(item, dict) else row(item, next(outcomes)) for item in items]
+    rows = [item.row() if isinstance(item, InputFailure) else row(item, next(outcomes)) for item in items]
     write_predictions(output, rows, output_units(predictor), " ".join(args.checkpoint), per_atom_outputs(predictor))
     report(rows, output, predictor, records)
     return exit_status(rows, args.allow_failures)
@@ -102,7 +107,7 @@ def predict_command(argv: list[str]) -> int:
 
 def row(record: CrystalRecord, outcome: dict | DataError) -> dict:
     if isinstance(outcome, DataError):
-        return failure_row(outcome, record.source, record)
+        return InputFailure.of(outcome, record.source, record=record).row()
     return {"id": record.id, "file": record.source, "formula": record.formula, "status": "ok", **outcome}
 
 

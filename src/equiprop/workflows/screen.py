@@ -5,7 +5,7 @@
 
 Phase 1 predicts every input with the Phase-1 checkpoints (an ensemble: mean and std over members); the selection
 recipe (``equiprop.screening.selection``) chooses candidates; Phase 2 predicts those with the Phase-2 checkpoints.
-Inputs are streamed in chunks (``equiprop.screening.inputs``); completed chunks live in the work folder
+Inputs are streamed in chunks (``equiprop.data.inputs``); completed chunks live in the work folder
 (``equiprop.screening.store``, default ``OUT.csv.work/``), so a killed screen, run again with the same command,
 continues where it stopped and computes nothing twice.
 
@@ -36,7 +36,7 @@ import torch
 
 from equiprop.data.errors import ConfigError
 from equiprop.screening import store as work
-from equiprop.screening.inputs import InputPlan, expand
+from equiprop.data.inputs import InputPlan, expand
 from equiprop.screening.pipeline import META, run_stage, value_columns
 from equiprop.screening.selection import load_selection, reduce_values, select
 from equiprop.shipped import refuse_shipped, resolve_all
@@ -172,7 +172,9 @@ def screen(args: argparse.Namespace) -> dict:
     p2 = stage_predictor(args.phase2, args, "phase 2") if args.phase2 else None
     units1, shapes1 = p1.units(), p1.output_shapes()
     selection = load_selection(args.config, shapes1)
-    plan = InputPlan(expand(args.input))
+    plan = InputPlan(expand(args.input, fast_cif=True))  # gemmi for CIFs it reads as pymatgen does (parity-tested)
+    for notice in plan.notices:
+        print(f"equiprop screen: skipped {notice}", file=sys.stderr)
     store = work.WorkDir(args.workdir or output.with_name(output.name + ".work"))
     resumed = store.open({
         "inputs": plan.signature(), "phase1": work.checkpoint_identity(args.phase1),

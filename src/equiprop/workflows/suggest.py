@@ -1,6 +1,6 @@
 """``equiprop suggest``: rank unlabelled candidate structures for the next DFT calculations.
 
-    equiprop suggest --input FILES_OR_DIRS|bundled:NAME [...] --checkpoint CKPT [CKPT ...] (or one manifest .json)
+    equiprop suggest --input INPUTS [...] --checkpoint CKPT [CKPT ...] (or one manifest .json)
                      --task NAME --budget N [--strategy uncertainty|window|ei] [--window LO HI] [--direction max|min]
                      [--best VALUE] [--diversity LAMBDA] [--labelled IDS.txt] [--mc-samples N]
                      [--reduce isotropic] --output out.csv
@@ -29,14 +29,12 @@ import torch
 
 from equiprop.data.tensor_ops import isotropic_scalar
 from equiprop.data.errors import ConfigError, DataError
+from equiprop.data.inputs import INPUT_HELP, InputFailure, read_structures
 from equiprop.data.record import CrystalRecord
 from equiprop.uncertainty.acquisition import DIRECTIONS, STRATEGIES, acquisition_scores, greedy_diverse_selection
 from equiprop.workflows.options import (ArgumentParser, finite_float, non_negative_float, non_negative_int,
                                        positive_int)
-from equiprop.data.record import read_inputs
 from equiprop.workflows.predict import check_output
-
-BUNDLED_PREFIX = "bundled:"
 
 
 def isotropic(values: np.ndarray) -> np.ndarray:
@@ -65,25 +63,11 @@ def predict_with_latents(predictor, batches, output: str, reduce: str | None = N
     return np.concatenate(means), std, np.concatenate(latents)
 
 
-def read_pool(inputs: list[str], tasks: dict) -> tuple[list[CrystalRecord | dict], list[str]]:
-    """Records (with their labels for ``bundled:NAME``) and failure rows of ``read_inputs``, in input order, and
-    what the bundled loader skipped (entries, single labels)."""
-    from equiprop.data.tasks import BUILTIN_TASKS
-
-    items, files, skipped = [], [], []
-    for item in inputs:
-        if item.startswith(BUNDLED_PREFIX):
-            from equiprop.data.sources.records_json import BundledDataset
-
-            # every known task, so that entries without a label of the checkpoint's tasks stay in the pool
-            result = BundledDataset(item[len(BUNDLED_PREFIX):]).load({**BUILTIN_TASKS, **tasks})
-            for record in result.records:
-                record.source = item
-            items += result.records
-            skipped += [f"{item}: {line}" for log in (result.skips, result.label_skips) for line in log.lines()]
-        else:
-            files.append(item)
-    return items + (read_inputs(files) if files else []), skipped
+def read_pool(inputs: list[str], tasks: dict) -> tuple[list[CrystalRecord | InputFailure], list[str]]:
+    """Records (with the labels the inputs carry: ``bundled:`` data, recipes, extxyz ``info``) and failures, in input
+    order, and what the sources behind the inputs skipped (entries, single labels)."""
+    plan = read_structures(inputs, tasks=tasks)
+    return list(plan), plan.notices
 
 
 def read_labelled(path: str | None) -> set[str]:
@@ -99,9 +83,9 @@ def partition(items: list, task: str, labelled_ids: set[str]) -> tuple[list, lis
     """(candidates, labelled records, exclusion counts, failure messages): nothing is dropped uncounted."""
     candidates, labelled, excluded, failures, seen = [], [], Counter(), [], set()
     for item in items:
-        if isinstance(item, dict):  # a failure row of read_inputs
-            excluded[f"unreadable ({item['reason']})"] += 1
-            failures.append(item["error"])
+        if isinstance(item, InputFailure):
+            excluded[f"unreadable ({item.reason})"] += 1
+            failures.append(item.error)
         elif item.id in seen:
             excluded["duplicate id"] += 1
         elif task in item.labels or item.id in labelled_ids:
@@ -109,7 +93,7 @@ def partition(items: list, task: str, labelled_ids: set[str]) -> tuple[list, lis
             labelled.append(item)
         else:
             candidates.append(item)
-        if not isinstance(item, dict):
+        if not isinstance(item, InputFailure):
             seen.add(item.id)
     return candidates, labelled, excluded, failures
 
@@ -137,7 +121,7 @@ def default_best(labelled: list, task: str, direction: str, reduce: str | None =
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser = ArgumentParser(prog="equiprop suggest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--input", nargs="+", required=True, help="the pool: structure files/folders, or bundled:NAME")
+    parser.add_argument("--input", nargs="+", required=True, help="the pool: " + INPUT_HELP)
     parser.add_argument("--checkpoint", nargs="+", required=True, help="members (.ckpt) or one manifest .json")
     parser.add_argument("--task", required=True, help="the scalar output to acquire labels of")
     parser.add_argument("--budget", type=positive_int, required=True, help="structures to suggest (>= 1)")

@@ -5,7 +5,8 @@ import numpy as np
 from ase import Atoms
 
 from equiprop.data.record import from_ase
-from equiprop.screening.inputs import ExtxyzFrames, InputFailure, InputPlan, expand
+from equiprop.data.inputs import InputFailure, InputPlan, expand
+from equiprop.data.inputs.extxyz import ExtxyzFrames
 
 
 def frames(count: int):
@@ -63,7 +64,7 @@ def test_ase_database_rows_read_raw_equal_ase_own_reading(tmp_path):
     import ase.db
     from ase.build import bulk
 
-    from equiprop.screening.inputs import AseDatabase, raw_layout
+    from equiprop.data.inputs.ase_db import AseDatabase, raw_layout
 
     path = tmp_path / "rows.db"
     with ase.db.connect(path) as db:
@@ -84,3 +85,32 @@ def test_ase_database_rows_read_raw_equal_ase_own_reading(tmp_path):
         for field in ("cell", "positions", "numbers", "pbc"):
             assert getattr(a, field).dtype == getattr(b, field).dtype, field
             np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+def test_labels_are_read_only_on_request_and_bundled_items_are_the_same_either_way(tmp_path):
+    import pytest
+
+    from equiprop.data.errors import ConfigError
+    from equiprop.data.inputs import read_structures
+    from equiprop.data.tasks import resolve_tasks
+
+    path = tmp_path / "labelled.extxyz"
+    items = frames(2)
+    for a in items:
+        a.info["Ef"], a.info["note"] = -1.25, "not a task"
+    ase.io.write(path, items, format="extxyz")
+    assert all(r.labels == {} for r in read_structures([str(path)]))
+    labelled = list(read_structures([str(path)], tasks=resolve_tasks(["Ef"])))
+    assert [r.labels for r in labelled] == [{"Ef": -1.25}] * 2  # only the tasks asked for
+
+    plain, with_labels = list(read_structures(["bundled:tiny"])), read_structures(["bundled:tiny"],
+                                                                                  tasks=resolve_tasks(["Ef"]))
+    assert [r.id for r in plain] == [r.id for r in with_labels] and len(plain) == 58
+    assert all(r.labels == {} for r in plain) and sum("Ef" in r.labels for r in with_labels) == 41
+    for a, b in zip(plain, with_labels):
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-12)
+    assert with_labels.notices == []  # nothing the source skipped
+    with pytest.raises(ConfigError, match="matches no file"):
+        read_structures([str(tmp_path / "*.cif")])
+    with pytest.raises(ConfigError, match="unknown bundled dataset"):
+        read_structures(["bundled:nope"])
