@@ -28,6 +28,7 @@ from torch_geometric.data import Batch
 
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord
+from equiprop.data.tasks import per_atom_tasks
 from equiprop.data.symmetry import rotate_tensor
 
 CHECKS = ("rotation", "inversion", "translation", "permutation", "supercell")
@@ -137,7 +138,7 @@ def assert_model_symmetries(model, records: list[CrystalRecord], cutoff: float |
             return {k: v.double() for k, v in model.predict_physical(_batch(variant, cutoff)).items()}
 
     reference = outputs(records)
-    tensors = {name for name, spec in model.tasks.items() if spec.kind == "tensor"}
+    tensors = {name for name, spec in model.tasks.items() if spec.rank}
     for check in [c for c in checks if c in ("rotation", "inversion")]:
         for q in _rotations(seed, check == "inversion"):
             out = outputs([transformed(r, q) for r in records])
@@ -145,7 +146,7 @@ def assert_model_symmetries(model, records: list[CrystalRecord], cutoff: float |
                 expected = torch.stack([torch.as_tensor(rotate_tensor(t.numpy(), q)) for t in value]) \
                     if name in tensors else value
                 _assert_close(out[name], expected, rtol, f"{name} {check}")
-    per_atom = {name for name, spec in model.tasks.items() if spec.level == "atom"}
+    per_atom = per_atom_tasks(model.tasks)
     if "translation" in checks:
         moved = [transformed(r, np.eye(3), np.array([0.3, -1.7, 2.2])) for r in records]
         for name, value in outputs(moved).items():

@@ -11,8 +11,8 @@ from equiprop.data.sources import RecordsJSON
 from equiprop.data.sources.records_json import bundled_path, read_json
 from equiprop.data.splits import RandomSplit
 from equiprop.nn import InvariantEncoder
-from equiprop.train.loss import (FixedWeighting, UncertaintyWeighting, task_loss, tensor_part_columns,
-                                 tensor_task_loss)
+from equiprop.data.task_kinds import KINDS, tensor_part_columns, tensor_task_loss
+from equiprop.train.loss import FixedWeighting, UncertaintyWeighting
 from equiprop.train.module import MultiTaskModel
 
 
@@ -34,7 +34,7 @@ def test_uncertainty_weighting_formula():
     weighting = UncertaintyWeighting(["a", "b"])
     with torch.no_grad():
         weighting.log_variance["a"].fill_(0.5)
-    total = weighting({"a": torch.tensor(2.0), "b": torch.tensor(3.0)}, {"a": "scalar", "b": "binary"})
+    total = weighting({"a": torch.tensor(2.0), "b": torch.tensor(3.0)}, {"a": KINDS["scalar"].weighting_factor, "b": KINDS["binary"].weighting_factor})
     expected = 0.5 * np.exp(-0.5) * 2.0 + 0.25 + 1.0 * 3.0 + 0.0
     assert float(total.detach()) == float(torch.tensor(expected, dtype=torch.float32))
 
@@ -70,10 +70,10 @@ def test_huber_loss_on_known_numbers():
     target = torch.tensor([0.5, -1.0, 1.0, 3.5])
     # |d| = 0.5, 2, 3, 0; delta = 1: 0.5 d^2 where |d| <= 1, |d| - 0.5 beyond
     by_hand = (0.5 * 0.5**2 + (2.0 - 0.5) + (3.0 - 0.5) + 0.0) / 4  # 1.03125
-    assert float(task_loss(prediction, target, "scalar", "huber")) == pytest.approx(by_hand, rel=1e-7)
+    scalar = KINDS["scalar"]
+    assert float(scalar.loss(prediction, target, "huber")[0]) == pytest.approx(by_hand, rel=1e-7)
     assert float(nn.functional.huber_loss(prediction, target)) == pytest.approx(by_hand, rel=1e-7)
-    assert float(task_loss(prediction, target, "scalar", "mse")) > float(task_loss(prediction, target, "scalar",
-                                                                                     "huber"))
+    assert float(scalar.loss(prediction, target, "mse")[0]) > float(scalar.loss(prediction, target, "huber")[0])
     # tensors: the same elementwise Huber loss, averaged over the isotropic and the anisotropic components apart
     columns = tensor_part_columns([True, False, False])
     total, parts = tensor_task_loss(prediction[:3].reshape(1, 3), target[:3].reshape(1, 3), columns, "huber",
@@ -85,7 +85,7 @@ def test_huber_loss_on_known_numbers():
 
 def test_fixed_weighting_is_the_weighted_sum_with_default_one():
     weighting = FixedWeighting(["a", "b", "c"], {"a": 2.0, "c": 0.25})
-    total = weighting({"a": torch.tensor(1.5), "b": torch.tensor(4.0)}, {"a": "scalar", "b": "scalar"})
+    total = weighting({"a": torch.tensor(1.5), "b": torch.tensor(4.0)}, {"a": 0.5, "b": 0.5})
     assert float(total) == pytest.approx(2.0 * 1.5 + 1.0 * 4.0)  # c absent from the batch: left out
     assert weighting.task_weights() == {"a": 2.0, "b": 1.0, "c": 0.25}
 

@@ -26,7 +26,7 @@ from equiprop.data.report import format_summary, merge_summary, source_summary
 from equiprop.data.sources.base import Source
 from equiprop.data.sources.records_json import BundledDataset
 from equiprop.data.splits import GroupedSplit, Split
-from equiprop.data.tasks import resolve_tasks
+from equiprop.data.tasks import per_atom_tasks, resolve_tasks
 
 Storage = Literal["auto", "memory", "disk"]
 AUTO_DISK_STRUCTURES = 50_000  # storage "auto": above this many records, graphs go to disk (~1.5 GB in memory)
@@ -147,7 +147,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         return str(err)
 
     def _build(self, key: str, path: Path, report_path: Path, stores: tuple[GraphStore, GraphStore]):
-        per_atom = frozenset(name for name, task in self.tasks.items() if task.level == "atom")
+        per_atom = per_atom_tasks(self.tasks)
         streaming = [source for source in self.sources if hasattr(source, "stream")]
         if streaming and (self.storage == "disk" or (self.storage == "auto" and sum(
                 source.count() for source in streaming) > AUTO_DISK_STRUCTURES)):  # counted before anything is read

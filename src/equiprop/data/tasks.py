@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 
 import numpy as np
 
 from equiprop.data.errors import ConfigError, DataError
-from equiprop.data.tensor_ops import PARAMETRIZATIONS, cartesian_tensor, cartesian_to_voigt, project_symmetric, \
-    smallest_eigenvalue, spd_exp, spd_log, voigt_to_cartesian
+from equiprop.data.task_kinds import KINDS, TaskKind, kind_of
+from equiprop.data.tensor_ops import cartesian_tensor, cartesian_to_voigt, project_symmetric, voigt_to_cartesian
 
-KINDS = ("scalar", "log_scalar", "binary", "tensor")
 LEVELS = ("structure", "atom")
 MISSING_STRINGS = {"", "na", "nan", "none", "null", "n/a"}
 
@@ -29,7 +27,8 @@ class TaskSpec:
     name: task name used everywhere (config, checkpoints, outputs).
     key: the column / field a generic source reads the label from.
     units: physical units of the label, e.g. "eV/atom", "GPa", "dimensionless", "C/m^2".
-    kind: scalar | log_scalar (model space is log10 of the label) | binary (0/1 class) | tensor.
+    kind: scalar | log_scalar (model space is log10 of the label) | binary (0/1 class) | tensor, or a kind of your
+        own (``data.task_kinds.register_kind``); what it means lives in its ``TaskKind`` (``kind_def``).
     level: "structure" (one label per crystal) or "atom" (a field: one label per atom, e.g. charges, site
         potentials, Born effective charges). The level decides everything downstream: labels and masks are stored
         per graph or per node (``keys.label_key``), normalisation statistics are taken over structures or atoms,
@@ -68,10 +67,7 @@ class TaskSpec:
     valid_range: tuple[float | None, float | None] | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ConfigError(f"task {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind == "tensor" and not self.formula:
-            raise ConfigError(f"task {self.name!r}: a tensor task needs a CartesianTensor formula such as 'ij=ji'")
+        kind = kind_of(self.kind, self.name)
         if self.level not in LEVELS:
             raise ConfigError(f"task {self.name!r}: level must be one of {LEVELS}, got {self.level!r}")
         if self.level == "atom" and (self.pooling != "mean" or self.parametrization != "linear"):
@@ -79,17 +75,7 @@ class TaskSpec:
                               f"(got pooling {self.pooling!r}, parametrization {self.parametrization!r})")
         if self.pooling not in ("mean", "sum", "max"):
             raise ConfigError(f"task {self.name!r}: pooling must be 'mean', 'sum' or 'max'")
-        if self.parametrization not in PARAMETRIZATIONS:
-            raise ConfigError(f"task {self.name!r}: parametrization must be 'linear' or 'spd_log', "
-                              f"got {self.parametrization!r}")
-        if self.parametrization == "spd_log" and self.formula not in ("ij=ji", "ijkl=jikl=klij"):
-            raise ConfigError(f"task {self.name!r}: parametrization 'spd_log' needs a symmetric rank-2 ('ij=ji') or "
-                              f"elastic ('ijkl=jikl=klij') tensor, got formula {self.formula!r}")
-        if self.pooling == "sum" and (self.kind == "log_scalar" or self.parametrization == "spd_log"):
-            raise ConfigError(f"task {self.name!r}: a sum-pooled (extensive) task must be additive over atoms; "
-                              f"kind {self.kind!r} / parametrization {self.parametrization!r} lives in log space")
-        if self.kind == "tensor" and self.pooling == "max":
-            raise ConfigError(f"task {self.name!r}: a tensor cannot be max-pooled (not equivariant); use mean or sum")
+        kind.check(self)  # what this kind cannot take (a tensor without a formula, a log-space sum, ...)
         if self.voigt_shape is not None:
             object.__setattr__(self, "voigt_shape", tuple(self.voigt_shape))
         if self.valid_range is not None:
@@ -98,8 +84,14 @@ class TaskSpec:
 
     # -- shapes ---------------------------------------------------------------------------------------------------
     @property
+    def kind_def(self) -> TaskKind:
+        """What this task's kind means: its labels, model space, normalisation, loss and metrics
+        (``data.task_kinds``)."""
+        return KINDS[self.kind]
+
+    @property
     def rank(self) -> int:
-        return len(self.formula.split("=")[0]) if self.kind == "tensor" else 0
+        return self.kind_def.rank(self)
 
     @property
     def model_shape(self) -> tuple[int, ...]:
@@ -108,11 +100,16 @@ class TaskSpec:
 
     @property
     def model_units(self) -> str:
-        return f"log10({self.units})" if self.kind == "log_scalar" else self.units
+        return self.kind_def.model_units(self)
+
+    @property
+    def output_units(self) -> str:
+        """The units of what is written: the label's, or "probability" for a binary task."""
+        return self.kind_def.output_units(self)
 
     @property
     def cartesian_tensor(self):
-        if self.kind != "tensor":
+        if not self.formula:
             raise TypeError(f"task {self.name!r} is not a tensor task")
         return cartesian_tensor(self.formula)
 
@@ -161,35 +158,7 @@ class TaskSpec:
             raise DataError(where, f"{self.name}: {what} is not a numeric array", "invalid label value") from None
 
     def _parse_one(self, value, where: str):
-        if self.kind != "tensor":
-            try:
-                x = float(value)
-            except (TypeError, ValueError):
-                raise DataError(where, f"{self.name}: expected a number, got {str(value)[:40]!r}",
-                                "invalid label value") from None
-            if not math.isfinite(x):
-                return None  # "inf", "-Infinity", ... are missing values, like NaN
-            if self.kind == "log_scalar" and x <= 0:
-                raise DataError(where, f"{self.name}: log-scalar label must be > 0 {self.units}, got {x}",
-                                "invalid label value")
-            if self.kind == "binary" and x not in (0.0, 1.0):
-                raise DataError(where, f"{self.name}: binary label must be 0 or 1, got {x}", "invalid label value")
-            self.check_range(np.asarray([x]), where)
-            return x
-        arr = self._numeric_array(value, "tensor label", where)
-        if not np.isfinite(arr).all():
-            return None  # a tensor with NaN entries is a missing label, counted as such by the caller
-        arr = self.symmetrize(self.to_cartesian(arr, where), where)
-        self.check_range(arr, where)
-        if self.parametrization == "spd_log":
-            floor = 1.0 if self.rank == 2 else 0.0  # eps - I, or the Mandel stiffness, must be positive definite
-            smallest = smallest_eigenvalue(arr, self.formula)
-            if smallest <= floor * (1 + 1e-9):
-                raise DataError(where, f"{self.name}: smallest eigenvalue {smallest:.4g} <= {floor:g}: no matrix log "
-                                       "(parametrization spd_log needs a positive-definite "
-                                       f"{'eps - I' if self.rank == 2 else 'stiffness'})",
-                                "tensor not positive definite")
-        return arr
+        return self.kind_def.parse_value(self, value, where)
 
     def check_range(self, values: np.ndarray, where: str) -> None:
         """Raise DataError if any value (a scalar, or a tensor's components) lies outside ``valid_range``."""
@@ -200,7 +169,7 @@ class TaskSpec:
         bad = smallest if low is not None and smallest < low else largest if high is not None and largest > high \
             else None
         if bad is not None:
-            part = " component" if self.kind == "tensor" else ""
+            part = " component" if self.rank else ""
             raise DataError(where, f"{self.name}: label{part} {bad:.6g} {self.units} outside the physical range "
                                    f"[{low}, {high}] (the task's valid_range; override it in the task definition)",
                             "label outside the physical range")
@@ -238,22 +207,19 @@ class TaskSpec:
     def to_model(self, value) -> np.ndarray:
         """Model-space target from a parsed physical label: log10 for log-scalars, the log tensor for "spd_log"
         tensors, else unchanged."""
-        x = np.asarray(value, dtype=np.float64)
-        if self.parametrization == "spd_log":
-            return spd_log(x, self.formula)
-        return np.log10(x) if self.kind == "log_scalar" else x
+        return self.kind_def.to_model(self, np.asarray(value, dtype=np.float64))
 
     def from_model(self, x: np.ndarray) -> np.ndarray:
         """Physical label from model space; accepts one value or a batch (leading axis)."""
-        x = np.asarray(x, dtype=np.float64)
-        if self.parametrization == "spd_log":
-            if x.ndim == self.rank:
-                return spd_exp(x, self.formula)
-            return np.stack([spd_exp(t, self.formula) for t in x.reshape(-1, *self.model_shape)]).reshape(x.shape)
-        return np.power(10.0, x) if self.kind == "log_scalar" else x
+        return self.kind_def.from_model(self, np.asarray(x, dtype=np.float64))
 
     def to_config(self) -> dict:
         return asdict(self)
+
+
+def per_atom_tasks(tasks: dict[str, TaskSpec]) -> frozenset[str]:
+    """Names of the per-atom tasks (``level: atom``) among ``tasks``: one value per atom, not per structure."""
+    return frozenset(name for name, task in tasks.items() if task.level == "atom")
 
 
 def _range_pair(name: str, valid_range) -> tuple[float | None, float | None]:

@@ -32,7 +32,7 @@ def evaluate_split(predictor, datamodule, split: str, form: str = "user") -> dic
     Binary tasks are left out (a probability has no error in units)."""
     labelled = getattr(datamodule, "tasks", predictor.tasks)  # the data's tasks: a model's others have no labels
     tasks = {n: t for n, t in predictor.tasks.items()
-             if n in predictor.output_tasks and n in labelled and t.kind != "binary"}
+             if n in predictor.output_tasks and n in labelled and t.kind_def.has_error_in_units}
     parts: dict[str, tuple[list, list, list, list]] = {name: ([], [], [], []) for name in tasks}
     loader = {"train": datamodule.train_dataloader, "val": datamodule.val_dataloader,
               "test": datamodule.test_dataloader}[split]()

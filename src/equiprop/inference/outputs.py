@@ -8,9 +8,9 @@ import torch
 from torch_geometric.utils import scatter
 
 from equiprop.data import keys
+from equiprop.data.tasks import per_atom_tasks
 from equiprop.data.tensor_ops import voigt_bulk_modulus, voigt_shear_modulus
 
-BINARY_UNITS = "probability"
 STD_SUFFIX = "_std"
 
 
@@ -30,7 +30,7 @@ def per_structure(outputs: dict[str, np.ndarray], batch, tasks: dict, suffix: st
     """One dict per structure of a batch from batched ``outputs``: a float or array per structure, an array with one
     row per atom for a per-atom task (also for its ``<task><suffix>`` companion)."""
     ptr = batch.ptr.tolist() if hasattr(batch, "ptr") and batch.ptr is not None else [0, batch.num_nodes]
-    per_atom = {name for name, task in tasks.items() if task.level == "atom"}
+    per_atom = per_atom_tasks(tasks)
     per_atom |= {name + suffix for name in per_atom}
     rows = []
     for i in range(batch.num_graphs):
@@ -43,7 +43,7 @@ def per_structure(outputs: dict[str, np.ndarray], batch, tasks: dict, suffix: st
 def output_units(tasks: dict, output_tasks: list[str]) -> dict[str, str]:
     """Units of each output, one key per output: the task's units; "probability" for a binary task (its output is
     the predicted probability of class 1, in [0, 1]); K_Voigt/G_Voigt in GPa."""
-    units = {name: BINARY_UNITS if tasks[name].kind == "binary" else tasks[name].units for name in output_tasks}
+    units = {name: tasks[name].output_units for name in output_tasks}
     if "elastic_tensor" in units:
         units.update({"K_Voigt": "GPa", "G_Voigt": "GPa"})
     return units

@@ -41,6 +41,7 @@ from torch_geometric.data import Batch
 from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import CrystalRecord
+from equiprop.data.tasks import per_atom_tasks
 from equiprop.inference import checkpoints as io
 from equiprop.inference import checks
 from equiprop.inference.outputs import STD_SUFFIX, batch_outputs, latent_vectors, output_units, per_structure
@@ -282,7 +283,7 @@ class Predictor:
         crystal, before any input is read. Per-atom outputs are left out (a list per structure, not selectable)."""
         probe = self.graph(checks.probe_crystal(self.species_seen, self.cutoff))
         prediction = self.predict_batch(Batch.from_data_list([probe]))
-        per_atom = {name for name, task in self.tasks.items() if task.level == "atom"}
+        per_atom = per_atom_tasks(self.tasks)
         return {name: tuple(mean.shape[1:]) for name, (mean, _) in prediction.items() if name not in per_atom}
 
     def to(self, device) -> "Predictor":

@@ -172,7 +172,7 @@ def build_head(task: TaskSpec, irreps_in: o3.Irreps, environment_channels: int =
     by the task's pooling, or per atom for a per-atom task. ``hidden``: width of its invariant MLP; ``layers``:
     hidden-to-hidden layers of that MLP."""
     pooling = None if task.level == "atom" else task.pooling
-    if task.kind == "tensor":
+    if task.kind_def.readout == "tensor":
         return TensorReadoutBlock(irreps_in, task, pooling, hidden=hidden, cutoff=cutoff, layers=layers,
                                   environment_channels=environment_channels)
     return ScalarReadoutBlock(irreps_in, pooling, hidden=hidden, layers=layers)

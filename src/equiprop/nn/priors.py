@@ -67,12 +67,13 @@ def check_prior(task: TaskSpec, prior: str) -> None:
     """One-line ConfigError when ``prior`` cannot serve ``task``."""
     if prior not in PRIOR_QUANTITY:
         raise ConfigError(f"model.priors: unknown prior {prior!r} for {task.name}; available: {sorted(PRIOR_QUANTITY)}")
-    log_modulus = (task.kind == "log_scalar" and task.units == "GPa") or (
-        task.kind == "scalar" and task.units == "log10(GPa)")
-    fits = {"potential_energy": task.kind == "scalar" and task.units == "eV/atom",
+    number = task.kind_def.readout == "scalar" and task.kind_def.normalised  # a regressed number, not a class
+    log_modulus = number and task.model_units == "log10(GPa)"  # a log_scalar in GPa, or a scalar in log10(GPa)
+    fits = {"potential_energy": number and task.model_units == "eV/atom",
             "potential_stiffness": task.formula == "ijkl=jikl=klij",
             "potential_bulk_modulus": log_modulus, "potential_shear_modulus": log_modulus,
-            "penn": task.formula == "ij=ji" or (task.kind == "scalar" and task.name == "refractive_index")}[prior]
+            "penn": task.formula == "ij=ji" or (number and task.model_units == task.units
+                                                 and task.name == "refractive_index")}[prior]
     if not fits or task.level != "structure":  # every prior estimates a property of the whole crystal
         raise ConfigError(f"model.priors: {prior!r} cannot serve task {task.name!r} ({task.kind}, {task.units}, "
                           f"formula {task.formula}, level {task.level}); see equiprop.nn.priors")
@@ -185,7 +186,7 @@ class PhysicsPriors(nn.Module):
             if eg is not None:
                 gap = gap + normalizer.to_physical(self.penn_gap_task, eg.detach()).double().clamp(min=0.0)
         chi = (plasma / gap) ** 2  # eps - 1
-        if task.kind == "scalar":  # refractive index
+        if task.rank == 0:  # refractive index
             return torch.sqrt(1.0 + chi)
         eye = torch.eye(3, dtype=torch.float64, device=chi.device)
         if task.parametrization == "spd_log":
@@ -214,11 +215,11 @@ class PhysicsPriors(nn.Module):
 
     def _gain(self, name: str) -> torch.Tensor:
         task, gain = self.tasks[name], self.gains[name]
-        if task.kind != "tensor":
+        if task.rank == 0:
             return gain[0]
         sizes = [ir.dim for mul, ir in task.cartesian_tensor for _ in range(mul)]
         return torch.repeat_interleave(gain, torch.as_tensor(sizes, device=gain.device))
 
 
 def _blocks(task: TaskSpec) -> int:
-    return sum(mul for mul, _ in task.cartesian_tensor) if task.kind == "tensor" else 1
+    return sum(mul for mul, _ in task.cartesian_tensor) if task.rank else 1

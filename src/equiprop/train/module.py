@@ -18,9 +18,9 @@ from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
 from equiprop.nn.heads import build_head
 from equiprop.nn.priors import PRIOR_QUANTITY, PhysicsPriors
-from equiprop.data.tensor_ops import invariant_mask, voigt_bulk_modulus, voigt_shear_modulus
-from equiprop.train.loss import (REGRESSION_LOSSES, FixedWeighting, UncertaintyWeighting, task_loss,
-                                 tensor_part_columns, tensor_task_loss)
+from equiprop.data.task_kinds import REGRESSION_LOSSES
+from equiprop.data.tensor_ops import voigt_bulk_modulus, voigt_shear_modulus
+from equiprop.train.loss import FixedWeighting, UncertaintyWeighting
 from equiprop.train.finetune import encoder_param_groups
 from equiprop.train.metrics import TaskMetrics
 from equiprop.train.normalizer import TaskNormalizer
@@ -135,10 +135,10 @@ class MultiTaskModel(L.LightningModule):
         self.derived = nn.ModuleDict({stage: nn.ModuleDict({
             name: MeanAbsoluteError() for name, (src, ref, _) in DERIVED.items()
             if src in self.tasks and ref in self.tasks}) for stage in ("val", "test")})
-        self.tensor_parts: dict[str, list[str]] = {}  # tensor task -> its loss parts ("isotropic", "anisotropic")
+        self.tensor_parts: dict[str, list[str]] = {}  # task -> its loss parts (tensors: "isotropic", "anisotropic")
         for name, task in self.tasks.items():
-            if task.kind == "tensor":
-                columns = tensor_part_columns(invariant_mask(task.formula))
+            columns = task.kind_def.loss_columns(task)
+            if columns:
                 self.tensor_parts[name] = list(columns)
                 for part, index in columns.items():  # (k,) irreps columns of the part
                     self.register_buffer(f"columns_{part}_{name}", index, persistent=False)
@@ -260,22 +260,18 @@ class MultiTaskModel(L.LightningModule):
             pred, labels = predictions[name][labelled], batch[keys.label_key(name)][labelled]
             atoms = num_atoms[labelled] if self.tasks[name].level == "structure" else None  # extensive: per atom
             target = self.normalizer.normalise(name, labels, atoms)
-            if self.tasks[name].kind == "tensor":
-                columns = {part: getattr(self, f"columns_{part}_{name}") for part in self.tensor_parts[name]}
-                losses[name], parts = tensor_task_loss(pred, target, columns, self.hparams.loss,
-                                                       self.hparams.isotropic_weight, self.hparams.anisotropic_weight)
-                for part, value in parts.items():
-                    self.log(f"{stage}/{name}/loss_{part}", value, batch_size=counts[name],
-                             sync_dist=stage != "train")
-            else:
-                losses[name] = task_loss(pred, target, self.tasks[name].kind, self.hparams.loss)
+            columns = {part: getattr(self, f"columns_{part}_{name}") for part in self.tensor_parts.get(name, ())}
+            losses[name], parts = self.tasks[name].kind_def.loss(pred, target, self.hparams.loss, columns,
+                                                                 self.hparams.isotropic_weight,
+                                                                 self.hparams.anisotropic_weight)
+            for part, value in parts.items():
+                self.log(f"{stage}/{name}/loss_{part}", value, batch_size=counts[name], sync_dist=stage != "train")
             self.log(f"{stage}/{name}/loss", losses[name], batch_size=counts[name], sync_dist=stage != "train")
             if stage != "train":
                 self._update_metrics(stage, name, pred, labels, atoms)
         if stage != "train":
             self._update_derived(stage, predictions, batch, counts)
-        kinds = {n: self.tasks[n].kind for n in losses}
-        total = self.weighting(losses, kinds)
+        total = self.weighting(losses, {n: self.tasks[n].kind_def.weighting_factor for n in losses})
         # the unweighted sum of normalised losses is comparable across runs and weightings: used for selection
         plain = sum(losses.values())
         self.log(f"{stage}/loss", plain, batch_size=batch.num_graphs, prog_bar=True, sync_dist=stage != "train")
@@ -293,10 +289,6 @@ class MultiTaskModel(L.LightningModule):
 
     def _update_metrics(self, stage: str, name: str, pred_norm: torch.Tensor, target_model: torch.Tensor,
                         num_atoms: torch.Tensor | None) -> None:
-        task = self.tasks[name]
-        if task.kind == "binary":
-            self.metrics[stage][name].update(pred_norm, target_model)
-            return
         physical_target = self.normalizer.model_to_physical(name, target_model)
         self.metrics[stage][name].update(self.normalizer.to_physical(name, pred_norm, num_atoms), physical_target)
 

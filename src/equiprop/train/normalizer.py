@@ -17,9 +17,6 @@ from torch import nn
 from equiprop.data.precision import full_precision
 from equiprop.data.tasks import TaskSpec
 
-from equiprop.data.tensor_ops import change_of_basis
-from equiprop.data.tensor_ops import spd_exp_torch
-
 
 class TaskNormalizer(nn.Module):
     """model space <-> normalised space: y_norm = (y - shift) / scale (tensors: per irreps component)."""
@@ -27,10 +24,13 @@ class TaskNormalizer(nn.Module):
     def __init__(self, tasks: dict[str, TaskSpec]):
         super().__init__()
         self.tasks = tasks
+        self.bases = set()  # tasks normalised in a basis of their own (tensors: their irreps)
         for name, task in tasks.items():
-            if task.kind == "tensor":
+            basis = task.kind_def.basis(task)
+            if basis is not None:
+                self.bases.add(name)
                 # float64 whatever the model's dtype (cast where used): a float32 copy would cap float64 checks at 1e-7
-                basis = torch.as_tensor(change_of_basis(task.formula), dtype=torch.float64)
+                basis = torch.as_tensor(basis, dtype=torch.float64)
                 self.register_buffer(f"basis_{name}", basis, persistent=False)  # (irreps dim, 3^rank), orthonormal
                 self.register_buffer(f"shift_{name}", torch.zeros(len(basis)))
                 self.register_buffer(f"scale_{name}", torch.ones(len(basis)))
@@ -58,10 +58,9 @@ class TaskNormalizer(nn.Module):
     @full_precision  # float32 under autocast: basis changes (matmuls) and matrix exponentials (data.precision)
     def normalise(self, name: str, y: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Model-space labels -> normalised: (n,) for scalars, (n, irreps dim) for (n, *cartesian shape) tensors."""
-        task = self.tasks[name]
-        if task.kind == "binary":
+        if not self.tasks[name].kind_def.normalised:
             return y
-        if task.kind == "tensor":
+        if name in self.bases:
             y = y.flatten(1) @ getattr(self, f"basis_{name}").T.to(y.dtype)
         return (y - self._shift(name, num_atoms)) / getattr(self, f"scale_{name}")
 
@@ -69,25 +68,22 @@ class TaskNormalizer(nn.Module):
     def to_model(self, name: str, y_norm: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised -> model space (tensors: Cartesian, (n, *task.model_shape))."""
         task = self.tasks[name]
-        if task.kind == "binary":
+        if not task.kind_def.normalised:
             return y_norm
         model = y_norm * getattr(self, f"scale_{name}") + self._shift(name, num_atoms)
-        if task.kind == "tensor":
+        if name in self.bases:
             model = (model @ getattr(self, f"basis_{name}").to(model.dtype)).reshape(len(model), *task.model_shape)
         return model
 
     @full_precision
     def model_to_physical(self, name: str, model: torch.Tensor) -> torch.Tensor:
-        """Model space -> physical units: 10**x for log-scalars, the exponential map for "spd_log" tensors."""
+        """Model space -> physical units: 10**x for log-scalars, the exponential map for "spd_log" tensors (the
+        task's kind, ``TaskKind.model_to_physical``)."""
         task = self.tasks[name]
-        if task.kind == "log_scalar":
-            return torch.pow(10.0, model)
-        if task.parametrization == "spd_log":
-            return spd_exp_torch(model, task.rank)
-        return model
+        return task.kind_def.model_to_physical(task, model)
 
+    @full_precision  # the kind's map to physical units (matrix exponentials) in float32 under autocast
     def to_physical(self, name: str, y_norm: torch.Tensor, num_atoms: torch.Tensor | None = None) -> torch.Tensor:
         """Physical units: 10**x for log-scalars; probability for binary tasks; Cartesian tensors."""
-        if self.tasks[name].kind == "binary":
-            return torch.sigmoid(y_norm)
-        return self.model_to_physical(name, self.to_model(name, y_norm, num_atoms))
+        task = self.tasks[name]
+        return task.kind_def.prediction_to_physical(task, self.to_model(name, y_norm, num_atoms))

@@ -124,9 +124,10 @@ class PerTaskBest(L.Callback):
                                              for task in group for k in task_owned_keys(pl_module, task)}}
 
     def _key(self, pl_module, task: str) -> str:
-        if self.monitor == "loss":
+        metric = pl_module.tasks[task].kind_def.error_metric  # MAE, per component for tensors; None: a class
+        if self.monitor == "loss" or metric is None:
             return f"val/{task}/loss"
-        return f"val/{task}/{'component_mae' if pl_module.tasks[task].kind == 'tensor' else 'mae'}"
+        return f"val/{task}/{metric}"
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if trainer.interrupted:

@@ -37,7 +37,7 @@ def fit_and_test(recipe: dict, task: str | dict, n_train: int | None, seed: int,
     trainer.fit(model, datamodule=datamodule)
     metrics = trainer.test(model, datamodule=datamodule, ckpt_path="best", verbose=False)[0]
     name = task["name"] if isinstance(task, dict) else task
-    metric = "component_mae" if model.tasks[name].kind == "tensor" else "mae"  # tensors: per Cartesian component
+    metric = model.tasks[name].kind_def.error_metric  # tensors: per Cartesian component
     return {"mae": float(metrics[f"test/{name}/{metric}"]), "metric": metric, "units": model.tasks[name].units,
             "n_train": len(datamodule.subsets["train"]), "epochs": trainer.current_epoch}
 
@@ -62,7 +62,7 @@ def median_baseline(recipe: dict, task: str | dict, n_train: int | None, seed: i
     true = [physical_labels(spec, batch[keys.label_key(name)][batch[keys.mask_key(name)]])
             for batch in datamodule.test_dataloader()]
     errors = np.abs(np.concatenate(true) - median)
-    return {"mae": float(errors.mean()), "metric": "component_mae" if spec.kind == "tensor" else "mae",
+    return {"mae": float(errors.mean()), "metric": spec.kind_def.error_metric,
             "units": spec.units, "n_train": len(datamodule.subsets["train"]), "epochs": 0}
 
 

@@ -62,7 +62,7 @@ def embed_command(argv: list[str]) -> int:
     kept = list(kept.values())
     embeddings = predictor.latents(graphs)
     labels = {f"label_{name}": np.array([float(np.mean(r.labels[name])) if name in r.labels and np.ndim(
-        r.labels[name]) == 0 else np.nan for r in kept]) for name, t in predictor.tasks.items() if t.kind != "tensor"}
+        r.labels[name]) == 0 else np.nan for r in kept]) for name, t in predictor.tasks.items() if t.rank == 0}
     units = {f"units_{name}": t.units for name, t in predictor.tasks.items()}
     np.savez_compressed(args.output, ids=np.array([r.id for r in kept]), formulas=np.array([r.formula for r in kept]),
                         crystal_systems=np.array([crystal_system(r) for r in kept]), embeddings=embeddings,

@@ -30,7 +30,7 @@ class TaskResults:
     """One task's labels and predictions in physical units; ``true`` and every prediction share ``ids``' order."""
 
     task: str
-    kind: str  # scalar | log_scalar | tensor
+    kind: str  # the task's kind (scalar | log_scalar | tensor ...): for the table; a tensor is one with a formula
     units: str
     formula: str | None  # CartesianTensor formula of a tensor task
     ids: list[str]  # test structures carrying this label
@@ -75,7 +75,7 @@ def all_predictions(result: TaskResults) -> dict[str, np.ndarray]:
     """The trained predictors' predictions plus the reference baselines, in PREDICTORS order."""
     out = dict(result.predictions)
     out[MEDIAN] = training_median(result.train_labels, len(result.true))
-    if result.kind == "tensor":
+    if result.formula is not None:
         out[ORACLE] = isotropic_oracle(result.true, result.formula)
     return {name: out[name] for name in PREDICTORS if name in out}
 
@@ -104,7 +104,7 @@ def tensor_errors(pred: np.ndarray, true: np.ndarray, formula: str) -> dict[str,
 def task_rows(result: TaskResults) -> list[Row]:
     """One row per metric of the task, every predictor that applies in each."""
     predictions = all_predictions(result)
-    if result.kind == "tensor":
+    if result.formula is not None:
         errors = {name: tensor_errors(p, result.true, result.formula) for name, p in predictions.items()}
         metrics = ("component_mae", "isotropic_mae", "anisotropic_mae", "isotropic_median_ae", "anisotropic_median_ae")
     else:

@@ -63,7 +63,7 @@ def parity_plots(results: dict[str, TaskResults], prefix: Path) -> list[Path]:
 
     for name, result in results.items():
         trained = {p: result.predictions[p] for p in (MODEL, INVARIANT) if p in result.predictions}
-        if result.kind != "tensor":
+        if result.formula is None:  # a number
             fig, ax = plt.subplots(figsize=(5, 5))
             _panel(ax, result.true, trained, f"{name} (n={len(result.true)})", result.units)
             ax.legend(fontsize=8)

@@ -164,7 +164,7 @@ def suggest_command(argv: list[str]) -> int:
     if args.task not in units:
         raise ConfigError(f"--task {args.task}: not an output of these checkpoints (outputs: {', '.join(units)})")
     task = predictor.tasks.get(args.task)
-    tensor = task is not None and task.kind == "tensor"
+    tensor = task is not None and task.rank > 0
     if tensor != (args.reduce is not None):
         raise ConfigError(f"--task {args.task} is a tensor: give --reduce isotropic (or a scalar output such as "
                           "K_Voigt)" if tensor else f"--reduce is for tensor tasks; {args.task} is a scalar")

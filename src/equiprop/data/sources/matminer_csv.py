@@ -64,7 +64,7 @@ class MatminerCSV(Source):
         refine = self._fit_to_structure if self.check_symmetry else None
         for row in frame.to_dict("records"):
             entry_id = str(row["material_id"])
-            raw = {name: _literal(row[column]) if tasks[name].kind == "tensor" else row[column]
+            raw = {name: _literal(row[column]) if tasks[name].rank else row[column]
                    for name, column in columns.items()}
             add_entry(result, entry_id, lambda r=row, i=entry_id: self._structure(r[structure_col], fmt, i), raw,
                       tasks, f"{path.name}:{entry_id}", refine)
@@ -84,7 +84,7 @@ class MatminerCSV(Source):
 
     def _fit_to_structure(self, record: CrystalRecord, task: TaskSpec, value, where: str):
         """The tensor symmetrised to the structure's point group, or DataError if it does not fit the frame."""
-        if task.kind != "tensor":
+        if task.rank == 0:
             return value
         if self._rotations is None or self._rotations[0] is not record:  # once per record, for all its tensors
             self._rotations = (record, point_group_rotations(record.to_pymatgen()))
