@@ -11,7 +11,7 @@ from equiprop.data.sources import RecordsJSON
 from equiprop.data.sources.records_json import bundled_path, read_json
 from equiprop.data.splits import RandomSplit
 from equiprop.nn import InvariantEncoder
-from equiprop.data.task_kinds import KINDS, tensor_part_columns, tensor_task_loss
+from equiprop.data.kinds import KINDS, tensor_part_columns, tensor_task_loss
 from equiprop.train.loss import FixedWeighting, UncertaintyWeighting
 from equiprop.train.module import MultiTaskModel
 

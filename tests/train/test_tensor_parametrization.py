@@ -18,7 +18,7 @@ from equiprop.data.tensor_ops import project_symmetric
 from equiprop.data.tensor_ops import (anisotropic_part, from_mandel, isotropic_part, spd_exp, spd_exp_torch, spd_log,
                                       sym_expm, sym_logm, to_mandel)
 from equiprop.nn import EquivariantEncoder
-from equiprop.data.task_kinds import tensor_part_columns, tensor_task_loss
+from equiprop.data.kinds import tensor_part_columns, tensor_task_loss
 from equiprop.train.module import MultiTaskModel
 from equiprop.train.normalizer import TaskNormalizer
 

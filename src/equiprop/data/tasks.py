@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from equiprop.data.errors import ConfigError, DataError
-from equiprop.data.task_kinds import KINDS, TaskKind, kind_of
+from equiprop.data.kinds import KINDS, TaskKind, kind_of
 from equiprop.data.tensor_ops import cartesian_tensor, cartesian_to_voigt, project_symmetric, voigt_to_cartesian
 
 LEVELS = ("structure", "atom")
@@ -28,7 +28,7 @@ class TaskSpec:
     key: the column / field a generic source reads the label from.
     units: physical units of the label, e.g. "eV/atom", "GPa", "dimensionless", "C/m^2".
     kind: scalar | log_scalar (model space is log10 of the label) | binary (0/1 class) | tensor, or a kind of your
-        own (``data.task_kinds.register_kind``); what it means lives in its ``TaskKind`` (``kind_def``).
+        own (``data.kinds.register_kind``); what it means lives in its ``TaskKind`` (``kind_def``).
     level: "structure" (one label per crystal) or "atom" (a field: one label per atom, e.g. charges, site
         potentials, Born effective charges). The level decides everything downstream: labels and masks are stored
         per graph or per node (``keys.label_key``), normalisation statistics are taken over structures or atoms,
@@ -45,6 +45,8 @@ class TaskSpec:
         predicts that symmetric log tensor and outputs ``I + expm(L)`` / ``expm(L)``, positive definite (eigenvalues
         > 1 for eps) by construction, and the loss is taken in log space. Labels that are not positive definite
         are skipped and counted (reason "tensor not positive definite").
+    classes: the class names of a ``class`` task, in the order its probabilities are written (a label is a name
+        or its index); None for every other kind.
     valid_range: [low, high] a label must lie in, in ``units`` (tensors: every Cartesian component), either end
         null for no bound; None: any finite value. A label outside it is absurd (a unit mix-up, a failed
         calculation: 1e30, a negative band gap) and is skipped and counted ("label outside the physical range"), so
@@ -64,10 +66,15 @@ class TaskSpec:
     symmetry_tol: float = 0.01
     description: str = ""
     parametrization: str = "linear"
+    classes: tuple[str, ...] | None = None
     valid_range: tuple[float | None, float | None] | None = field(default=None, compare=False)
 
     def __post_init__(self):
         kind = kind_of(self.kind, self.name)
+        if self.classes is not None and not isinstance(self.classes, (list, tuple)):
+            raise ConfigError(f"task {self.name!r}: classes must be a list of names, got {self.classes!r}")
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         if self.level not in LEVELS:
             raise ConfigError(f"task {self.name!r}: level must be one of {LEVELS}, got {self.level!r}")
         if self.level == "atom" and (self.pooling != "mean" or self.parametrization != "linear"):
@@ -75,6 +82,8 @@ class TaskSpec:
                               f"(got pooling {self.pooling!r}, parametrization {self.parametrization!r})")
         if self.pooling not in ("mean", "sum", "max"):
             raise ConfigError(f"task {self.name!r}: pooling must be 'mean', 'sum' or 'max'")
+        if self.classes is not None and self.kind != "class":
+            raise ConfigError(f"task {self.name!r}: classes are for kind 'class', not {self.kind!r}")
         kind.check(self)  # what this kind cannot take (a tensor without a formula, a log-space sum, ...)
         if self.voigt_shape is not None:
             object.__setattr__(self, "voigt_shape", tuple(self.voigt_shape))
@@ -86,7 +95,7 @@ class TaskSpec:
     @property
     def kind_def(self) -> TaskKind:
         """What this task's kind means: its labels, model space, normalisation, loss and metrics
-        (``data.task_kinds``)."""
+        (``data.kinds``)."""
         return KINDS[self.kind]
 
     @property

@@ -28,7 +28,8 @@ def _scalars(irreps: o3.Irreps) -> o3.Irreps:
 
 
 class ScalarReadoutBlock(nn.Module):
-    """Invariant scalars of each atom -> MLP -> one number per atom, pooled (mean: intensive, sum: extensive, max:
+    """Invariant scalars of each atom -> MLP -> ``outputs`` numbers per atom (one; a class task: one logit per class),
+    pooled (mean: intensive, sum: extensive, max:
     set by the most extreme atom, e.g. the highest phonon frequency; None: per atom, unpooled).
 
     The 0e channels are gathered by index and fed to a plain ``nn.Linear`` with a bias. (An ``o3.Linear`` here, as
@@ -36,20 +37,23 @@ class ScalarReadoutBlock(nn.Module):
     slower under Adam, and frozen-feature heads underfit: matbench_phonons fold 0, 68.7 vs 43.7 cm^-1.)
     """
 
-    def __init__(self, irreps_in: o3.Irreps, pooling: str | None = "mean", hidden: int = 64, layers: int = 1):
+    def __init__(self, irreps_in: o3.Irreps, pooling: str | None = "mean", hidden: int = 64, layers: int = 1,
+                 outputs: int = 1):
         super().__init__()
-        self.irreps_in, self.irreps_out, self.pooling = o3.Irreps(irreps_in), o3.Irreps("1x0e"), pooling
+        self.irreps_in, self.irreps_out, self.pooling = o3.Irreps(irreps_in), o3.Irreps(f"{outputs}x0e"), pooling
         scalars = [i for (mul, ir), sl in zip(self.irreps_in, self.irreps_in.slices()) if ir == o3.Irrep("0e")
                    for i in range(sl.start, sl.stop)]
         self.register_buffer("scalar_index", torch.as_tensor(scalars, dtype=torch.long), persistent=False)
         self.select = nn.Linear(len(scalars), hidden)
         self.mlp = nn.Sequential(*[m for _ in range(layers) for m in (nn.SiLU(), nn.Linear(hidden, hidden))],
-                                 nn.SiLU(), nn.Linear(hidden, 1))
+                                 nn.SiLU(), nn.Linear(hidden, outputs))
 
     def forward(self, x: torch.Tensor, data, edges: dict | None = None) -> torch.Tensor:
         # x: (num_nodes, irreps_in.dim); data: the PyG batch the features belong to; edges: unused (no geometry)
-        per_atom = self.mlp(self.select(x[:, self.scalar_index])).squeeze(-1)  # (num_nodes,)
-        return pooled(per_atom, data, self.pooling)  # (num_graphs,), or (num_nodes,) unpooled
+        per_atom = self.mlp(self.select(x[:, self.scalar_index]))  # (num_nodes, outputs)
+        if self.irreps_out.dim == 1:
+            per_atom = per_atom.squeeze(-1)  # (num_nodes,): one number
+        return pooled(per_atom, data, self.pooling)  # (num_graphs[, outputs]), or per node unpooled
 
 
 class TensorReadoutBlock(nn.Module):
@@ -175,4 +179,4 @@ def build_head(task: TaskSpec, irreps_in: o3.Irreps, environment_channels: int =
     if task.kind_def.readout == "tensor":
         return TensorReadoutBlock(irreps_in, task, pooling, hidden=hidden, cutoff=cutoff, layers=layers,
                                   environment_channels=environment_channels)
-    return ScalarReadoutBlock(irreps_in, pooling, hidden=hidden, layers=layers)
+    return ScalarReadoutBlock(irreps_in, pooling, hidden=hidden, layers=layers, outputs=task.kind_def.outputs(task))

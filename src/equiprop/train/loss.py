@@ -1,6 +1,6 @@
 """Task weighting: how the per-task losses make one total (fixed weights, or learned uncertainty).
 
-Each task's own loss, in normalised model space over its labelled rows, is its kind's (``data.task_kinds``:
+Each task's own loss, in normalised model space over its labelled rows, is its kind's (``data.kinds``:
 ``TaskKind.loss``; tensors split into isotropic and anisotropic parts). A task with no label in the batch is left
 out of the total, so neither its head nor its weight receives any gradient.
 """

@@ -18,7 +18,7 @@ from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
 from equiprop.nn.heads import build_head
 from equiprop.nn.priors import PRIOR_QUANTITY, PhysicsPriors
-from equiprop.data.task_kinds import REGRESSION_LOSSES
+from equiprop.data.kinds import REGRESSION_LOSSES
 from equiprop.data.tensor_ops import voigt_bulk_modulus, voigt_shear_modulus
 from equiprop.train.loss import FixedWeighting, UncertaintyWeighting
 from equiprop.train.finetune import encoder_param_groups
