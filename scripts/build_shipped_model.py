@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from equiprop.train.integrity import parse_manifest
 from equiprop.train.run_dir import run_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def train_and_calibrate(recipe: str, seeds: list[int], run: str, member_checkpoi
 
     manifest = run_path(f"{run}_ensemble.json")
     members = [run_path(f"{run}_s{s}", member_checkpoint) for s in seeds]
-    stale = manifest.exists() and json.loads(manifest.read_text()).get("members") != [
+    stale = manifest.exists() and parse_manifest(manifest)["members"] != [
         str(Path(f"{run}_s{s}") / member_checkpoint) for s in seeds]
     if not manifest.exists() or stale or not all(m.exists() for m in members):
         ensemble_command(["-c", recipe, "--seeds", *map(str, seeds), "--member-checkpoint", member_checkpoint,
@@ -99,7 +100,7 @@ def test_table(model_folder: Path, members: list[str], baseline: Path | None, re
     from equiprop.workflows.scoreboard_inputs import Run, load_run, task_results
     from equiprop.workflows.calibrate import members_datamodule
 
-    every_task = list(json.loads((model_folder / "model.json").read_text())["tasks"])  # opt-in ones are scored too
+    every_task = list(parse_manifest(model_folder / "model.json")["tasks"])  # opt-in ones are scored too
     predictor = Predictor.load(str(model_folder / "model.json"), batch_size=64, warn=False, tasks=every_task)
     datamodule, config, check = members_datamodule(members[0], recipe)
     run = Run(Path(members[0]), Path(config), predictor, datamodule, 0, "", check)
@@ -199,7 +200,7 @@ def main() -> int:
         return 0
     run = yaml.safe_load(Path(args.recipe).read_text()).get("run_name") or Path(args.recipe).stem
     members, manifest_path = train_and_calibrate(args.recipe, args.seeds, run, args.member_checkpoint)
-    ensemble = json.loads(manifest_path.read_text())
+    ensemble = parse_manifest(manifest_path)
     out = Path("checkpoints") / args.name
     out.mkdir(parents=True, exist_ok=True)
     names = export_members(members, args.seeds, out)

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from equiprop.data.errors import ConfigError, DataError
+from equiprop.data.errors import ConfigError
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped_models"
 MODEL_FILE = "model.json"
@@ -96,12 +96,11 @@ def first_member(value: str | Path) -> str:
 
 
 def model_info(name: str) -> dict:
-    """The model.json of a shipped model (DataError naming the file if unreadable)."""
-    path = Path(resolve(name))
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(str(path), f"unreadable model description ({type(err).__name__})", "bad model") from None
+    """The model.json of a shipped model, its content checked (``integrity.parse_manifest``, the one reader of
+    manifests; DataError naming the file if it is not one)."""
+    from equiprop.train.integrity import parse_manifest
+
+    return parse_manifest(resolve(name))
 
 
 def folder_size(folder: Path) -> int:

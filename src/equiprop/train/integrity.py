@@ -72,9 +72,21 @@ def _member_path(manifest_path: Path, entry: str) -> Path:
 
 
 def read_manifest(path: str | Path) -> dict:
-    """An ensemble manifest, checked: members resolved relative to it and verified against their recorded sha256
-    (``manifest["notices"]`` says so when none is recorded: a manifest from before digests), std scales finite and
-    positive, units strings. DataError naming the manifest (or the member) otherwise."""
+    """An ensemble manifest, checked: its content (``parse_manifest``), and its members resolved relative to it and
+    verified against their recorded sha256 (``manifest["notices"]`` says so when none is recorded: a manifest from
+    before digests). DataError naming the manifest (or the member) otherwise."""
+    path = Path(path)
+    manifest = parse_manifest(path)
+    entries = manifest["members"]
+    manifest["notices"] = _checked_members(path, entries, manifest.get(DIGEST_KEY))
+    manifest["members"] = [str(_member_path(path, e)) for e in entries]
+    return manifest
+
+
+def parse_manifest(path: str | Path) -> dict:
+    """The content of an ensemble manifest (a shipped model's ``model.json``), checked but its members not read:
+    the format, a non-empty members list, std scales finite and positive, units strings. The one reader of the
+    file (``read_manifest`` adds the members' checks; ``equiprop models`` prints it)."""
     path = Path(path)
     try:
         manifest = json.loads(path.read_text())
@@ -91,8 +103,6 @@ def read_manifest(path: str | Path) -> dict:
     units = manifest.get("units", {})
     if not isinstance(units, dict) or not all(isinstance(u, str) for u in units.values()):
         raise DataError(str(path), "'units' must map each task to its units (a string)", "bad manifest")
-    manifest["notices"] = _checked_members(path, entries, manifest.get(DIGEST_KEY))
-    manifest["members"] = [str(_member_path(path, e)) for e in entries]
     return manifest
 
 
