@@ -11,7 +11,6 @@ from equiprop.data.record import from_pymatgen
 from equiprop.nn import EquivariantEncoder, build_encoder, describe
 from equiprop.nn.blocks import ProductBasisBlock, _channelwise_product
 from equiprop.testing import assert_encoder_symmetries
-from test_equivariance import structures  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("float64")  # equivariance to rounding: build and run in float64
 

@@ -20,11 +20,6 @@ SPD_TASKS = ["Ef", "Eg", {"name": "eps_electronic", "parametrization": "spd_log"
              {"name": "elastic_tensor", "parametrization": "spd_log"}, "piezo_tensor"]
 
 
-@pytest.fixture(scope="module")
-def structures(tiny_entries):
-    return [Structure.from_dict(e["structure"]) for e in tiny_entries[:6]]
-
-
 def _model(encoder_cls=EquivariantEncoder, tasks=TASKS, environment_channels=0, **kwargs):
     torch.manual_seed(0)
     encoder = encoder_cls(cutoff=4.5, **kwargs) if encoder_cls is InvariantEncoder else encoder_cls(

@@ -26,7 +26,7 @@ from equiprop.nn import EquivariantEncoder
 from equiprop.testing import assert_model_symmetries, permuted
 from equiprop.train.module import MultiTaskModel
 
-RECIPE = Path(__file__).parents[2] / "recipes" / "ewald_site_potential.yaml"
+RECIPE = Path(__file__).parents[3] / "recipes" / "ewald_site_potential.yaml"
 EWALD = yaml.safe_load(RECIPE.read_text())["data"]["tasks"][0]  # the task as the recipe defines it
 COULOMB = 14.399645  # e^2 / (4 pi eps0), eV Å
 MADELUNG_ROCKSALT = 1.747565

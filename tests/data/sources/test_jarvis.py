@@ -13,7 +13,7 @@ from equiprop.data.errors import ConfigError, DataError
 from equiprop.data.sources import JarvisDFT3D, jarvis_leaderboard_split
 from equiprop.data.tasks import resolve_tasks
 
-FIXTURE = Path(__file__).parent / "fixtures" / "jarvis_dft_3d_format_fixture.json"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "jarvis_dft_3d_format_fixture.json"
 
 
 @pytest.fixture(scope="module")
