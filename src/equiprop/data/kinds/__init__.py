@@ -19,13 +19,13 @@ from __future__ import annotations
 from equiprop.data.errors import ConfigError
 from equiprop.data.kinds.base import REGRESSION_LOSSES, TaskKind
 from equiprop.data.kinds.classes import ClassKind
-from equiprop.data.kinds.numbers import BINARY_UNITS, BinaryKind, LogScalarKind, ScalarKind
+from equiprop.data.kinds.numbers import BinaryKind, LogScalarKind, ScalarKind
 from equiprop.data.kinds.tensor import TensorKind, tensor_part_columns, tensor_task_loss
 
 KINDS: dict[str, TaskKind] = {}
 
-__all__ = ["KINDS", "TaskKind", "register_kind", "kind_of", "REGRESSION_LOSSES", "BINARY_UNITS",
-           "tensor_part_columns", "tensor_task_loss"]
+__all__ = ["KINDS", "TaskKind", "register_kind", "kind_of", "REGRESSION_LOSSES", "tensor_part_columns",
+           "tensor_task_loss"]
 
 
 def register_kind(kind: TaskKind) -> TaskKind:
