@@ -149,3 +149,69 @@ def test_the_headline_page_links_only_to_sections_and_files_that_exist():
         if anchor:
             anchors = {_anchor(h) for h in re.findall(r"^#+ (.+)$", path.read_text(), re.MULTILINE)}
             assert anchor in anchors, f"{target}#{anchor}"
+
+
+# Modules whose tests live in a file of another name: a test of a whole path (the predict command runs the checks,
+# loading and writing of ``inference``) or of one concept spread over small modules. Each named file must import or
+# name the module; a module with neither a mirror ``tests/<package path>/test_<module>.py`` nor an entry here fails.
+TESTED_IN = {
+    "data/dataset.py": "tests/data/test_graph.py",
+    "data/errors.py": "tests/data/test_bad_input.py",
+    "data/inputs/failure.py": "tests/data/inputs/test_files.py",
+    "data/keys.py": "tests/data/test_graph.py",
+    "data/normalization.py": "tests/train/test_tensor_parametrization.py",
+    "data/report.py": "tests/data/test_datamodule.py",
+    "data/sources/base.py": "tests/data/test_bad_input.py",
+    "data/sources/matbench_subset.py": "tests/data/sources/test_perov5.py",
+    "data/sources/records_json.py": "tests/data/test_datamodule.py",
+    "data/stored_graphs.py": "tests/data/test_graph_store.py",
+    "data/symmetry.py": "tests/data/test_tensor_ops.py",
+    "inference/checkpoints.py": "tests/workflows/test_predict.py",
+    "inference/checks.py": "tests/workflows/test_predict.py",
+    "inference/outputs.py": "tests/workflows/test_predict.py",
+    "nn/backbones/sevennet_0.py": "tests/nn/backbones/test_sevennet.py",
+    "nn/backbones/sevennet_l3i5.py": "tests/nn/backbones/test_sevennet.py",
+    "nn/backbones/sevennet_mf0.py": "tests/nn/backbones/test_sevennet.py",
+    "nn/base.py": "tests/nn/test_encoder_base.py",
+    "nn/foundation_passes.py": "tests/nn/test_inversion_shortcut.py",
+    "nn/potential.py": "tests/nn/test_potential_physics.py",
+    "nn/registry.py": "tests/nn/test_registry_battery.py",
+    "screening/pipeline.py": "tests/screening/test_screen.py",
+    "screening/store.py": "tests/screening/test_screen.py",
+    "train/checkpoint_io.py": "tests/train/test_run_dir.py",
+    "train/cli.py": "tests/train/test_cli_runs.py",
+    "train/metrics.py": "tests/train/test_module.py",
+    "train/normalizer.py": "tests/train/test_tensor_parametrization.py",
+    "train/run.py": "tests/train/test_run_dir.py",
+    "train/run_record.py": "tests/train/test_run_ownership.py",
+    "workflows/calibrate.py": "tests/inference/test_predictor.py",
+    "workflows/scoreboard_inputs.py": "tests/workflows/test_scoreboard.py",
+    "workflows/screen.py": "tests/screening/test_screen.py",
+}
+
+
+def _names(module: str, text: str) -> bool:
+    """Whether a test file names ``module``: its dotted name (an import or the docstring) or ``from parent import``."""
+    parent, _, leaf = module.rpartition(".")
+    return module in text or re.search(rf"from {re.escape(parent)} import [^\n]*\b{leaf}\b", text) is not None
+
+
+def test_the_tests_mirror_the_package():
+    tests = REPO / "tests"
+    unmirrored, wrong = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if path.name == "__init__.py" or relative.parts[0] in ("bundled",):
+            continue
+        mirror = tests.joinpath(*relative.parts[:-1], f"test_{path.name}")
+        listed = TESTED_IN.get(relative.as_posix())
+        if mirror.exists():
+            if listed is not None:
+                wrong.append(f"{relative}: mirrored by {mirror.relative_to(REPO)}, drop it from TESTED_IN")
+            continue
+        if listed is None:
+            unmirrored.append(str(relative))
+        elif not (REPO / listed).exists() or not _names(module_name(path), (REPO / listed).read_text()):
+            wrong.append(f"{relative}: {listed} does not name {module_name(path)}")
+    stale = [m for m in TESTED_IN if not (PACKAGE / m).exists()]
+    assert (unmirrored, wrong, stale) == ([], [], [])

@@ -1,3 +1,6 @@
+"""The data module (``equiprop.data.datamodule``) on the bundled tiny set: masked labels, training-split-only
+normalisation, its state, and its summary of sources, tasks and splits (``equiprop.data.report``)."""
+
 import numpy as np
 import pytest
 import torch

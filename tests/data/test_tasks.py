@@ -53,15 +53,6 @@ def test_missing_values_are_missing_not_errors():
     assert BUILTIN_TASKS["eps_total"].parse(np.full((3, 3), np.nan), "x") is None
 
 
-def test_log_scalar_transform():
-    k = BUILTIN_TASKS["K_VRH"]
-    assert k.model_units == "log10(GPa)"
-    assert k.to_model(100.0) == pytest.approx(2.0)
-    assert k.from_model(2.0) == pytest.approx(100.0)
-    with pytest.raises(DataError, match="must be > 0"):
-        k.parse(-3.0, "mp-1")
-
-
 def test_user_defined_task_from_config_and_errors():
     task = resolve_task({"name": "gap_hse", "key": "hse_gap", "units": "eV"})
     assert task.kind == "scalar" and task.units == "eV"

@@ -1,4 +1,4 @@
-"""The inverted pass of FoundationEncoder is skipped for centrosymmetric crystals: f(Ix) = f(x)[p] with p the
+"""The inverted pass of FoundationEncoder (``equiprop.nn.foundation_passes``) is skipped for centrosymmetric crystals: f(Ix) = f(x)[p] with p the
 inversion permutation. Checked against the potential actually run on the inverted crystal, for centrosymmetric,
 non-centrosymmetric and mixed batches; the permutation against spglib-free geometry."""
 

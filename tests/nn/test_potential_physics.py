@@ -1,4 +1,4 @@
-"""The pretrained potential's quantities against sevenn's own ASE calculator (energy; clamped- and relaxed-ion
+"""The pretrained potential (``equiprop.nn.potential``) and its quantities against sevenn's own ASE calculator (energy; clamped- and relaxed-ion
 stiffness by finite differences of its stress, the way matcalc does it), computed in inference mode as prediction
 runs them, rotating with the crystal, and cached per structure."""
 

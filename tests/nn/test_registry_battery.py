@@ -1,7 +1,7 @@
 """The symmetry battery (``equiprop.testing``) over every registered encoder class, found in the registry at
 collection: an encoder added to the package (one file: a subclass of ``Encoder`` registers itself, imported by
 ``equiprop.nn.registry``) is checked here with its default arguments, with no edit to this file. Backbones have the
-same automatic battery in ``test_backbones.py``."""
+same automatic battery in ``tests/nn/backbones/test_base.py``."""
 
 import importlib.util
 

@@ -1,4 +1,5 @@
-"""``equiprop screen`` end to end on tiny real checkpoints: resume, failed inputs, settings checks, input kinds."""
+"""``equiprop screen`` (``equiprop.workflows.screen``, its pipeline ``equiprop.screening.pipeline`` and results store
+``equiprop.screening.store``) end to end on tiny real checkpoints: resume, failed inputs, settings checks, input kinds."""
 
 import csv
 import json

@@ -1,4 +1,5 @@
-"""The command line end to end: fit (single process and DDP over 2 CPU processes), test, predict."""
+"""The command line (``equiprop.train.cli``, LightningCLI) end to end: fit (single process and DDP over 2 CPU
+processes), test, predict."""
 
 import json
 import subprocess

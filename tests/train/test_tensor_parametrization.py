@@ -18,7 +18,6 @@ from equiprop.data.tensor_ops import project_symmetric
 from equiprop.data.tensor_ops import (anisotropic_part, from_mandel, isotropic_part, spd_exp, spd_exp_torch, spd_log,
                                       sym_expm, sym_logm, to_mandel)
 from equiprop.nn import EquivariantEncoder
-from equiprop.data.kinds import tensor_part_columns, tensor_task_loss
 from equiprop.train.module import MultiTaskModel
 from equiprop.train.normalizer import TaskNormalizer
 
@@ -111,21 +110,6 @@ def test_normaliser_round_trip_and_model_space():
         back = normaliser.to_physical(name, normalised)
         np.testing.assert_allclose(back.numpy(), np.stack(physical), atol=1e-8)
         np.testing.assert_allclose(task.from_model(model_space.numpy()), np.stack(physical), atol=1e-8)
-
-
-def test_tensor_loss_parts_are_weighted_separately():
-    isotropic = torch.tensor([True, False, False, False, False, False])
-    columns = tensor_part_columns(isotropic)
-    target = torch.zeros(4, 6)
-    prediction = torch.zeros(4, 6)
-    prediction[:, 0] = 2.0  # isotropic error only
-    prediction[:, 1:] = 1.0  # anisotropic error only
-    total, parts = tensor_task_loss(prediction, target, columns, "mae", isotropic_weight=3.0, anisotropic_weight=0.5)
-    assert float(parts["isotropic"]) == 2.0 and float(parts["anisotropic"]) == 1.0
-    assert float(total) == pytest.approx(3.0 * 2.0 + 0.5 * 1.0)
-    piezo = tensor_part_columns(isotropic[1:])  # no 0e
-    total, parts = tensor_task_loss(prediction[:, 1:], target[:, 1:], piezo, "mse")
-    assert set(parts) == {"anisotropic"} and float(total) == 1.0
 
 
 def test_outputs_positive_definite_for_random_weights_and_structures(tiny_entries, float64):

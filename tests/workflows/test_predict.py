@@ -1,6 +1,8 @@
 """``equiprop predict`` and ``Predictor`` on a real (tiny, one-epoch) checkpoint and real structure files.
 
-Everything comes from the package itself (the bundled tiny dataset), so these tests pass on a fresh clone.
+The path every prediction takes: loading and checking a checkpoint (``equiprop.inference.checkpoints``), the
+structure checks (``equiprop.inference.checks``: periodicity, unseen elements, non-finite outputs) and the written
+tables with their units (``equiprop.inference.outputs``). Everything comes from the package itself (the bundled tiny dataset), so these tests pass on a fresh clone.
 """
 
 import csv

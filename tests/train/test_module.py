@@ -1,3 +1,7 @@
+"""The LightningModule (``equiprop.train.module``) in real fits on the tiny set: it overfits a handful of structures,
+reloads, resumes, and reports validation and test metrics in physical units (``equiprop.train.metrics``); pooling of
+extensive and intensive tasks; its learning-rate schedule."""
+
 
 import lightning as L
 import numpy as np
