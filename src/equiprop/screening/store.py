@@ -40,6 +40,23 @@ def atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def exclusive_write(path: Path, text: str) -> bool:
+    """Write ``path`` whole unless it exists: a hard link of a complete temporary file, which fails if the name is
+    taken (atomic on local and network file systems alike). False when another process wrote it first."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
+
+
 def checkpoint_identity(paths: list[str]) -> list[dict]:
     return [{"path": str(Path(p).resolve()), "sha256": file_digest(Path(p))} for p in paths]
 
@@ -76,26 +93,27 @@ class WorkDir:
         self.damaged: list[Path] = []  # chunks that failed it: computed again
 
     def open(self, manifest: dict) -> bool:
-        """Create the folder, or check an existing one was made with these settings; True when resuming."""
+        """Create the folder, or check an existing one was made with these settings; True when resuming. Shards
+        starting together on one folder (``--shard``): exactly one creates the manifest, the others compare with it."""
         manifest = dict(manifest, version=MANIFEST_VERSION)
         file = self.path / "manifest.json"
-        if file.exists():
-            try:
-                old = json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise ConfigError(f"{file}: unreadable manifest ({err}); delete {self.path} to start over") from None
-            differs = [k for k in SETTINGS if old.get(k) != manifest.get(k)]
-            if differs:
-                raise ConfigError(f"cannot resume {self.path}: it was made with different "
-                                  f"{'; '.join(_difference(k, old.get(k), manifest.get(k)) for k in differs)}; "
-                                  f"rerun with the same settings, or give another --workdir (or delete it)")
-            return True
-        if self.path.exists() and any(self.path.iterdir()):
-            raise ConfigError(f"--workdir {self.path} exists, is not empty and holds no manifest.json: not a "
-                              "screen's work folder; give another one")
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(file, json.dumps(manifest, indent=1))
-        return False
+        if not file.exists():
+            if self.path.exists() and any(not p.name.startswith(".manifest.json.tmp") for p in self.path.iterdir()):
+                raise ConfigError(f"--workdir {self.path} exists, is not empty and holds no manifest.json: not a "
+                                  "screen's work folder; give another one")
+            self.path.mkdir(parents=True, exist_ok=True)
+            if exclusive_write(file, json.dumps(manifest, indent=1)):
+                return False
+        try:
+            old = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{file}: unreadable manifest ({err}); delete {self.path} to start over") from None
+        differs = [k for k in SETTINGS if old.get(k) != manifest.get(k)]
+        if differs:
+            raise ConfigError(f"cannot resume {self.path}: it was made with different "
+                              f"{'; '.join(_difference(k, old.get(k), manifest.get(k)) for k in differs)}; "
+                              f"rerun with the same settings, or give another --workdir (or delete it)")
+        return True
 
     def chunk_path(self, stage: str, k: int) -> Path:
         return self.path / stage / f"chunk_{k:06d}.csv"

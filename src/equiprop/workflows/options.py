@@ -79,3 +79,18 @@ non_negative_float = number(float, minimum=0)
 positive_int = number(int, minimum=1)
 non_negative_int = number(int, minimum=0)
 random_seed = number(int, minimum=0, maximum=MAX_SEED)
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N): this process's share of N, counted from 0."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i = n = -1
+    if not sep or n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"must be I/N with 0 <= I < N (e.g. 0/4 ... 3/4); got {text!r}")
+    return i, n
+
+
+shard_spec.__name__ = "I/N"

@@ -2,12 +2,20 @@
 
     equiprop screen --input PATH [PATH ...] --phase1 CKPT [CKPT ...] [--phase2 CKPT ...] [-c SELECTION.yaml]
                     --output OUT.csv [--workdir DIR] [--workers 2] [--batch-size 64] [--chunk-size 512]
+                    [--shard I/N]
 
 Phase 1 predicts every input with the Phase-1 checkpoints (an ensemble: mean and std over members); the selection
 recipe (``equiprop.screening.selection``) chooses candidates; Phase 2 predicts those with the Phase-2 checkpoints.
 Inputs are streamed in chunks (``equiprop.data.inputs``); completed chunks live in the work folder
 (``equiprop.screening.store``, default ``OUT.csv.work/``), so a killed screen, run again with the same command,
 continues where it stopped and computes nothing twice.
+
+Across processes and machines: ``--shard I/N`` computes only shard I's chunks (contiguous blocks in input order) into
+the shared work folder and writes no table. Run all N shards (e.g. a SLURM array); Phase 2 needs every shard's
+Phase 1 (the selection is global), so a shard that finishes first says so and stops: run the shards again for
+Phase 2, then the same command without ``--shard`` merges: it finds every chunk done, computes nothing, and writes
+the table, byte for byte the one an unsharded run writes (the same chunk files in the same order). Chunks no shard
+finished (a shard that died) are computed by the merge, so it is always complete.
 
 Output table, one row per input item in input order: ``index, id, file, formula, status, reason, error``, Phase-1
 values ``<output> [units]`` (and ``<output>_std [units]`` with uncertainty; tensors as JSON lists, Voigt 6x6 / 3x6
@@ -40,7 +48,7 @@ from equiprop.data.inputs import InputPlan, expand
 from equiprop.screening.pipeline import META, run_stage, value_columns
 from equiprop.screening.selection import load_selection, reduce_values, select
 from equiprop.shipped import refuse_shipped, resolve_all
-from equiprop.workflows.options import ArgumentParser, non_negative_int, positive_int
+from equiprop.workflows.options import ArgumentParser, non_negative_int, positive_int, shard_spec
 from equiprop.workflows.predict import check_output
 
 
@@ -69,6 +77,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="MC-dropout draws per member (default: a manifest's, else 0)")
     parser.add_argument("--allow-unseen-elements", action="store_true",
                         help="predict structures with elements the model never saw in training (refused by default)")
+    parser.add_argument("--shard", type=shard_spec,
+                        help="I/N: compute shard I of N (0-based) into the shared work folder and write no table; "
+                             "run the command without --shard to merge")
     args = parser.parse_args(argv)  # every number in range (equiprop.workflows.options)
     if Path(args.output).suffix not in (".csv", ".parquet"):
         parser.error("--output must end in .csv or .parquet")
@@ -86,6 +97,14 @@ def check_parquet(output: Path) -> None:
 
 def chunk_ranges(count: int, size: int) -> list[tuple[int, np.ndarray]]:
     return [(k, np.arange(k * size, min((k + 1) * size, count))) for k in range(-(-count // size))]
+
+
+def shard_chunks(chunks: list, shard: tuple[int, int] | None) -> list:
+    """Shard I of N's chunks: the I-th of N contiguous blocks (in input order, sizes differing by at most one)."""
+    if shard is None:
+        return chunks
+    index, count = shard
+    return [chunk for j, chunk in enumerate(chunks) if j * count // len(chunks) == index]
 
 
 def iter_rows(store, stage: str, chunks):
@@ -183,7 +202,12 @@ def screen(args: argparse.Namespace) -> dict:
         "mc_samples": args.mc_samples})
     common = dict(workers=args.workers)
     chunks1 = chunk_ranges(len(plan), args.chunk_size)
-    stats1 = run_stage(p1, plan, chunks1, store, "phase1", total=len(plan), desc="phase 1", **common)
+    mine1 = shard_chunks(chunks1, args.shard)
+    stats1 = run_stage(p1, plan, mine1, store, "phase1", total=sum(len(i) for _, i in mine1),
+                       desc="phase 1", **common)
+    waiting = [k for k, _ in chunks1 if not store.done("phase1", k)]
+    if waiting:  # only with --shard: Phase 2 and the table need every shard's Phase 1
+        return shard_summary(args, store, stats1, None, waiting)
     header1, cells = read_columns(store, "phase1", chunks1, ["status", "reason"]
                                   + quantity_columns(selection, units1, p1.has_uncertainty))
     header1 = header1 or META + value_columns(units1, p1.has_uncertainty)  # no inputs: the header still
@@ -195,10 +219,16 @@ def screen(args: argparse.Namespace) -> dict:
     if p2 is not None:
         chunks2 = [(j, chosen[j * args.chunk_size:(j + 1) * args.chunk_size])
                    for j in range(-(-len(chosen) // args.chunk_size))]
-        stats2 = run_stage(p2, plan, chunks2, store, "phase2", total=len(chosen), desc="phase 2", **common)
+        mine2 = shard_chunks(chunks2, args.shard)
+        stats2 = run_stage(p2, plan, mine2, store, "phase2", total=sum(len(i) for _, i in mine2),
+                           desc="phase 2", **common)
+        if args.shard is not None:  # other shards' Phase-2 chunks may still be running
+            return shard_summary(args, store, stats1, stats2, [])
         p2_header = ["p2_status", "p2_reason", "p2_error"] + value_columns(p2.units(), p2.has_uncertainty, "p2_")
         _, p2_cells = read_columns(store, "phase2", chunks2, ["status", "reason"])
         p2_rows = iter_rows(store, "phase2", chunks2)  # in input order, as the chosen indices
+    if args.shard is not None:  # the table is the merge's: shards never write it (nor race on it)
+        return shard_summary(args, store, stats1, None, [])
     header = header1 + list(reduced) + ["passes_windows", "chosen", "chosen_by"] + p2_header
     write_table(output, header, table_rows(iter_rows(store, "phase1", chunks1), reduced, passes, chosen_by, p2_rows,
                                            len(p2_header)))
@@ -247,7 +277,28 @@ def summarise(args, plan, cells, passes, chosen_by, p1, p2, stats1, stats2, p2_c
     return summary
 
 
+def shard_summary(args, store, stats1: dict, stats2: dict | None, waiting: list[int]) -> dict:
+    """What a shard did, and what the screen still waits for (Phase-1 chunks of other shards)."""
+    return {"shard": list(args.shard), "workdir": str(store.path), "phase1": stats1, "phase2": stats2,
+            "phase1_chunks_waiting": len(waiting)}
+
+
 def print_summary(summary: dict) -> None:
+    if "shard" in summary:
+        index, count = summary["shard"]
+        one, two, waiting = summary["phase1"], summary["phase2"], summary["phase1_chunks_waiting"]
+        lines = [f"shard {index}/{count}: phase 1: {one['structures_computed']} computed, "
+                 f"{one['structures_resumed']} already done"]
+        if waiting:
+            lines.append(f"shard {index}/{count}: phase 2 waits for {waiting} phase-1 chunks of other shards "
+                         f"(in {summary['workdir']}): run the shards again once all have finished phase 1")
+        else:
+            if two is not None:
+                lines.append(f"shard {index}/{count}: phase 2: {two['structures_computed']} computed, "
+                             f"{two['structures_resumed']} already done")
+            lines.append("merge: run the same command without --shard (it computes only what no shard finished)")
+        print("\n".join(lines))
+        return
     one, sel = summary["phase1"], summary["selection"]
     lines = [f"phase 1: {one['read']} read, {one['ok']} predicted, {one['failed']} failed"
              + (f" ({', '.join(f'{n} x {r}' for r, n in one['failed_by_reason'].items())})" if one["failed"] else "")
@@ -282,7 +333,7 @@ def screen_command(argv: list[str]) -> int:
     summary = screen(args)
     print_summary(summary)
     print(f"total {time.perf_counter() - start:.1f} s", file=sys.stderr)
-    if summary["phase1"]["ok"] == 0:
+    if "shard" not in summary and summary["phase1"]["ok"] == 0:
         print("equiprop screen: error: nothing was predicted in Phase 1", file=sys.stderr)
         return 1
     return 0
