@@ -5,9 +5,10 @@
 
 The recipe is a fit recipe plus a ``tune:`` section (metric, directions, pruner, seed, heartbeat_interval,
 grace_period, search_space); a bad entry is a one-line error naming the option and what it accepts, before any
-trial trains. Storage defaults to SQLite next to the run (``runs/<run_name>/optuna.db``); any Optuna RDB URL
-lets several workers share one study. Re-running the same command resumes the study (up to ``--n-trials`` finished
-trials).
+trial trains. Storage defaults to SQLite next to the run (``runs/<run_name>/optuna.db``, one machine);
+``--storage journal:///shared/study.log`` (a journal file on a shared file system) or a PostgreSQL URL lets workers on
+many machines share one study: run the same command on each (``tune_storage``). Each worker runs trials until the
+study holds ``--n-trials`` finished ones; re-running the same command resumes the study.
 
 Sampler seed: each run seeds its sampler from ``tune.seed``, the number of trials already in the study when the run
 starts, and the worker's process id (``numpy.random.SeedSequence``), and prints it. So a resumed study does not replay
@@ -16,7 +17,8 @@ the printed seeds, not from ``tune.seed`` alone.
 
 Killed workers: every running trial records a heartbeat each ``tune.heartbeat_interval`` seconds (default 60); a trial
 silent for ``tune.grace_period`` seconds (default 180, must exceed the interval) is marked failed by the next worker
-to start a trial, and retried (up to twice). A shorter grace period frees a killed worker's trial sooner; it must
+to look, and retried (up to twice) by a live worker, which waits for it while the trials left are running
+elsewhere. A shorter grace period frees a killed worker's trial sooner; it must
 stay well above the interval, or a busy but live worker's trial is failed too.
 
 Outputs in ``runs/<run_name>/``: trials.csv, best_recipe.yaml, optimisation history and parameter-importance
@@ -37,9 +39,9 @@ import yaml
 
 from equiprop.data.errors import ConfigError
 from equiprop.train.run import build_run, load_recipe, set_dotted
-from equiprop.shipped import refuse_shipped
 from equiprop.train.run_dir import check_run_name, run_path
 from equiprop.workflows.options import ArgumentParser, non_negative_int
+from equiprop.workflows.tune_storage import label, open_storage, run_worker
 
 SECONDS_PER_EPOCH = "seconds_per_epoch"
 DEFAULT_METRIC = "val/loss"
@@ -177,12 +179,10 @@ def sampler_seed(seed: int, n_existing: int) -> int:
 
 
 def make_storage(tune: dict, url: str):
-    """The RDB storage with the recipe's heartbeat: a killed worker's trial is failed and retried (twice)."""
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-
+    """The storage ``url`` names (RDB URL or ``journal://PATH``) with the recipe's heartbeat: a killed worker's trial
+    is failed and retried (twice)."""
     interval, grace = heartbeat_settings(tune)
-    return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
-                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+    return open_storage(url, interval, grace)
 
 
 def make_study(tune: dict, storage, study_name: str):
@@ -285,7 +285,8 @@ def tune_command(argv: list[str]) -> int:
     parser.add_argument("-c", "--config", required=True, help="recipe with a tune: section")
     parser.add_argument("--n-trials", type=non_negative_int, required=True,
                         help="finished trials the study should hold")
-    parser.add_argument("--storage", help="Optuna RDB URL (default: SQLite next to the run)")
+    parser.add_argument("--storage", help="sqlite:///FILE, postgresql+psycopg://USER@HOST/DB or journal://PATH "
+                                          "(default: SQLite next to the run)")
     parser.add_argument("--study-name", help="default: the recipe's run_name")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if not o.startswith(("--trainer.", "--model.", "--data.", "--seed_everything"))]
@@ -298,19 +299,18 @@ def tune_command(argv: list[str]) -> int:
     check_tune(tune)
     run_name = check_run_name(recipe.get("run_name", Path(args.config).stem))  # trials nest in its folder
     run_dir = run_path(run_name)
-    if args.storage and args.storage.startswith("sqlite:///"):  # a file: never one of a shipped model
-        refuse_shipped(args.storage.removeprefix("sqlite:///"), "--storage")
+    storage = make_storage(tune, args.storage) if args.storage else None  # a bad --storage stops before any folder
     run_dir.mkdir(parents=True, exist_ok=True)
-    storage = args.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
-    study = make_study(tune, make_storage(tune, storage), args.study_name or run_name)
+    url = args.storage or f"sqlite:///{(run_dir / 'optuna.db').resolve()}"
+    study = make_study(tune, storage or make_storage(tune, url), args.study_name or run_name)
     from optuna.trial import TrialState
 
     finished = len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
     remaining = max(args.n_trials - finished, 0)
-    print(f"study {study.study_name!r} in {storage}: {finished} finished trials, running {remaining} more")
+    print(f"study {study.study_name!r} in {label(url)}: {finished} finished trials, running {remaining} more")
     if remaining:
-        study.optimize(objective_for(recipe, tune, overrides, run_dir), n_trials=remaining,
-                       catch=(RuntimeError,), gc_after_trial=True)
+        run_worker(study, objective_for(recipe, tune, overrides, run_dir), args.n_trials, budget=remaining,
+                   poll=min(heartbeat_settings(tune)[0], 10))
     outputs = write_outputs(study, recipe, tune, run_dir)
     print("\n" + summary(study))
     for name, path in outputs.items():
