@@ -28,9 +28,9 @@ our encoder at 32x0e+32x1o+32x2e. Correlation is the body order minus one of eac
 per irrep as MACE's (32) in the uniform configurations, 16 (our default) in the quickstart one.
 
 NequIP's and MACE's energy models keep only the 0e part in their last layer (NequIP: the last convolution outputs
-scalars only; MACE: the last interaction still forms messages of every l, its product and linear keep 0e); ours
-keeps every irrep (the tensor heads read them). ``*_last0`` rebuilds our last layer with scalar outputs, from our own
-InteractionBlock, so that equal work can be timed too. Other differences that stay: MACE always marks the positions
+scalars only; MACE: the last interaction still forms messages of every l, its product and linear keep 0e). Ours
+carries what the model's heads read (``output_irreps: auto``, issue 29): ``*_last0`` is the layout a scalar-only
+recipe gets (0e only), the others every hidden irrep (the layout of a recipe whose tensor heads read them all). Other differences that stay: MACE always marks the positions
 as requiring grad (its backward also reaches the edge vectors), and MACE and NequIP weight some parts per element
 (one-hot over the elements present; more parameters), ours by a learned embedding of Z.
 
@@ -53,8 +53,8 @@ SHARED = {"layers": 2, "num_basis": 8, "radial": [64, 64]}
 QUICKSTART, UNIFORM = "32x0e+16x1o+8x2e", "32x0e+32x1o+32x2e"
 # name: (code, hidden irreps, max_ell of the edge harmonics, correlation, our product-basis channels, last layer)
 # last layer "scalars": the last layer's output is only the 0e part of the hidden irreps, as NequIP's energy model
-# always builds it (and MACE's, for its product); ours keeps every irrep (the tensor heads read them), so ``*_last0``
-# builds our encoder with that last layer (our InteractionBlock, scalar outputs) to time equal work.
+# always builds it (and MACE's, for its product) and as ours is built for a scalar-only recipe (output_irreps: auto);
+# "all": every hidden irrep, the layout of a recipe whose tensor heads read them all.
 CONFIGS = {
     "ours_c1": ("ours", QUICKSTART, 2, 1, None, "all"),  # the quickstart's encoder
     "ours_c1_last0": ("ours", QUICKSTART, 2, 1, None, "scalars"),
@@ -150,7 +150,6 @@ class OurEnergy:
         from torch_geometric.utils import scatter
 
         from equiprop.nn import EquivariantEncoder
-        from equiprop.nn.blocks import InteractionBlock
 
         _, hidden, max_ell, correlation, channels, last = CONFIGS[config]
         self.encoder = EquivariantEncoder(cutoff=CUTOFF, max_ell=max_ell, hidden_irreps=hidden,
@@ -158,13 +157,9 @@ class OurEnergy:
                                           radial_hidden=SHARED["radial"][0], radial_layers=len(SHARED["radial"]),
                                           correlation=correlation, product_channels=channels or 16,
                                           avg_num_neighbors=avg)
-        if last == "scalars":  # NequIP's layout: the last layer keeps only the 0e part of the hidden irreps
-            old = self.encoder.layers[-1]
-            scalars = o3.Irreps([(mul, ir) for mul, ir in o3.Irreps(hidden) if ir.l == 0])
-            self.encoder.layers[-1] = InteractionBlock(
-                old.irreps_in, self.encoder.edge_sh.irreps_out, scalars, SHARED["num_basis"], SHARED["radial"][0],
-                len(SHARED["radial"]), correlation, channels or 16)
-            self.encoder.irreps_out = scalars
+        # "scalars": the layout a scalar-only recipe gets (output_irreps: auto, resolved as MultiTaskModel does for
+        # heads that read 0e only); "all": every hidden irrep (a recipe whose heads read them all, e.g. elastic)
+        self.encoder.fit_output({o3.Irrep("0e")}, None if last == "scalars" else "hidden")
         scalars = [i for i, (mul, ir) in enumerate(self.encoder.irreps_out) if ir.l == 0 and ir.p == 1]
         slices = self.encoder.irreps_out.slices()
         self.columns = torch.cat([torch.arange(slices[i].start, slices[i].stop) for i in scalars])

@@ -47,6 +47,8 @@ class Encoder(nn.Module):
     irreps_out: o3.Irreps
     config: dict
     runtime_args: tuple[str, ...] = ()  # init arguments that change how it runs, not what it computes
+    # arguments added after checkpoints were written: the value those checkpoints were built with (``stored_args``)
+    legacy_args: dict = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -89,9 +91,18 @@ class Encoder(nn.Module):
     def set_avg_num_neighbors(self, value: float) -> None:
         """Called once with the training data's mean neighbour count; encoders that normalise by it override."""
 
+    def fit_output(self, read: set, layout: str | None = None) -> None:
+        """Called once by the model with the irreps its heads read (``heads.irreps_read``), or the ``layout`` of a
+        pretrained encoder it starts from; encoders whose last layer can carry fewer irreps override."""
+
     def frozen(self) -> bool:
         """True when no parameter of this encoder trains (its features may then be cached)."""
         return not any(p.requires_grad for p in self.parameters())
+
+
+def stored_args(cls: type, init_args: dict) -> dict:
+    """A checkpoint's init arguments with the values of arguments added since (``legacy_args``) filled in."""
+    return {**cls.legacy_args, **init_args}
 
 
 def describe(encoder: Encoder) -> dict:

@@ -49,12 +49,20 @@ class EquivariantEncoder(Encoder):
         product_channels: channels per irrep of A in the product basis (correlation > 1 only).
         parity: O(3) (True: inversion-aware irreps) or SO(3) only (False).
         avg_num_neighbors: message normalisation; set from the training data at fit time when None.
+        output_irreps: what the last layer carries. "auto" (default): only the hidden irreps some head of the model
+            reads (``heads.irreps_read``: scalars-only recipes get a scalars-only last layer, as NequIP's and MACE's
+            energy models; a dielectric head keeps 0e and 2e), resolved by the model and stored in its checkpoints;
+            "hidden": every hidden irrep (the layout of checkpoints written before this option); or irreps such as
+            "64x0e". Standalone, "auto" carries every hidden irrep.
     """
+
+    legacy_args = {"output_irreps": "hidden"}
 
     def __init__(self, cutoff: float = 5.0, max_ell: int = 2, hidden_irreps: str | None = None,
                  multiplicities: list[int] = (64, 32, 16, 8), num_layers: int = 3, num_basis: int = 8,
                  radial_hidden: int = 64, parity: bool = True, avg_num_neighbors: float | None = None,
-                 radial_layers: int = 2, correlation: int = 1, product_channels: int = 16):
+                 radial_layers: int = 2, correlation: int = 1, product_channels: int = 16,
+                 output_irreps: str = "auto"):
         super().__init__()
         check_ranges(cutoff=(cutoff, 1e-9, None), max_ell=(max_ell, 0, 3), correlation=(correlation, 1, 3),
                      num_layers=(num_layers, 1, None), num_basis=(num_basis, 1, None),
@@ -75,13 +83,44 @@ class EquivariantEncoder(Encoder):
         self.edge_sh = EdgeShBlock(max_ell, parity)
         self.radial = RadialEmbeddingBlock(cutoff, num_basis)
         self.register_buffer("avg_num_neighbors", torch.tensor(float(avg_num_neighbors or 0.0)))
+        self.hidden_irreps = hidden
+        self.layer_args = (num_basis, radial_hidden, radial_layers, correlation, product_channels)
+        last = hidden if output_irreps in ("auto", "hidden") else self._irreps_option(output_irreps)
         layers, irreps = [], self.species.irreps_out
-        for _ in range(num_layers):
-            layers.append(InteractionBlock(irreps, self.edge_sh.irreps_out, hidden, num_basis, radial_hidden,
-                                           radial_layers, correlation, product_channels))
+        for n in range(num_layers):
+            layers.append(InteractionBlock(irreps, self.edge_sh.irreps_out, last if n == num_layers - 1 else hidden,
+                                           *self.layer_args))
             irreps = layers[-1].irreps_out
         self.layers = nn.ModuleList(layers)
         self.irreps_out = irreps
+
+    @staticmethod
+    def _irreps_option(text: str) -> o3.Irreps:
+        try:
+            irreps = o3.Irreps(text)
+        except (ValueError, AssertionError) as err:
+            raise ConfigError(f"model.encoder.output_irreps: 'auto', 'hidden' or irreps such as '64x0e', got "
+                              f"{text!r} ({err})") from None
+        if o3.Irrep("0e") not in [ir for _, ir in irreps]:
+            raise ConfigError(f"model.encoder.output_irreps: must carry scalars (0e) for the readouts, got {text!r}")
+        return irreps
+
+    def fit_output(self, read: set, layout: str | None = None) -> None:
+        """Resolve ``output_irreps: auto``: the hidden irreps in ``read`` (or a pretrained encoder's ``layout``);
+        the last layer is rebuilt only when that changes it. The choice is stored in ``config`` (checkpoints)."""
+        if self.config["output_irreps"] != "auto":
+            return
+        if layout is not None:
+            value = layout
+            wanted = self.hidden_irreps if layout in ("auto", "hidden") else self._irreps_option(layout)
+        else:
+            wanted = o3.Irreps([(mul, ir) for mul, ir in self.hidden_irreps if ir in read or ir == o3.Irrep("0e")])
+            value = "hidden" if wanted == self.hidden_irreps else str(wanted)
+        self.config["output_irreps"] = value
+        if wanted != self.irreps_out:
+            last = self.layers[-1]
+            self.layers[-1] = InteractionBlock(last.irreps_in, self.edge_sh.irreps_out, wanted, *self.layer_args)
+            self.irreps_out = self.layers[-1].irreps_out
 
     def set_avg_num_neighbors(self, value: float) -> None:
         self.avg_num_neighbors.fill_(value)

@@ -180,3 +180,16 @@ def build_head(task: TaskSpec, irreps_in: o3.Irreps, environment_channels: int =
         return TensorReadoutBlock(irreps_in, task, pooling, hidden=hidden, cutoff=cutoff, layers=layers,
                                   environment_channels=environment_channels)
     return ScalarReadoutBlock(irreps_in, pooling, hidden=hidden, layers=layers, outputs=task.kind_def.outputs(task))
+
+
+def irreps_read(task: TaskSpec, irreps_in: o3.Irreps) -> set[o3.Irrep]:
+    """The irreps of node features ``irreps_in`` that the readout of ``task`` reads (what the encoder's last layer
+    must carry for it): 0e for a scalar readout; for a tensor readout 0e and its l>0 outputs, and every irrep when
+    one of its outputs is reached only by the quadratic path (as ``TensorReadoutBlock`` builds it)."""
+    if task.kind_def.readout != "tensor":
+        return {o3.Irrep("0e")}
+    present = {ir for _, ir in o3.Irreps(irreps_in)}
+    outputs = {ir for _, ir in o3.Irreps(task.cartesian_tensor) if ir.l > 0}
+    if outputs - present:  # the quadratic path projects every input irrep
+        return present
+    return {o3.Irrep("0e")} | outputs

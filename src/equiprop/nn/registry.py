@@ -7,7 +7,7 @@ from __future__ import annotations
 import equiprop.nn.encoders  # noqa: F401  registers InvariantEncoder, EquivariantEncoder
 import equiprop.nn.foundation  # noqa: F401  registers FoundationEncoder
 from equiprop.data.errors import ConfigError
-from equiprop.nn.base import ENCODER_REGISTRY, Encoder
+from equiprop.nn.base import ENCODER_REGISTRY, Encoder, stored_args
 
 
 def encoder_class(path: str) -> type:
@@ -19,4 +19,5 @@ def encoder_class(path: str) -> type:
 
 def build_encoder(meta: dict) -> Encoder:
     """Rebuild an encoder from checkpoint metadata ``{"class_path": ..., "init_args": {...}}``."""
-    return encoder_class(meta["class_path"])(**meta["init_args"])
+    cls = encoder_class(meta["class_path"])
+    return cls(**stored_args(cls, meta["init_args"]))

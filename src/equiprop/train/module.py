@@ -16,7 +16,7 @@ from equiprop.data.precision import autocast_off, upcast
 from equiprop.data.tasks import TaskSpec, resolve_task, resolve_tasks
 from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
-from equiprop.nn.heads import build_head
+from equiprop.nn.heads import build_head, irreps_read
 from equiprop.nn.priors import PRIOR_QUANTITY, PhysicsPriors
 from equiprop.data.kinds import REGRESSION_LOSSES
 from equiprop.data.tensor_ops import voigt_bulk_modulus, voigt_shear_modulus
@@ -24,7 +24,8 @@ from equiprop.train.loss import FixedWeighting, UncertaintyWeighting
 from equiprop.train.finetune import encoder_param_groups
 from equiprop.train.metrics import TaskMetrics
 from equiprop.train.normalizer import TaskNormalizer
-from equiprop.train.transfer import frozen_parameters, load_pretrained
+from equiprop.train.transfer import check_layout, frozen_parameters, load_pretrained, pretrained_layout, \
+    read_pretrained
 
 # derived metric -> (tensor task it is computed from, scalar task it is compared with, function)
 DERIVED = {"K_Voigt": ("elastic_tensor", "K_VRH", voigt_bulk_modulus),
@@ -118,6 +119,10 @@ class MultiTaskModel(L.LightningModule):
         if head_hidden < 1 or head_layers < 0:
             raise ConfigError(f"model.head_hidden must be >= 1 and model.head_layers >= 0, got {head_hidden}, "
                               f"{head_layers}")
+        # the last layer carries what the heads read (output_irreps: auto), or what a pretrained encoder carries
+        pretrained = read_pretrained(init_from) if init_from else None
+        encoder.fit_output(set().union(*(irreps_read(t, encoder.irreps_out) for t in self.tasks.values())),
+                           pretrained_layout(pretrained, encoder) if pretrained else None)
         self.heads = nn.ModuleDict({name: build_head(t, encoder.irreps_out, environment_channels, encoder.cutoff,
                                                      head_hidden, head_layers) for name, t in self.tasks.items()})
         ells = sorted({l for head in self.heads.values() if getattr(head, "environment", None) is not None
@@ -146,7 +151,7 @@ class MultiTaskModel(L.LightningModule):
         self.pretrained_label_counts: dict[str, int | None] = {}  # of the reused heads, set by load_pretrained
         if init_heads and not init_from:
             raise ConfigError("model.init_heads needs model.init_from (the checkpoint the heads come from)")
-        self.reused_tasks = load_pretrained(self, init_from, init_heads or {}) if init_from else []
+        self.reused_tasks = load_pretrained(self, pretrained, init_heads or {}) if init_from else []
         self.frozen = frozen_parameters(self, finetune, trainable_layers) if init_from else []
         for p in self.frozen:
             p.requires_grad_(False)
@@ -210,6 +215,7 @@ class MultiTaskModel(L.LightningModule):
                   f"labels; the prior alone: MAE {fit['mae']:.4f} {self.tasks[name].units}")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_layout(checkpoint.get("equiprop", {}).get("encoder"), self.encoder)
         counts = checkpoint.get("equiprop", {}).get("train_label_counts")
         if counts is not None:  # a resumed fit keeps recording what the heads were trained on
             self.train_label_counts = dict(counts)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from equiprop.data.errors import ConfigError
 from equiprop.data.tasks import TaskSpec
-from equiprop.nn.base import describe
+from equiprop.nn.base import describe, stored_args
 from equiprop.train.export import restore_backbone
 from equiprop.train.integrity import read_checkpoint
 
@@ -33,25 +33,47 @@ def read_pretrained(path: str) -> dict:
     return checkpoint
 
 
+def pretrained_layout(pretrained: dict, encoder) -> str | None:
+    """What the pretrained encoder's last layer carries (its ``output_irreps``; older checkpoints: their legacy
+    value), when it is of the same class as ``encoder``: the layout an ``auto`` encoder starting from it takes."""
+    meta = pretrained["equiprop"]["encoder"]
+    if meta.get("class_path") != describe(encoder)["class_path"]:
+        return None  # check_encoder refuses it
+    return stored_args(type(encoder), meta.get("init_args") or {}).get("output_irreps")
+
+
+def check_layout(meta: dict | None, encoder) -> None:
+    """A checkpoint loaded into a model built from a recipe (a resumed fit, ``equiprop test``): its encoder's last
+    layer must carry what this one's carries; a one-line ConfigError naming the setting, not a shape error."""
+    if not meta or meta.get("class_path") != describe(encoder)["class_path"]:
+        return
+    stored = stored_args(type(encoder), meta.get("init_args") or {}).get("output_irreps")
+    current = encoder.config.get("output_irreps")
+    if stored is not None and current is not None and stored != current:
+        raise ConfigError(f"the checkpoint's encoder carries output_irreps={stored!r} in its last layer, this model "
+                          f"{current!r}: set model.encoder.init_args.output_irreps={stored!r}")
+
+
 def check_encoder(pretrained: dict, encoder, path: str) -> None:
     """Same encoder class and configuration, or a ConfigError naming every difference."""
     meta = pretrained["equiprop"]["encoder"]
     class_path = describe(encoder)["class_path"]
     if meta["class_path"] != class_path:
         raise ConfigError(f"init_from {path}: pretrained encoder is {meta['class_path']}, this model uses {class_path}")
-    differences = [f"{key}: pretrained {meta['init_args'].get(key)!r} vs {value!r}"
+    stored = stored_args(type(encoder), meta["init_args"])
+    differences = [f"{key}: pretrained {stored.get(key)!r} vs {value!r}"
                    for key, value in encoder.config.items()
-                   if key not in encoder.runtime_args and meta["init_args"].get(key) != value]
+                   if key not in encoder.runtime_args and stored.get(key) != value]
     if differences:
         raise ConfigError(f"init_from {path}: encoder configuration differs ({'; '.join(differences)}). "
                           "Use the pretrained values (cutoff in data.cutoff, irreps/max_ell/layers in the encoder).")
 
 
-def load_pretrained(model, path: str, init_heads: dict[str, str] | None = None) -> list[str]:
+def load_pretrained(model, pretrained: dict, init_heads: dict[str, str] | None = None) -> list[str]:
     """Copy encoder weights and the heads (with their normalisation and weighting) of tasks defined identically in
-    the pretrained model, and start the readouts of ``init_heads`` ({new task: pretrained task}) from the named
-    pretrained readouts (weights only). Returns the names of the reused tasks."""
-    pretrained = read_pretrained(path)
+    the pretrained model (``read_pretrained``), and start the readouts of ``init_heads`` ({new task: pretrained
+    task}) from the named pretrained readouts (weights only). Returns the names of the reused tasks."""
+    path = pretrained["path"]
     check_encoder(pretrained, model.encoder, path)
     state = restore_backbone(pretrained["equiprop"], pretrained["state_dict"], model.encoder, pretrained["path"])
     model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
