@@ -16,7 +16,8 @@ SCRIPTS = sorted(RECIPES.glob("*.py"))
 
 
 def kind(recipe: dict) -> str:
-    if "run_name" not in recipe and "data" not in recipe and "model" in recipe:
+    if "run_name" not in recipe and ("model" in recipe or "trainer" in recipe) and "encoder" not in recipe.get(
+            "model", {}):
         return "overlay"  # layered on another recipe: equiprop fit -c BASE.yaml -c THIS.yaml
     return next((k for k in ("selection", "tune", "matbench") if k in recipe), "fit")
 
@@ -49,7 +50,8 @@ def test_overlay_recipe_resolves_on_the_recipe_its_header_names(path, capsys):
         main(["fit", "-c", str(RECIPES.parent / base.group(1)), "-c", str(path), "--print_config"])
     assert done.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
-    assert all(config["model"][key] == value for key, value in load_recipe(path)["model"].items())
+    assert all(config[section][key] == value for section, values in load_recipe(path).items()
+               for key, value in values.items())
 
 
 def first_choice(spec: dict):

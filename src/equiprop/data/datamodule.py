@@ -55,14 +55,18 @@ class MultiTaskDataModule(L.LightningDataModule):
             structures; ``equiprop.data.graph_store``), or "auto": memory up to ``AUTO_DISK_STRUCTURES`` records,
             disk beyond. Both give identical batches. With "disk", sources that stream (``ExtXYZ``) are read once
             and never held in memory; several sources are merged through an SQLite staging file.
+        shared_cache: ``cache_dir`` is on a file system every node of a multi-node run shares: the graphs are built
+            by global rank 0 alone (Lightning's ``prepare_data_per_node = False``) and read by every rank after
+            the barrier. False (default): built once per node, for a node-local cache (a cluster's local scratch).
     """
 
     def __init__(self, sources: list[Source] | None = None, tasks: list[str | dict] | None = None,
                  cutoff: float = 5.0, max_neighbors: int | None = None, split: Split | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
                  cache_dir: str | None = None, merge_cell_tol: float = CELL_TOL, min_neighbors: int = 1,
-                 storage: Storage = "auto"):
+                 storage: Storage = "auto", shared_cache: bool = False):
         super().__init__()
+        self.prepare_data_per_node = not shared_cache  # two nodes must not build one store on a shared disk at once
         self.sources = list(sources) if sources is not None else [BundledDataset("default")]
         self.tasks = resolve_tasks(tasks if tasks is not None else DEFAULT_TASKS)
         _check_options(cutoff=cutoff, batch_size=batch_size, eval_batch_size=eval_batch_size,
