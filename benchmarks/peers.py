@@ -58,6 +58,7 @@ QUICKSTART, UNIFORM = "32x0e+16x1o+8x2e", "32x0e+32x1o+32x2e"
 CONFIGS = {
     "ours_c1": ("ours", QUICKSTART, 2, 1, None, "all"),  # the quickstart's encoder
     "ours_c1_last0": ("ours", QUICKSTART, 2, 1, None, "scalars"),
+    "ours_c1_eps": ("ours", QUICKSTART, 2, 1, None, "dielectric"),  # the layout of a recipe with a dielectric head
     "nequip": ("nequip", QUICKSTART, 2, 1, None, "scalars"),
     "ours_c3": ("ours", QUICKSTART, 2, 3, 16, "all"),
     "ours_u32_c1": ("ours", UNIFORM, 2, 1, None, "all"),
@@ -70,7 +71,7 @@ CONFIGS = {
     "ours_128": ("ours", "128x0e+128x1o", 3, 3, 128, "all"),
     "mace_128": ("mace", "128x0e+128x1o", 3, 3, None, "scalars"),
 }
-DEFAULT = ["ours_c1", "ours_c1_last0", "nequip", "ours_c3", "ours_u32_c1", "ours_u32_c1_last0", "mace_u32_c1",
+DEFAULT = ["ours_c1", "ours_c1_last0", "ours_c1_eps", "nequip", "ours_c3", "ours_u32_c1", "ours_u32_c1_last0", "mace_u32_c1",
            "nequip_u32", "ours_u32_c3", "mace_u32_c3"]
 
 
@@ -78,7 +79,7 @@ def describe(config: str) -> str:
     code, hidden, max_ell, correlation, channels, last = CONFIGS[config]
     name = {"ours": "EquivariantEncoder", "mace": "MACE", "nequip": "NequIP"}[code]
     product = f" ({channels} product channels)" if code == "ours" and correlation > 1 else ""
-    last = ", last layer 0e only" if last == "scalars" else ""
+    last = {"scalars": ", last layer 0e only", "dielectric": ", last layer 0e+2e"}.get(last, "")
     return f"{name} {hidden}, sh l<={max_ell}, correlation {correlation}{product}{last}"
 
 
@@ -159,7 +160,9 @@ class OurEnergy:
                                           avg_num_neighbors=avg)
         # "scalars": the layout a scalar-only recipe gets (output_irreps: auto, resolved as MultiTaskModel does for
         # heads that read 0e only); "all": every hidden irrep (a recipe whose heads read them all, e.g. elastic)
-        self.encoder.fit_output({o3.Irrep("0e")}, None if last == "scalars" else "hidden")
+        # "dielectric": what a dielectric head reads (0e and 2e)
+        read = {o3.Irrep("0e")} | ({o3.Irrep("2e")} if last == "dielectric" else set())
+        self.encoder.fit_output(read, "hidden" if last == "all" else None)
         scalars = [i for i, (mul, ir) in enumerate(self.encoder.irreps_out) if ir.l == 0 and ir.p == 1]
         slices = self.encoder.irreps_out.slices()
         self.columns = torch.cat([torch.arange(slices[i].start, slices[i].stop) for i in scalars])

@@ -12,6 +12,10 @@
 Prints a table; goals (issue 16): 100 CIFs <= 20 s wall, featurisation >= 2x the ~15 structures/s measured before.
 3. ``--backbones``: each backbone (``a+b``: several side by side) alone, as a fit featurises with it (parity, the
    inversion shortcut, batch 32), each in a fresh process: structures/s and the process's peak resident memory.
+4. ``--limit``: the limit, SevenNet-0 run by its own package in batches on the same structures (``sevenn``'s
+   batched inference: ``set_is_batch_data(True)``, its own graphs, torch_geometric batches of 32; graph building
+   excluded, as ours), with its forces and stress (what its inference computes) and energy only (its
+   ``force_output`` module removed), beside our featurisation of the same batches.
 """
 
 from __future__ import annotations
@@ -132,6 +136,58 @@ def featurisation(count: int, repeats: int) -> list[tuple[str, str]]:
     return rows
 
 
+def sevenn_batches(crystals, cutoff: float, size: int = 32):
+    """SevenNet's own graphs of the crystals (``unlabeled_atoms_to_graph``), batched by torch_geometric as its
+    ``sevenn inference`` batches them."""
+    from sevenn.atom_graph_data import AtomGraphData
+    from sevenn.train.dataload import unlabeled_atoms_to_graph
+    from torch_geometric.loader import DataLoader
+
+    graphs = [AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(c.to_ase(), cutoff)) for c in crystals]
+    return list(DataLoader(graphs, batch_size=size, shuffle=False))
+
+
+def limit_rows(count: int, repeats: int) -> list[tuple[str, str]]:
+    """sevenn's own batched forward on the bundled structures (with and without forces) beside ours."""
+    import warnings
+
+    import torch
+    from sevenn.util import load_checkpoint
+
+    from equiprop.nn import FoundationEncoder
+    from equiprop.nn.backbones import build_backbone
+
+    _, crystals, batches = bundled_batches(count)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_checkpoint(str(build_backbone("7net-0").weights_path())).build_model()
+    model.set_is_batch_data(True)
+    model.eval()
+    theirs = sevenn_batches(crystals, float(model.cutoff))
+
+    def rate(forward, items, grad: bool) -> float:
+        best = 0.0
+        with torch.set_grad_enabled(grad):
+            forward(items[0])  # warm-up
+            for _ in range(repeats):
+                start = time.perf_counter()
+                for item in items:
+                    forward(item)
+                best = max(best, len(crystals) / (time.perf_counter() - start))
+        return best
+
+    rows = [("sevenn's own batched forward (energy, forces, stress)", rate(lambda b: model(b.clone()), theirs, True))]
+    model.delete_module_by_key("force_output")
+    rows.append(("sevenn's own batched forward (energy only)", rate(lambda b: model(b.clone()), theirs, False)))
+    limit = rows[-1][1]
+    for label, parity in (("ours: SevenNet-0 features, parity + inversion shortcut", True),
+                          ("ours: SevenNet-0 features, no parity (one pass)", False)):
+        encoder = FoundationEncoder(parity=parity, cache_features=False, inversion_shortcut=True)
+        rows.append((label, rate(encoder, batches, False)))
+    return [(label, f"{value:.1f} structures/s ({value / limit:.2f}x the energy-only limit)")
+            for label, value in rows]
+
+
 def one_backbone(names: list[str], count: int, repeats: int) -> dict:
     """Structures/s of FoundationEncoder(model=names) on ``count`` bundled structures, and the peak RSS (MiB)."""
     import resource
@@ -165,6 +221,7 @@ def main() -> int:
     parser.add_argument("--structures", type=int, default=256, help="bundled structures to featurise")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--backbones", nargs="+", help="measure these backbones only (a+b: side by side)")
+    parser.add_argument("--limit", action="store_true", help="sevenn's own batched forward beside ours only")
     parser.add_argument("--one-backbone", help=argparse.SUPPRESS)  # the measuring child process
     args = parser.parse_args()
     import torch
@@ -172,7 +229,9 @@ def main() -> int:
     if args.one_backbone:
         print(json.dumps(one_backbone(args.one_backbone.split("+"), args.structures, args.repeats)))
         return 0
-    if args.backbones:
+    if args.limit:
+        rows = limit_rows(args.structures, args.repeats)
+    elif args.backbones:
         rows = backbone_rows(args.backbones, args.structures, args.repeats)
     else:
         rows = cold_start(args.model, args.cifs, args.repeats) + featurisation(args.structures, args.repeats)
