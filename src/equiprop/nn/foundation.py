@@ -46,7 +46,7 @@ from equiprop.nn.backbones import Backbone, build_backbone
 from equiprop.nn.base import Encoder
 from equiprop.nn.feature_cache import FeatureCache, structure_keys, weights_digest
 from equiprop.nn.foundation_passes import PassesMixin
-from equiprop.nn.potential_physics import PotentialPhysics, descriptor_size
+from equiprop.nn.potential_physics import descriptor_size, shared_physics
 
 Descriptor = Literal["bulk_modulus", "gamma_phonons"]  # potential_physics.DESCRIPTOR_SIZES
 
@@ -291,7 +291,7 @@ class FoundationEncoder(PassesMixin, Encoder):
         if not self.descriptor_names:
             return features
         if self._physics is None:
-            self._physics = PotentialPhysics(self.names[0], self.descriptor_names, self.cache_dir)
+            self._physics = shared_physics(self.names[0], self.descriptor_names, self.cache_dir)
         per_graph = self._physics.descriptors(data).to(features)  # (num_graphs, num_descriptors)
         batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else torch.zeros(
             data.num_nodes, dtype=torch.long)

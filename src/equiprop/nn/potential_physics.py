@@ -64,6 +64,19 @@ def signed_log10(x: float) -> float:
     return float(np.sign(x) * np.log10(1.0 + abs(x)))
 
 
+def shared_physics(model: str, names: list[str] = (), cache_dir: str | None = None) -> "PotentialPhysics":
+    """The process's one ``PotentialPhysics`` of this potential, descriptors and cache folder: the members of an
+    ensemble (their priors and descriptors read the same frozen potential) load it once and compute each
+    structure's quantities once (``equiprop predict --model equiprop-mp-v3``: five members built it five times)."""
+    key = (model, tuple(names), None if cache_dir is None else str(cache_dir))
+    if key not in _SHARED:
+        _SHARED[key] = PotentialPhysics(model, list(names), cache_dir)
+    return _SHARED[key]
+
+
+_SHARED: dict[tuple, "PotentialPhysics"] = {}
+
+
 class PotentialPhysics:
     """Descriptors from a frozen pretrained copy of the potential (independent of any fine-tuning)."""
 

@@ -120,9 +120,9 @@ class PhysicsPriors(nn.Module):
     @property
     def physics(self):
         if self._physics is None:  # built on first use: a model without priors never loads the potential
-            from equiprop.nn.potential_physics import PotentialPhysics
+            from equiprop.nn.potential_physics import shared_physics
 
-            self._physics = PotentialPhysics(self.potential, [], self.cache_dir)
+            self._physics = shared_physics(self.potential, [], self.cache_dir)
         return self._physics
 
     # -- fitted state ----------------------------------------------------------------------------------------------
