@@ -117,3 +117,17 @@ def test_rows_and_cache(physics):
     hits = cache.hits
     again = physics.quantity(batch, "energy")
     assert cache.hits >= hits + 1 and again[1, 0] == only_second[1, 0]
+
+
+def test_ensemble_members_share_one_potential_per_process(tmp_path):
+    """The members of an ensemble read the same frozen potential: one instance (and cache) per potential,
+    descriptors and cache folder, so it is loaded once and each structure's quantities are computed once."""
+    from equiprop.nn.potential_physics import shared_physics
+    from equiprop.nn.priors import PhysicsPriors
+    from equiprop.data.tasks import resolve_tasks
+
+    tasks = resolve_tasks(["Ef"])
+    members = [PhysicsPriors(tasks, {"Ef": "potential_energy"}, cache_dir=str(tmp_path)) for _ in range(3)]
+    assert members[0].physics is members[1].physics is members[2].physics
+    assert shared_physics("7net-0", [], str(tmp_path)) is members[0].physics
+    assert shared_physics("7net-0", [], str(tmp_path / "other")) is not members[0].physics
