@@ -30,7 +30,10 @@ def test_embeddings_are_invariant_and_carry_labels(tmp_path, tiny_entries, quiet
     rotated.to(filename=str(inputs / "b.vasp"), fmt="poscar")
     assert main(["embed", "--checkpoint", checkpoint, "--input", str(inputs), "--output", str(tmp_path / "e.npz")]) == 0
     out = np.load(tmp_path / "e.npz")
-    assert out["embeddings"].shape[0] == 2 and out["embeddings"].shape[1] == 8 + 4 + 4
+    # one invariant per channel of the last layer: 8 scalars and the norms of the 4 2e channels the dielectric head
+    # reads (output_irreps: auto carries no 1o, which no head reads)
+    assert str(model.encoder.irreps_out) == "8x0e+4x2e"
+    assert out["embeddings"].shape[0] == 2 and out["embeddings"].shape[1] == 8 + 4
     np.testing.assert_allclose(out["embeddings"][0], out["embeddings"][1], rtol=1e-4, atol=1e-5)
 
     assert main(["embed", "--checkpoint", checkpoint, "--input", "bundled:tiny", "--output", str(tmp_path / "t.npz")]) == 0
