@@ -52,15 +52,6 @@ def test_fit_writes_checkpoints_and_prints_the_metrics_table(recipe, tmp_path):
     assert "test metrics (physical units)" in stdout
 
 
-def test_ddp_reads_graphs_from_a_disk_store(recipe, tmp_path):
-    stdout = _run(["fit", "-c", str(recipe), "--trainer.strategy=ddp", "--trainer.devices=2", "--run_name=ddp_disk",
-                   "--data.storage=disk", "--data.num_workers=1", f"--data.cache_dir={tmp_path / 'graphs'}"], tmp_path)
-    assert stdout.count("val metrics (physical units)") == 1
-    assert list((tmp_path / "graphs").glob("*.sqlite")) and not list((tmp_path / "graphs").glob("*.pt"))
-    checkpoint = torch.load(tmp_path / "runs" / "ddp_disk" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] > 0
-
-
 def test_ddp_on_two_cpu_processes(recipe, tmp_path):
     stdout = _run(["fit", "-c", str(recipe), "--trainer.strategy=ddp", "--trainer.devices=2",
                    "--run_name=ddp"], tmp_path)

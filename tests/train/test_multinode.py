@@ -1,6 +1,8 @@
 """Multi-node DDP as far as one machine allows (``recipes/multinode.yaml``): two "nodes" of one process each,
 launched by two ``torchrun --nnodes=2`` agents as a cluster's nodes would launch them, on one graph store in a shared
-folder. Global rank 0 alone builds the store (``data.shared_cache``), both ranks train on it, rank 0 writes the run."""
+folder. Global rank 0 alone builds the store (``data.shared_cache``), both ranks train on it through DataLoader
+workers, rank 0 writes the run. It replaced the DDP-over-a-disk-store test of ``tests/train/test_cli_runs.py``
+(two processes, DataLoader workers, graphs on disk), which it covers."""
 
 import socket
 import subprocess
@@ -40,7 +42,7 @@ def test_two_nodes_train_on_one_store_built_once(tmp_path):
         [str(BIN / "torchrun"), "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
          "--master_addr=127.0.0.1", f"--master_port={port}", "--no-python", str(BIN / "equiprop"), "fit",
          "-c", str(recipe), "-c", str(REPO / "recipes" / "multinode.yaml"), "--trainer.num_nodes=2",
-         "--trainer.devices=1", f"--data.cache_dir={shared}"],
+         "--trainer.devices=1", f"--data.cache_dir={shared}", "--data.num_workers=1"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
     outputs = [agent.communicate(timeout=400) for agent in agents]
     assert [a.returncode for a in agents] == [0, 0], [err[-3000:] for _, err in outputs]
