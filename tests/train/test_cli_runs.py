@@ -41,7 +41,9 @@ def _run(args, cwd):
     return out.stdout
 
 
-def test_fit_writes_checkpoints_and_prints_the_metrics_table(recipe, tmp_path):
+def test_fit_test_and_predict_from_the_command_line(recipe, tmp_path, tiny_entries):
+    """One fitted run, then what a user does with it: its test metrics, and predict reporting bad files with units
+    (one fit for the three: each ``equiprop`` subprocess costs seconds)."""
     stdout = _run(["fit", "-c", str(recipe)], tmp_path)
     run = tmp_path / "runs" / "tiny"
     assert (run / "best.ckpt").exists() and (run / "last.ckpt").exists()
@@ -51,17 +53,6 @@ def test_fit_writes_checkpoints_and_prints_the_metrics_table(recipe, tmp_path):
     stdout = _run(["test", "-c", str(recipe), "--ckpt_path", str(run / "best.ckpt")], tmp_path)
     assert "test metrics (physical units)" in stdout
 
-
-def test_ddp_on_two_cpu_processes(recipe, tmp_path):
-    stdout = _run(["fit", "-c", str(recipe), "--trainer.strategy=ddp", "--trainer.devices=2",
-                   "--run_name=ddp"], tmp_path)
-    assert stdout.count("val metrics (physical units)") == 1  # printed by rank zero only
-    checkpoint = torch.load(tmp_path / "runs" / "ddp" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] > 0
-
-
-def test_predict_command_reports_bad_files_and_writes_units(recipe, tmp_path, tiny_entries):
-    _run(["fit", "-c", str(recipe), "--trainer.max_epochs=1"], tmp_path)
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     for e in tiny_entries[:3]:
@@ -84,3 +75,11 @@ def test_predict_command_reports_bad_files_and_writes_units(recipe, tmp_path, ti
     _run(["predict", "--checkpoint", "runs/tiny/best.ckpt", "--input", str(inputs), "--output",
           str(csv_out), "--allow-failures", "--allow-unseen-elements"], tmp_path)
     assert csv_out.read_text().splitlines()[0].startswith("id,file,formula,Ef [eV/atom]")
+
+
+def test_ddp_on_two_cpu_processes(recipe, tmp_path):
+    stdout = _run(["fit", "-c", str(recipe), "--trainer.strategy=ddp", "--trainer.devices=2",
+                   "--run_name=ddp"], tmp_path)
+    assert stdout.count("val metrics (physical units)") == 1  # printed by rank zero only
+    checkpoint = torch.load(tmp_path / "runs" / "ddp" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] > 0
