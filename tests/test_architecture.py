@@ -112,7 +112,7 @@ RECIPE_SECTIONS = ("data", "model", "trainer", "tune", "matbench", "checkpoint")
 def test_the_architecture_page_cites_only_files_and_names_that_exist():
     text = (REPO / "docs" / "architecture.md").read_text()
     missing = []
-    for path in re.findall(r"`([\w/]+\.(?:py|yaml))`", text):
+    for path in re.findall(r"`([\w/]+\.(?:py|yaml|sh))`", text):
         if not ((PACKAGE / path).exists() or (REPO / path).exists() or (REPO / "src" / path).exists()
                 or any(PACKAGE.rglob(path))):
             missing.append(path)
@@ -123,7 +123,7 @@ def test_the_architecture_page_cites_only_files_and_names_that_exist():
                     or not _defines(module, n)]
     # `module.name`, `package.module` and `Class.method` (recipe keys such as `data.storage` are not code)
     for owner, name in re.findall(r"`((?:equiprop\.)?[A-Za-z_][\w/]*)\.([A-Za-z_]\w*)`", text):
-        if name in ("py", "yaml", "md", "json", "ckpt", "txt") or _module_file(f"{owner}.{name}") is not None:
+        if name in ("py", "yaml", "sh", "md", "json", "ckpt", "txt") or _module_file(f"{owner}.{name}") is not None:
             continue
         if owner in RECIPE_SECTIONS and _module_file(f"{owner}/{name}") is None:
             continue
