@@ -52,7 +52,7 @@ def test_shards_then_a_merge_give_the_unsharded_table_byte_for_byte(tmp_path, ci
     assert not (sharded / "out.csv").exists()
     assert shard(1)["phase1_chunks_waiting"] == 2
     last = shard(2)  # every Phase 1 done: this shard goes on to its share of Phase 2
-    assert last["phase1_chunks_waiting"] == 0 and last["phase2"]["chunks_computed"] >= 0
+    assert last["phase1_chunks_waiting"] == 0 and last["phase2"] is not None
     computed2 = last["phase2"]["structures_computed"] + sum(shard(i)["phase2"]["structures_computed"] for i in (0, 1))
     assert not (sharded / "out.csv").exists()
 

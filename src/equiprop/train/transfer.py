@@ -33,22 +33,23 @@ def read_pretrained(path: str) -> dict:
     return checkpoint
 
 
-def pretrained_layout(pretrained: dict, encoder) -> str | None:
-    """What the pretrained encoder's last layer carries (its ``output_irreps``; older checkpoints: their legacy
-    value), when it is of the same class as ``encoder``: the layout an ``auto`` encoder starting from it takes."""
-    meta = pretrained["equiprop"]["encoder"]
-    if meta.get("class_path") != describe(encoder)["class_path"]:
-        return None  # check_encoder refuses it
+def stored_layout(meta: dict | None, encoder) -> str | None:
+    """What a checkpoint's encoder (metadata ``meta``) carries in its last layer (its ``output_irreps``; older
+    checkpoints: their legacy value), when it is of ``encoder``'s class; None otherwise."""
+    if not meta or meta.get("class_path") != describe(encoder)["class_path"]:
+        return None  # another class: check_encoder refuses it
     return stored_args(type(encoder), meta.get("init_args") or {}).get("output_irreps")
+
+
+def pretrained_layout(pretrained: dict, encoder) -> str | None:
+    """The layout an ``auto`` encoder starting from ``pretrained`` takes: the pretrained encoder's."""
+    return stored_layout(pretrained["equiprop"]["encoder"], encoder)
 
 
 def check_layout(meta: dict | None, encoder) -> None:
     """A checkpoint loaded into a model built from a recipe (a resumed fit, ``equiprop test``): its encoder's last
     layer must carry what this one's carries; a one-line ConfigError naming the setting, not a shape error."""
-    if not meta or meta.get("class_path") != describe(encoder)["class_path"]:
-        return
-    stored = stored_args(type(encoder), meta.get("init_args") or {}).get("output_irreps")
-    current = encoder.config.get("output_irreps")
+    stored, current = stored_layout(meta, encoder), encoder.config.get("output_irreps")
     if stored is not None and current is not None and stored != current:
         raise ConfigError(f"the checkpoint's encoder carries output_irreps={stored!r} in its last layer, this model "
                           f"{current!r}: set model.encoder.init_args.output_irreps={stored!r}")
