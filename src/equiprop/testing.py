@@ -9,7 +9,8 @@ Each check transforms real crystals and compares outputs with what the declared 
 
 - rotation (proper) and inversion (improper rotations Q): per-atom features by ``irreps_out.D_from_matrix(Q)``;
   model outputs: scalars unchanged, Cartesian tensors rotated by Q on every index (``data.symmetry.rotate_tensor``;
-  the tensors we predict are polar, so an improper Q acts on them as on positions);
+  the tensors we predict are polar, so an improper Q acts on them as on positions); an output whose kind has
+  ``parity = -1`` (a pseudoscalar: a handedness) is also multiplied by det Q, so it flips under inversion only;
 - translation of every atom: nothing changes;
 - permutation of the atoms: per-atom rows (features, per-atom task outputs) permute, structure outputs are unchanged;
 - supercell (2x1x1): every atom keeps its features and per-atom outputs; extensive (sum-pooled) outputs double,
@@ -129,7 +130,8 @@ def assert_backbone_contract(backbone, records: list[CrystalRecord]) -> None:
 def assert_model_symmetries(model, records: list[CrystalRecord], cutoff: float | None = None,
                             rtol: float = 1e-5, checks=CHECKS, seed: int = 0) -> None:
     """Physical outputs of a ``MultiTaskModel`` (``predict_physical``): scalars invariant, Cartesian tensors rotate
-    with the crystal, nothing depends on translation or atom order, sum-pooled outputs double in a 2x1x1 supercell."""
+    with the crystal, pseudo quantities (``TaskKind.parity`` -1) also change sign under improper rotations, nothing
+    depends on translation or atom order, sum-pooled outputs double in a 2x1x1 supercell."""
     cutoff = float(cutoff or model.encoder.cutoff)
     model = model.eval()
 
@@ -145,6 +147,8 @@ def assert_model_symmetries(model, records: list[CrystalRecord], cutoff: float |
             for name, value in reference.items():
                 expected = torch.stack([torch.as_tensor(rotate_tensor(t.numpy(), q)) for t in value]) \
                     if name in tensors else value
+                if model.tasks[name].kind_def.parity == -1:  # pseudo: one more factor det Q (-1 when improper)
+                    expected = expected * float(np.linalg.det(q))
                 _assert_close(out[name], expected, rtol, f"{name} {check}")
     per_atom = per_atom_tasks(model.tasks)
     if "translation" in checks:

@@ -53,6 +53,8 @@ class TaskSpec:
         it cannot set the normalisation scale. Built-in tasks carry documented ranges (``BUILTIN_TASKS``); override
         per task in the config: ``{name: Eg, valid_range: [0, 50]}``, or ``valid_range: null`` to turn it off. A
         data-validation setting, not part of the model: checkpoints compare task definitions without it.
+    energy: for a ``forces`` or ``stress`` task, the name of the energy task it is the derivative of (computed by
+        autograd, ``data/kinds/gradients.py``); None for every other kind.
     """
 
     name: str
@@ -68,9 +70,16 @@ class TaskSpec:
     parametrization: str = "linear"
     classes: tuple[str, ...] | None = None
     valid_range: tuple[float | None, float | None] | None = field(default=None, compare=False)
+    energy: str | None = None
 
     def __post_init__(self):
         kind = kind_of(self.kind, self.name)
+        if self.formula is None and getattr(kind, "formula", None):  # forces "i", stress "ij=ji" (and Voigt 6)
+            object.__setattr__(self, "formula", kind.formula)
+            object.__setattr__(self, "voigt_shape", self.voigt_shape or kind.voigt_shape)
+        if self.energy is not None and kind.readout != "gradient":
+            raise ConfigError(f"task {self.name!r}: energy names the energy task of a forces or stress task, not of "
+                              f"kind {self.kind!r}")
         if self.classes is not None and not isinstance(self.classes, (list, tuple)):
             raise ConfigError(f"task {self.name!r}: classes must be a list of names, got {self.classes!r}")
         if self.classes is not None:

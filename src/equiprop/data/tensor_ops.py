@@ -31,8 +31,11 @@ def cartesian_tensor(formula: str):
 
 
 def voigt_to_cartesian(voigt: np.ndarray) -> np.ndarray:
-    """(6, 6) -> (3, 3, 3, 3) stiffness, or (3, 6) -> (3, 3, 3) piezo stress tensor (Voigt order xx yy zz yz xz xy)."""
+    """(6, 6) -> (3, 3, 3, 3) stiffness, (3, 6) -> (3, 3, 3) piezo stress tensor, or (6,) -> (3, 3) symmetric
+    tensor (a stress as ase writes it) (Voigt order xx yy zz yz xz xy)."""
     voigt = np.asarray(voigt, dtype=np.float64)
+    if voigt.shape == (6,):
+        return voigt[VOIGT_INDEX]
     if voigt.shape == (6, 6):
         return voigt[VOIGT_INDEX[:, :, None, None], VOIGT_INDEX[None, None, :, :]]
     if voigt.shape == (3, 6):
@@ -42,7 +45,7 @@ def voigt_to_cartesian(voigt: np.ndarray) -> np.ndarray:
 
 def cartesian_to_voigt(t: np.ndarray, rank: int | None = None) -> np.ndarray:
     """Voigt form of a Cartesian tensor, or of a batch of them (leading axes kept): (..., 3, 3, 3, 3) -> (..., 6, 6),
-    (..., 3, 3, 3) -> (..., 3, 6); other ranks unchanged. ``rank``: the tensor's rank, needed for a batch (a batch
+    (..., 3, 3, 3) -> (..., 3, 6), (..., 3, 3) -> (..., 6); other ranks unchanged. ``rank``: the tensor's rank, needed for a batch (a batch
     of three 3x3 tensors has the shape of one piezo tensor); default: one tensor, its rank from its shape."""
     t = np.asarray(t, dtype=np.float64)
     rank = t.ndim if rank is None else rank
@@ -51,6 +54,8 @@ def cartesian_to_voigt(t: np.ndarray, rank: int | None = None) -> np.ndarray:
         return t[..., rows[:, None], cols[:, None], rows[None, :], cols[None, :]]
     if rank == 3:
         return t[..., :, rows, cols]
+    if rank == 2:
+        return t[..., rows, cols]
     return t
 
 
@@ -103,7 +108,7 @@ def _canonical_index(formula: str) -> np.ndarray:
 
 def invariant_mask(formula: str) -> np.ndarray:
     """(irreps dim,) True on the 0e (rotation-invariant) components of the formula's irreps."""
-    return np.concatenate([np.full(mul * ir.dim, ir.l == 0) for mul, ir in cartesian_tensor(formula)])
+    return np.concatenate([np.full(mul * ir.dim, ir.l == 0 and ir.p == 1) for mul, ir in cartesian_tensor(formula)])
 
 
 def isotropic_part(t, formula: str):

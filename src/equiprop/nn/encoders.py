@@ -79,6 +79,9 @@ class EquivariantEncoder(Encoder):
         self.cutoff, self.max_ell, self.parity = float(cutoff), max_ell, parity
         hidden = o3.Irreps(hidden_irreps) if hidden_irreps else hidden_irreps_from(max_ell, list(multiplicities),
                                                                                    parity)
+        if not parity and any(ir.p == -1 for _, ir in hidden):
+            raise ConfigError(f"model.encoder.init_args.hidden_irreps: odd irreps in {hidden} need parity: true; "
+                              "without parity every feature is even and they stay zero (no pseudoscalar, no chirality)")
         self.species = SpeciesEmbeddingBlock(hidden.count(o3.Irrep("0e")) or 32)
         self.edge_sh = EdgeShBlock(max_ell, parity)
         self.radial = RadialEmbeddingBlock(cutoff, num_basis)

@@ -7,29 +7,25 @@ from typing import Literal
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanAbsoluteError
 
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError, check_choice
 from equiprop.data.graph import atoms_per_graph
-from equiprop.data.precision import autocast_off, upcast
+from equiprop.data.precision import upcast
 from equiprop.data.tasks import TaskSpec, resolve_task, resolve_tasks
 from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
+from equiprop.nn.ewald import LongRangeBlock
+from equiprop.nn.gradients import gradient_tasks, with_energy_derivatives
 from equiprop.nn.heads import build_head, irreps_read
 from equiprop.nn.priors import PRIOR_QUANTITY, PhysicsPriors
 from equiprop.data.kinds import REGRESSION_LOSSES
-from equiprop.data.tensor_ops import voigt_bulk_modulus, voigt_shear_modulus
 from equiprop.train.loss import FixedWeighting, UncertaintyWeighting
 from equiprop.train.finetune import encoder_param_groups
-from equiprop.train.metrics import TaskMetrics
+from equiprop.train.metrics import DERIVED, DerivedMetrics, TaskMetrics, labelled_rows
 from equiprop.train.normalizer import TaskNormalizer
 from equiprop.train.transfer import check_layout, frozen_parameters, load_pretrained, pretrained_layout, \
     read_pretrained
-
-# derived metric -> (tensor task it is computed from, scalar task it is compared with, function)
-DERIVED = {"K_Voigt": ("elastic_tensor", "K_VRH", voigt_bulk_modulus),
-           "G_Voigt": ("elastic_tensor", "G_VRH", voigt_shear_modulus)}
 
 # the string choices: Literal types, so LightningCLI rejects a misspelling and lists the allowed values
 Weighting = Literal["uncertainty", "fixed"]
@@ -40,12 +36,6 @@ PriorName = Literal["potential_energy", "potential_stiffness", "potential_bulk_m
                     "penn"]  # nn.priors.PRIOR_QUANTITY
 assert set(Loss.__args__) == set(REGRESSION_LOSSES)
 assert set(PriorName.__args__) == set(PRIOR_QUANTITY)
-
-
-def labelled_rows(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """(count,) indices of the True rows of ``mask``, its count known on the host: the rows ``tensor[mask]`` selects,
-    in the same order (same values and gradients), without the device->host sync a bool mask costs."""
-    return torch.nonzero_static(mask, size=count).squeeze(1)
 
 
 class MultiTaskModel(L.LightningModule):
@@ -85,6 +75,9 @@ class MultiTaskModel(L.LightningModule):
         prior_relaxed_ion: stiffness priors relax the atoms at each strain (slower; clamped-ion otherwise).
         head_hidden: width of every readout's invariant MLP.
         head_layers: hidden-to-hidden layers of that MLP (depth of the heads).
+        long_range: append the crystal's electrostatics to the features every readout reads (``nn.ewald``: learned
+            neutral charges and their Ewald sum; per atom q, phi and the cell's energy per atom (0e), and the cell's
+            polarisation (1o)).
     """
 
     def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: Weighting = "uncertainty",
@@ -95,7 +88,8 @@ class MultiTaskModel(L.LightningModule):
                  encoder_lr_factor: float = 1.0, layer_lr_decay: float = 1.0, isotropic_weight: float = 1.0, anisotropic_weight: float = 1.0,
                  warmup_epochs: float = 0.0, environment_channels: int = 0, dropout: float = 0.0,
                  priors: dict[str, PriorName] | None = None, prior_potential: str = "7net-0",
-                 prior_relaxed_ion: bool = False, head_hidden: int = 64, head_layers: int = 1):
+                 prior_relaxed_ion: bool = False, head_hidden: int = 64, head_layers: int = 1,
+                 long_range: bool = False):
         super().__init__()
         for option, value, choices in (("model.weighting", weighting, Weighting), ("model.loss", loss, Loss),
                                        ("model.scheduler", scheduler, Scheduler),
@@ -123,8 +117,14 @@ class MultiTaskModel(L.LightningModule):
         pretrained = read_pretrained(init_from) if init_from else None
         encoder.fit_output(set().union(*(irreps_read(t, encoder.irreps_out) for t in self.tasks.values())),
                            pretrained_layout(pretrained, encoder) if pretrained else None)
-        self.heads = nn.ModuleDict({name: build_head(t, encoder.irreps_out, environment_channels, encoder.cutoff,
-                                                     head_hidden, head_layers) for name, t in self.tasks.items()})
+        # forces and stress are derivatives of an energy task (autograd), not readouts: {task: its energy task}
+        self.gradient_tasks = gradient_tasks(self.tasks, priors)
+        # charges from the encoder's 0e channels (fit_output keeps 0e); their Ewald sum is appended for the heads
+        self.long_range = LongRangeBlock(encoder.irreps_out) if long_range else None
+        head_irreps = self.long_range.irreps_out if long_range else encoder.irreps_out
+        self.heads = nn.ModuleDict({name: build_head(t, head_irreps, environment_channels, encoder.cutoff,
+                                                     head_hidden, head_layers) for name, t in self.tasks.items()
+                                    if name not in self.gradient_tasks})
         ells = sorted({l for head in self.heads.values() if getattr(head, "environment", None) is not None
                        for l in head.environment.ells})
         self.edge_geometry = EdgeGeometryBlock(ells) if ells else None
@@ -137,9 +137,7 @@ class MultiTaskModel(L.LightningModule):
             names, task_weights)
         self.metrics = nn.ModuleDict({stage: nn.ModuleDict({n: TaskMetrics(t) for n, t in self.tasks.items()})
                                       for stage in ("val", "test")})
-        self.derived = nn.ModuleDict({stage: nn.ModuleDict({
-            name: MeanAbsoluteError() for name, (src, ref, _) in DERIVED.items()
-            if src in self.tasks and ref in self.tasks}) for stage in ("val", "test")})
+        self.derived = nn.ModuleDict({stage: DerivedMetrics(self.tasks) for stage in ("val", "test")})
         self.tensor_parts: dict[str, list[str]] = {}  # task -> its loss parts (tensors: "isotropic", "anisotropic")
         for name, task in self.tasks.items():
             columns = task.kind_def.loss_columns(task)
@@ -228,10 +226,18 @@ class MultiTaskModel(L.LightningModule):
         ``features``: the encoder's output for ``batch`` when already computed (ensemble members that share one
         frozen encoder run it once). ``rows``: per task, the structures whose prediction is used (a prior is
         estimated only there; training passes the label masks)."""
+        names = list(tasks if tasks is not None else self.tasks)
+        if any(n in self.gradient_tasks for n in names):  # forces, stress: one backward pass of the energy
+            return with_energy_derivatives(lambda data, heads: self._forward_heads(data, heads, None, rows),
+                                           self.normalizer, self.tasks, self.gradient_tasks, batch, names)
+        return self._forward_heads(batch, names, features, rows)
+
+    def _forward_heads(self, batch, names: list[str], features: torch.Tensor | None, rows: dict | None) -> dict:
         features = self.encoder(batch) if features is None else features
         # float32 into the heads under autocast (an invariant encoder's are bf16): their norms and geometry read it
         features = self.feature_dropout(upcast(features))
-        names = list(tasks if tasks is not None else self.tasks)
+        if self.long_range is not None:  # after dropout: MC-dropout uncertainty reaches the charges
+            features = self.long_range(features, batch)
         # edge vectors and harmonics once per forward for every tensor readout that reads the neighbour shell
         geometric = any(getattr(self.heads[n], "environment", None) is not None for n in names)
         edges = self.edge_geometry(batch, features.dtype) if geometric else None
@@ -276,7 +282,8 @@ class MultiTaskModel(L.LightningModule):
             if stage != "train":
                 self._update_metrics(stage, name, pred, labels, atoms)
         if stage != "train":
-            self._update_derived(stage, predictions, batch, counts)
+            self.derived[stage].update(lambda source: predictions[source] if source in predictions else
+                                       self(batch, [source])[source], self.normalizer, batch, counts)
         total = self.weighting(losses, {n: self.tasks[n].kind_def.weighting_factor for n in losses})
         # the unweighted sum of normalised losses is comparable across runs and weightings: used for selection
         plain = sum(losses.values())
@@ -298,18 +305,6 @@ class MultiTaskModel(L.LightningModule):
         physical_target = self.normalizer.model_to_physical(name, target_model)
         self.metrics[stage][name].update(self.normalizer.to_physical(name, pred_norm, num_atoms), physical_target)
 
-    def _update_derived(self, stage: str, predictions: dict, batch, counts: dict[str, int]) -> None:
-        for derived, (source, reference, fn) in DERIVED.items():
-            if derived not in self.derived[stage] or counts[reference] == 0:
-                continue
-            tensor = predictions.get(source)
-            if tensor is None:
-                tensor = self(batch, [source])[source]
-            labelled = labelled_rows(batch[keys.mask_key(reference)], counts[reference])
-            with autocast_off():  # Voigt moduli are einsums: float32 (data.precision)
-                value = fn(self.normalizer.to_physical(source, tensor[labelled], atoms_per_graph(batch)[labelled]))
-            self.derived[stage][derived].update(value, torch.pow(10.0, batch[keys.label_key(reference)][labelled]))
-
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
 
@@ -324,11 +319,8 @@ class MultiTaskModel(L.LightningModule):
             for metric, value in metrics.compute().items():
                 self.log(f"{stage}/{name}/{metric}", value)
             metrics.reset()
-        for derived, metric in self.derived[stage].items():
-            source, reference, _ = DERIVED[derived]
-            if metric.update_called or torch.distributed.is_initialized():
-                self.log(f"{stage}/{reference}/{derived}_from_{source}_mae", metric.compute())
-            metric.reset()
+        for name, value in self.derived[stage].compute().items():
+            self.log(f"{stage}/{name}", value)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

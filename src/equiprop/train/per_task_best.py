@@ -47,7 +47,8 @@ def task_owned_keys(model, task: str) -> list[str]:
 
 def selection_groups(model) -> list[list[str]]:
     """Tasks whose predictions read each other's weights, selected together (on the sum of their validation
-    losses): a Penn prior reads the model's band-gap prediction, so that dielectric task goes with the gap task."""
+    losses): a Penn prior reads the model's band-gap prediction, so that dielectric task goes with the gap task;
+    forces and stress are derivatives of their energy task's head."""
     group_of = {task: {task} for task in model.tasks}
     priors = getattr(model, "priors", None)
     if priors is not None and priors.penn_gap_task is not None:
@@ -56,6 +57,10 @@ def selection_groups(model) -> list[list[str]]:
                 merged = group_of[task] | group_of[priors.penn_gap_task]
                 for member in merged:
                     group_of[member] = merged
+    for task, energy in getattr(model, "gradient_tasks", {}).items():  # forces and stress are the energy head's
+        merged = group_of[task] | group_of[energy]
+        for member in merged:
+            group_of[member] = merged
     groups = []
     for task in model.tasks:  # in the model's task order, each group once
         if not any(task in g for g in groups):

@@ -80,12 +80,19 @@ def load_pretrained(model, pretrained: dict, init_heads: dict[str, str] | None =
     model.encoder.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")})
     model.species_seen.copy_(state["species_seen"])
     defined = pretrained["equiprop"]["tasks"]  # compared as TaskSpecs: fields added later take their defaults
-    reused = [name for name, task in model.tasks.items() if name in defined and TaskSpec(**defined[name]) == task]
+    # heads read the long-range block's channels too: reused only where both models have it, or neither
+    long_range = {k[len("long_range."):]: v for k, v in state.items() if k.startswith("long_range.")}
+    same_inputs = bool(long_range) == (getattr(model, "long_range", None) is not None)
+    if long_range and same_inputs:
+        model.long_range.load_state_dict(long_range)
+    reused = [name for name, task in model.tasks.items() if name in defined and TaskSpec(**defined[name]) == task
+              and same_inputs]
     counts = pretrained["equiprop"].get("train_label_counts") or {}  # older checkpoints: unknown (None)
     model.pretrained_label_counts = {name: counts.get(name) for name in reused}
     for name in reused:
         prefix = f"heads.{name}."
-        model.heads[name].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        if name in model.heads:  # forces and stress have no head: the energy's
+            model.heads[name].load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         for buffer in (f"shift_{name}", f"scale_{name}"):
             getattr(model.normalizer, buffer).copy_(state[f"normalizer.{buffer}"])
         key = f"weighting.log_variance.{name}"

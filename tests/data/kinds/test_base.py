@@ -41,6 +41,7 @@ def test_a_kind_registered_outside_the_package_is_what_tasks_name():
 
 def test_every_registered_kind_states_its_readout_outputs_and_weighting():
     for name, kind in KINDS.items():
-        assert kind.name == name and kind.readout in ("scalar", "tensor")
+        assert kind.name == name and kind.readout in ("scalar", "tensor", "pseudoscalar", "gradient")
+        assert kind.parity in (1, -1)  # -1: flips sign under improper rotations (the symmetry battery asks)
         assert kind.weighting_factor in (0.5, 1.0)  # Gaussian likelihood or classifier
         assert kind.has_error_in_units == (kind.error_metric is not None)

@@ -58,3 +58,17 @@ def test_metrics_are_in_cartesian_components_and_isotropic_part_only_where_it_ex
     assert "isotropic_mae" not in kind.metrics(BUILTIN_TASKS["piezo_tensor"])  # rank 3: no isotropic part
     with pytest.raises(ConfigError, match="cannot be max-pooled"):
         resolve_task({"name": "t", "key": "t", "units": "", "kind": "tensor", "formula": "ij=ji", "pooling": "max"})
+
+
+def test_the_odd_scalar_of_a_general_rank_3_tensor_is_scaled_not_shifted():
+    """``ijk`` carries a 0o part (the Levi-Civita component, odd under inversion): shifting it by a median, as 0e parts
+    are, would add an invariant to an odd quantity and break the mirror symmetry of the predictions."""
+    task = resolve_task({"name": "t", "key": "t", "units": "x", "kind": "tensor", "formula": "ijk"})
+    levi_civita = np.zeros((3, 3, 3))
+    for i, j, k in ((0, 1, 2), (1, 2, 0), (2, 0, 1)):
+        levi_civita[i, j, k], levi_civita[j, i, k] = 1.0, -1.0
+    x = np.stack([2.0 * levi_civita, 3.0 * levi_civita, 4.0 * levi_civita])  # all of one hand: median 3, not 0
+    shift, scale = task.kind_def.statistics(task, x)
+    odd = np.flatnonzero(np.abs(change_of_basis("ijk") @ levi_civita.reshape(-1)) > 1e-9)  # its 0o column
+    assert len(odd) == 1 and shift[odd[0]] == 0.0
+    assert scale[odd[0]] == pytest.approx(3.0 * np.sqrt(6))  # mean |coefficient|: |eps| = sqrt(6)

@@ -8,6 +8,11 @@ written units. ``TaskSpec.kind`` names one of ``KINDS``; everything downstream a
 - ``tensor``: a Cartesian tensor (``tensor.py``), learned as its irreps.
 - ``class``: one of a task's named ``classes`` (``classes.py``), learned as logits; written as the probability of
   each class.
+- ``pseudoscalar``: a number that flips sign under inversion, 1x0o (``pseudoscalar.py``): a handedness, an optical
+  rotatory power; normalised by its RMS with no shift (a shift would break parity); predicted from the 0o features
+  of an O(3) encoder (an invariant one cannot tell a crystal from its mirror image).
+- ``forces`` / ``stress``: the derivatives of an energy task by autograd (``gradients.py``), conservative by
+  construction; labels and losses as tensors.
 
 A new kind is one file here with a ``TaskKind`` subclass (``base.py``), one line below, and its test (see
 ``docs/architecture.md``, "Adding things"); a kind of your own, outside the package: ``register_kind(MyKind())``
@@ -20,6 +25,8 @@ from equiprop.data.errors import ConfigError
 from equiprop.data.kinds.base import REGRESSION_LOSSES, TaskKind
 from equiprop.data.kinds.classes import ClassKind
 from equiprop.data.kinds.numbers import BinaryKind, LogScalarKind, ScalarKind
+from equiprop.data.kinds.pseudoscalar import PseudoscalarKind
+from equiprop.data.kinds.gradients import ForcesKind, StressKind
 from equiprop.data.kinds.tensor import TensorKind, tensor_part_columns, tensor_task_loss
 
 KINDS: dict[str, TaskKind] = {}
@@ -36,8 +43,10 @@ def register_kind(kind: TaskKind) -> TaskKind:
     return kind
 
 
-for _kind in (ScalarKind(), LogScalarKind(), BinaryKind(), TensorKind(), ClassKind()):
+for _kind in (ScalarKind(), LogScalarKind(), BinaryKind(), TensorKind(), ClassKind(), PseudoscalarKind()):
     register_kind(_kind)
+register_kind(ForcesKind())  # derivatives of an energy task by autograd
+register_kind(StressKind())
 
 
 def kind_of(name: str, task_name: str = "?") -> TaskKind:

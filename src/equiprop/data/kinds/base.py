@@ -26,7 +26,11 @@ class TaskKind:
     has_error_in_units = True  # False: the output is a probability, with no error in the label's units
     normalised = True  # False: model space is what the head predicts (a logit), no shift or scale
     error_metric: str | None = "mae"  # the error in the label's units a selection or a curve reads; None: none
-    readout = "scalar"  # the head: "scalar" (invariant numbers, ``outputs`` of them) or "tensor" (irreps of ``basis``)
+    readout = "scalar"  # the head: "scalar" (invariant numbers, ``outputs`` of them), "tensor" (irreps of ``basis``)
+    # or "pseudoscalar" (one 0o number)
+    # +1: the output transforms under an improper rotation Q (det Q = -1) as its Cartesian form says (a scalar stays,
+    # a polar tensor rotates as positions do); -1: a pseudo quantity, whose sign also flips then (a handedness)
+    parity = 1
 
     def outputs(self, task) -> int:
         """Invariant numbers a scalar readout predicts per structure (or atom): 1, or one logit per class."""

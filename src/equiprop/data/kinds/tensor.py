@@ -94,7 +94,7 @@ class TensorKind(TaskKind):
         return np.stack([spd_exp(t, task.formula) for t in x.reshape(-1, *task.model_shape)]).reshape(x.shape)
 
     def statistics(self, task, x: np.ndarray) -> tuple:
-        """Per irrep copy (``data.normalization``): 0e by median and MAD, l>0 blocks by their mean norm."""
+        """Per irrep copy (``data.normalization``): 0e by median and MAD, l>0 and 0o blocks by their mean norm."""
         q = change_of_basis(task.formula)  # (irreps dim, 3^rank)
         dim = q.shape[0]
         shift, scale = np.zeros(dim), np.ones(dim)
@@ -105,7 +105,7 @@ class TensorKind(TaskKind):
         for mul, ir in cartesian_tensor(task.formula):
             for _ in range(mul):
                 block = irreps[:, start:start + ir.dim]
-                if ir.l == 0:
+                if ir.l == 0 and ir.p == 1:  # 0e; a 0o part (of "ijk") is odd: a shift would break its parity
                     shift[start] = np.median(block)
                     spread = 1.4826 * np.median(np.abs(block - shift[start]))
                     fallback = block.std()
