@@ -14,6 +14,7 @@ from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from equiprop.data import keys
+from equiprop.data.augment import Augmentation, AugmentationCounts, augment_batch, batch_generator
 from equiprop.data.dataset import (CORRUPTED_CACHE, DEFAULT_CACHE_DIR, GraphDataset, build_graphs, cache_key,
                                    read_report, writable_cache_dir, write_report)
 from equiprop.data.errors import ConfigError, DataError, check_choice
@@ -58,13 +59,20 @@ class MultiTaskDataModule(L.LightningDataModule):
         shared_cache: ``cache_dir`` is on a file system every node of a multi-node run shares: the graphs are built
             by global rank 0 alone (Lightning's ``prepare_data_per_node = False``) and read by every rank after
             the barrier. False (default): built once per node, for a node-local cache (a cluster's local scratch).
+        augment: augmentation of training batches (never validation, test or prediction), a fresh draw per batch
+            and epoch, reproducible under ``seed_everything``: ``{noise: 0.02, strain: 0.005, strain_fraction: 0.5}``
+            or ``--data.augment.noise=0.02``. noise: Gaussian displacement of every atom, Å (labels kept: a small
+            rattle, as in denoising pretraining; the displacement is ``keys.NOISE``, for a denoising head); strain:
+            largest |component| of a random symmetric strain (scalar labels kept, tensor labels masked on strained
+            structures); ``*_fraction``: share of structures augmented; ``strain_masked``: scalar tasks masked too.
+            Masked labels are counted and reported. The physics of what is kept: ``equiprop.data.augment``.
     """
 
     def __init__(self, sources: list[Source] | None = None, tasks: list[str | dict] | None = None,
                  cutoff: float = 5.0, max_neighbors: int | None = None, split: Split | None = None,
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
                  cache_dir: str | None = None, merge_cell_tol: float = CELL_TOL, min_neighbors: int = 1,
-                 storage: Storage = "auto", shared_cache: bool = False):
+                 storage: Storage = "auto", shared_cache: bool = False, augment: Augmentation = Augmentation()):
         super().__init__()
         self.prepare_data_per_node = not shared_cache  # two nodes must not build one store on a shared disk at once
         self.sources = list(sources) if sources is not None else [BundledDataset("default")]
@@ -79,6 +87,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.cache_dir = Path(cache_dir or os.environ.get("EQUIPROP_CACHE", DEFAULT_CACHE_DIR)).expanduser()
         self.merge_cell_tol = merge_cell_tol
         check_choice("data.storage", storage, Storage)
+        self.augment = Augmentation.checked(augment, self.tasks)
+        self.augmentation_counts = AugmentationCounts(list(self.tasks))
         self.storage = storage
         self.dataset: GraphDataset | None = None
         self._prepared: tuple | None = None  # load_graphs() of prepare_data, taken by setup
@@ -289,6 +299,32 @@ class MultiTaskDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0,
                           multiprocessing_context="spawn" if self.num_workers and distributed else None,
                           worker_init_fn=DieWithParent() if self.num_workers else None)  # no orphan on kill -9
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Lightning calls this for every batch of every loop once it is on its device: training batches are
+        augmented (``augment``), with a generator seeded by the run's seed, the rank and the batch's index in the fit
+        (restored on resume), so the draws repeat with the seed and change every batch and epoch."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training or not self.augment.active:
+            return batch
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        step = progress.total.ready  # this batch's index in the fit (the loop sets it after this hook)
+        generator = batch_generator(batch[keys.POSITIONS].device, int(os.environ.get("PL_GLOBAL_SEED", 0)),
+                                    trainer.global_rank, step)
+        batch, counts = augment_batch(batch, self.tasks, self.augment, generator)
+        self.augmentation_counts.add(counts)
+        if (step + 1) % max(trainer.log_every_n_steps, 1) == 0 or progress.is_last_batch:  # one host copy each
+            fractions = self.augmentation_counts.fractions()
+            for logger in trainer.loggers:
+                logger.log_metrics(fractions, step=trainer.global_step)
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        """After a fit: what augmentation did (structures, masked labels per task) in the report and the log."""
+        if stage == "fit" and self.augment.active and self.augmentation_counts.total is not None:
+            self.report["augmentation"] = self.augmentation_counts.as_dict()
+            rank_zero_info(self.augmentation_counts.summary(self.augment))
+            self.augmentation_counts = AugmentationCounts(list(self.tasks))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -23,6 +23,10 @@ EDGE_LENGTHS: Final[str] = "edge_lengths"  # (num_edges,) |edge_vectors|, Å
 # has a neighbour; encoders multiply edge lengths by it before the radial basis (``graph.radial_lengths``)
 EDGE_LENGTH_SCALE: Final[str] = "edge_length_scale"
 
+# -- augmentation: training batches only (``data/augment.py``) ---------------------------------------------------
+NOISE: Final[str] = "noise"  # (num_nodes, 3) displacement each atom was given (mean 0 per structure), Å
+STRAIN: Final[str] = "strain"  # (num_graphs, 3, 3) symmetric strain of cell and positions (0: none), dimensionless
+
 # -- identity -----------------------------------------------------------------------------------------------------
 STRUCTURE_ID: Final[str] = "structure_id"  # str, e.g. "mp-149"; a list of str after batching
 CHEMICAL_SYSTEM: Final[str] = "chemical_system"  # str, e.g. "O-Si": the grouping key of leakage-free splits

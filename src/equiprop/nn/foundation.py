@@ -40,6 +40,7 @@ import torch
 from e3nn import o3
 
 from equiprop.data import keys
+from equiprop.data.augment import augmented
 from equiprop.data.errors import ConfigError
 from equiprop.data.precision import full_precision
 from equiprop.nn.backbones import Backbone, build_backbone
@@ -251,7 +252,9 @@ class FoundationEncoder(PassesMixin, Encoder):
         """Per-atom rows for every structure of the batch: from backbone i's cache, computing only what is missing."""
         cache = self.feature_cache(i)
         with torch.no_grad():
-            if not hasattr(data, "num_graphs") or data.num_graphs is None:
+            # one graph, or a training batch noised or strained afresh (data.augment): computed, never cached (its
+            # structures would fill the cache with rows no later step reads)
+            if not hasattr(data, "num_graphs") or data.num_graphs is None or augmented(data):
                 rows = compute()
             else:
                 rows = self._lookup(data, cache, compute)

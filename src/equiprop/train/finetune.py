@@ -1,4 +1,5 @@
-"""Fine-tuning a pretrained encoder: its optimiser groups, with a learning rate that decays layer by layer.
+"""The optimiser of a fit (``optimisation``) and, for fine-tuning a pretrained encoder, its groups with a learning
+rate that decays layer by layer.
 
 ``model.layer_lr_decay: d`` (< 1) gives layer k of a stack of L layers ``lr * encoder_lr_factor * d**(L-1-k)``: the
 last layer (the most task-specific) learns fastest, the first ones barely move, and what lies below every layer
@@ -34,3 +35,25 @@ def encoder_param_groups(encoder, trainable: list[torch.nn.Parameter], lr: float
     deepest = max((len(stack) for stack in encoder.layer_stacks()), default=0)
     groups.append({"params": [p for p in trainable if id(p) not in placed], "lr": lr * decay ** deepest})
     return [g for g in groups if g["params"]]
+
+
+def optimisation(model, loss_parameters, hparams) -> dict | torch.optim.Optimizer:
+    """AdamW over ``model``'s trainable parameters in groups: the heads (and everything else) at ``lr``, the
+    encoder at ``lr * encoder_lr_factor`` with layer-wise decay (``encoder_param_groups``), the task weighting's
+    ``loss_parameters`` without weight decay; and the schedule ``hparams.scheduler`` names (Lightning's format)."""
+    weighting = set(id(p) for p in loss_parameters)
+    encoder = set(id(p) for p in model.encoder.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in weighting | encoder]},
+              *encoder_param_groups(model.encoder, [p for p in trainable if id(p) in encoder],
+                                    hparams.lr * hparams.encoder_lr_factor, hparams.layer_lr_decay),
+              {"params": [p for p in trainable if id(p) in weighting], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hparams.lr, weight_decay=hparams.weight_decay)
+    if hparams.scheduler == "none":
+        return optimizer
+    if hparams.scheduler == "cosine":
+        epochs = max(int(model.trainer.max_epochs or 1), 1)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=0.01 * hparams.lr)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=hparams.plateau_patience)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}

@@ -17,13 +17,15 @@ from equiprop.nn.base import Encoder, describe
 from equiprop.nn.blocks import MAX_Z, EdgeGeometryBlock, FeatureDropoutBlock
 from equiprop.nn.ewald import LongRangeBlock
 from equiprop.nn.gradients import gradient_tasks, with_energy_derivatives
+from equiprop.nn.denoise import IRREPS_READ as DENOISE_READS, DenoisingReadoutBlock, denoising_loss
 from equiprop.nn.heads import build_head, irreps_read
 from equiprop.nn.priors import PRIOR_QUANTITY, PhysicsPriors
 from equiprop.data.kinds import REGRESSION_LOSSES
 from equiprop.train.loss import FixedWeighting, UncertaintyWeighting
-from equiprop.train.finetune import encoder_param_groups
+from equiprop.train.finetune import optimisation
 from equiprop.train.metrics import DERIVED, DerivedMetrics, TaskMetrics, labelled_rows
 from equiprop.train.normalizer import TaskNormalizer
+from equiprop.train.potential_replay import PotentialReplay
 from equiprop.train.transfer import check_layout, frozen_parameters, load_pretrained, pretrained_layout, \
     read_pretrained
 
@@ -75,9 +77,16 @@ class MultiTaskModel(L.LightningModule):
         prior_relaxed_ion: stiffness priors relax the atoms at each strain (slower; clamped-ion otherwise).
         head_hidden: width of every readout's invariant MLP.
         head_layers: hidden-to-hidden layers of that MLP (depth of the heads).
+        denoise_weight: weight of an auxiliary denoising loss on training batches noised by ``data.augment``: each
+            atom's displacement predicted from the noised structure (``nn.denoise``; mean squared error, Å^2);
+            ~0.1 / noise^2 weighs it like a tenth of a normalised task loss. 0: off (no readout is built).
         long_range: append the crystal's electrostatics to the features every readout reads (``nn.ewald``: learned
             neutral charges and their Ewald sum; per atom q, phi and the cell's energy per atom (0e), and the cell's
             polarisation (1o)).
+        potential_replay: with a fine-tuned backbone, the weight of a loss that keeps its own energies and forces
+            close to the pretrained potential's on rattled copies of the training crystals (``train.potential_replay``;
+            0: off).
+        replay_rattle: standard deviation of those copies' displacements, Å.
     """
 
     def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: Weighting = "uncertainty",
@@ -89,7 +98,8 @@ class MultiTaskModel(L.LightningModule):
                  warmup_epochs: float = 0.0, environment_channels: int = 0, dropout: float = 0.0,
                  priors: dict[str, PriorName] | None = None, prior_potential: str = "7net-0",
                  prior_relaxed_ion: bool = False, head_hidden: int = 64, head_layers: int = 1,
-                 long_range: bool = False):
+                 long_range: bool = False, potential_replay: float = 0.0, replay_rattle: float = 0.05,
+                 denoise_weight: float = 0.0):
         super().__init__()
         for option, value, choices in (("model.weighting", weighting, Weighting), ("model.loss", loss, Loss),
                                        ("model.scheduler", scheduler, Scheduler),
@@ -99,7 +109,9 @@ class MultiTaskModel(L.LightningModule):
             raise ConfigError(f"model.layer_lr_decay must be in (0, 1], got {layer_lr_decay}")
         for option, value in (("model.lr", lr), ("model.weight_decay", weight_decay),
                               ("model.encoder_lr_factor", encoder_lr_factor), ("model.warmup_epochs", warmup_epochs),
-                              ("model.environment_channels", environment_channels)):
+                              ("model.environment_channels", environment_channels),
+                              ("model.potential_replay", potential_replay),
+                              ("model.denoise_weight", denoise_weight)):
             if value < 0 or (option == "model.lr" and value == 0):
                 raise ConfigError(f"{option} must be {'> 0' if option == 'model.lr' else '>= 0'}, got {value}")
         if not 0 <= dropout < 1:
@@ -115,7 +127,8 @@ class MultiTaskModel(L.LightningModule):
                               f"{head_layers}")
         # the last layer carries what the heads read (output_irreps: auto), or what a pretrained encoder carries
         pretrained = read_pretrained(init_from) if init_from else None
-        encoder.fit_output(set().union(*(irreps_read(t, encoder.irreps_out) for t in self.tasks.values())),
+        encoder.fit_output(set().union(*(irreps_read(t, encoder.irreps_out) for t in self.tasks.values()))
+                           | (DENOISE_READS if denoise_weight > 0 else set()),
                            pretrained_layout(pretrained, encoder) if pretrained else None)
         # forces and stress are derivatives of an energy task (autograd), not readouts: {task: its energy task}
         self.gradient_tasks = gradient_tasks(self.tasks, priors)
@@ -128,8 +141,10 @@ class MultiTaskModel(L.LightningModule):
         ells = sorted({l for head in self.heads.values() if getattr(head, "environment", None) is not None
                        for l in head.environment.ells})
         self.edge_geometry = EdgeGeometryBlock(ells) if ells else None
+        self.denoise = DenoisingReadoutBlock(encoder.irreps_out) if denoise_weight > 0 else None
         self.feature_dropout = FeatureDropoutBlock(encoder.irreps_out, dropout)
         self.normalizer = TaskNormalizer(self.tasks)
+        self.replay = PotentialReplay(encoder, replay_rattle) if potential_replay > 0 else None
         self.priors = PhysicsPriors(self.tasks, priors, prior_potential, prior_relaxed_ion,
                                     cache_dir=getattr(encoder, "cache_dir", None)) if priors else None
         names = list(self.tasks)
@@ -166,6 +181,10 @@ class MultiTaskModel(L.LightningModule):
         if getattr(self.encoder, "full_neighbor_list", False) and datamodule.max_neighbors is not None:
             raise ConfigError(f"{type(self.encoder).__name__} needs every neighbour within its cutoff, as in its "
                               f"pretraining; set data.max_neighbors: null (got {datamodule.max_neighbors})")
+        if getattr(datamodule, "augment", None) is not None and datamodule.augment.active and (
+                self.priors is not None or self.replay is not None or getattr(self.encoder, "descriptor_names", [])):
+            raise ConfigError("data.augment with model.priors, descriptors or model.potential_replay: they compute "
+                              "the potential's physics per structure and would redo it for every augmented copy")
         missing = set(self.tasks) - set(datamodule.tasks)
         if missing:
             raise ConfigError(f"the model predicts tasks the data does not define: {sorted(missing)}")
@@ -264,7 +283,9 @@ class MultiTaskModel(L.LightningModule):
         counts = dict(zip(self.tasks, torch.stack([batch[keys.mask_key(n)].sum() for n in self.tasks]).tolist()))
         present = [n for n in self.tasks if counts[n] > 0]
         rows = {n: self._rows_used(batch, n) for n in present} if self.priors is not None else None
-        predictions = self(batch, present, rows=rows)  # heads of absent tasks are not even run: zero gradient
+        denoising = stage == "train" and self.denoise is not None and keys.NOISE in batch  # data.augment's noise
+        features = self.encoder(batch) if denoising else None  # shared by the heads and the denoising readout
+        predictions = self(batch, present, features, rows)  # heads of absent tasks are not even run: zero gradient
         num_atoms = atoms_per_graph(batch)
         losses = {}
         for name in present:
@@ -285,9 +306,18 @@ class MultiTaskModel(L.LightningModule):
             self.derived[stage].update(lambda source: predictions[source] if source in predictions else
                                        self(batch, [source])[source], self.normalizer, batch, counts)
         total = self.weighting(losses, {n: self.tasks[n].kind_def.weighting_factor for n in losses})
+        if self.replay is not None and stage == "train":  # the backbone stays a potential while it learns
+            replay = dict(zip(("energy", "forces"), self.replay(self.encoder.backbones[0], batch)))
+            for part, value in replay.items():
+                self.log(f"train/replay_{part}", value, batch_size=batch.num_graphs)
+            total = total + self.hparams.potential_replay * sum(replay.values())
         # the unweighted sum of normalised losses is comparable across runs and weightings: used for selection
         plain = sum(losses.values())
         self.log(f"{stage}/loss", plain, batch_size=batch.num_graphs, prog_bar=True, sync_dist=stage != "train")
+        if denoising:  # training only, not in the selection loss above
+            denoise = denoising_loss(self.denoise(features), batch)  # Å^2
+            self.log("train/denoise/loss", denoise, batch_size=batch.num_graphs)
+            total = total + self.hparams.denoise_weight * denoise
         self.log(f"{stage}/weighted_loss", total, batch_size=batch.num_graphs, sync_dist=stage != "train")
         return total
 
@@ -344,25 +374,7 @@ class MultiTaskModel(L.LightningModule):
         return self.encoder
 
     def configure_optimizers(self):
-        weighting = set(id(p) for p in self.weighting.parameters())
-        encoder = set(id(p) for p in self.encoder.parameters())
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in trainable if id(p) not in weighting | encoder]},
-                  *encoder_param_groups(self.encoder, [p for p in trainable if id(p) in encoder],
-                                        self.hparams.lr * self.hparams.encoder_lr_factor, self.hparams.layer_lr_decay),
-                  {"params": [p for p in trainable if id(p) in weighting], "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay)
-        if self.hparams.scheduler == "none":
-            return optimizer
-        if self.hparams.scheduler == "cosine":
-            epochs = max(int(self.trainer.max_epochs or 1), 1)
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs,
-                                                                   eta_min=0.01 * self.hparams.lr)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5,
-                                                               patience=self.hparams.plateau_patience)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        return optimisation(self, self.weighting.parameters(), self.hparams)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         """Linear warmup from lr/10 over ``warmup_epochs``, on top of whatever schedule follows it."""
