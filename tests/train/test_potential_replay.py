@@ -48,6 +48,9 @@ def test_targets_are_the_pretrained_potential_on_fixed_rattled_copies(data):
     (energy + forces).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in last.parameters() if p.requires_grad)
     assert not any(p.grad is not None for p in replay.reference(batch.pos).parameters())  # the copy never trains
+    few = PotentialReplay(encoder, structures=2)  # a step replays only the batch's first structures
+    few(encoder.backbones[0], batch)
+    assert set(few.targets) == set(list(replay.targets)[:2])
 
 
 def test_replay_needs_a_fine_tuned_backbone():

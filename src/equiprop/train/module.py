@@ -86,7 +86,7 @@ class MultiTaskModel(L.LightningModule):
         potential_replay: with a fine-tuned backbone, the weight of a loss that keeps its own energies and forces
             close to the pretrained potential's on rattled copies of the training crystals (``train.potential_replay``;
             0: off).
-        replay_rattle: standard deviation of those copies' displacements, Å.
+        replay_rattle: standard deviation of those copies' displacements, Å; replay_structures: how many per step.
     """
 
     def __init__(self, encoder: Encoder, tasks: list[str | dict], weighting: Weighting = "uncertainty",
@@ -99,7 +99,7 @@ class MultiTaskModel(L.LightningModule):
                  priors: dict[str, PriorName] | None = None, prior_potential: str = "7net-0",
                  prior_relaxed_ion: bool = False, head_hidden: int = 64, head_layers: int = 1,
                  long_range: bool = False, potential_replay: float = 0.0, replay_rattle: float = 0.05,
-                 denoise_weight: float = 0.0):
+                 replay_structures: int = 8, denoise_weight: float = 0.0):
         super().__init__()
         for option, value, choices in (("model.weighting", weighting, Weighting), ("model.loss", loss, Loss),
                                        ("model.scheduler", scheduler, Scheduler),
@@ -144,7 +144,7 @@ class MultiTaskModel(L.LightningModule):
         self.denoise = DenoisingReadoutBlock(encoder.irreps_out) if denoise_weight > 0 else None
         self.feature_dropout = FeatureDropoutBlock(encoder.irreps_out, dropout)
         self.normalizer = TaskNormalizer(self.tasks)
-        self.replay = PotentialReplay(encoder, replay_rattle) if potential_replay > 0 else None
+        self.replay = PotentialReplay(encoder, replay_rattle, replay_structures) if potential_replay > 0 else None
         self.priors = PhysicsPriors(self.tasks, priors, prior_potential, prior_relaxed_ion,
                                     cache_dir=getattr(encoder, "cache_dir", None)) if priors else None
         names = list(self.tasks)

@@ -7,8 +7,9 @@ potential's own energies and forces (a replay of its own labels, as MACE's multi
 pretraining data) is reported to prevent that collapse. The labels here are the frozen pretrained potential's, on a
 rattled copy of each training crystal (Gaussian displacements of ``replay_rattle`` Å, drawn once per structure from
 its content key: a relaxed crystal's forces are zero by symmetry and would constrain nothing), computed once and
-kept in memory. The fine-tuned backbone's energy readout (frozen) and its moving layers give energy and forces
-(autograd) on the same rattled copies, and the loss is
+kept in memory; each step replays a few of its structures (``replay_structures``). The fine-tuned backbone's
+energy readout (frozen) and its moving layers give energy and forces (autograd) on the same rattled copies, and the
+loss is
 
     ((E - E_0) / N / 10 meV)^2 averaged over structures + |F - F_0|^2 / mean |F_0|^2 over atoms,
 
@@ -21,6 +22,7 @@ import zlib
 
 import torch
 from torch import nn
+from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from equiprop.data import keys
@@ -37,7 +39,7 @@ ENERGY_SCALE = 0.01  # eV/atom: the energy drift that costs as much as forces of
 class PotentialReplay(nn.Module):
     """The replay loss of a fine-tuned ``FoundationEncoder``'s first backbone against its frozen pretrained copy."""
 
-    def __init__(self, encoder, rattle: float = 0.05):
+    def __init__(self, encoder, rattle: float = 0.05, structures: int = 8):
         super().__init__()
         backbones = getattr(encoder, "backbones", None)
         if backbones is None or getattr(encoder, "transfer", None) != "finetune":
@@ -49,7 +51,9 @@ class PotentialReplay(nn.Module):
                               "equiprop's graphs (the SevenNet models do)")
         if not rattle > 0:
             raise ConfigError(f"model.replay_rattle must be > 0 Å, got {rattle}")
-        self.rattle, self.name = float(rattle), backbone.info.name
+        if structures < 1:
+            raise ConfigError(f"model.replay_structures must be >= 1, got {structures}")
+        self.rattle, self.name, self.structures = float(rattle), backbone.info.name, int(structures)
         self._reference: list = []  # the frozen pretrained backbone, outside the state dict: never trained, never saved
         self.targets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # structure key -> (E_0 / N, F_0) on CPU
 
@@ -59,7 +63,11 @@ class PotentialReplay(nn.Module):
         return self._reference[0].to(device=like.device, dtype=like.dtype)
 
     def forward(self, backbone, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(energy term, forces term) of ``batch`` for the fine-tuned ``backbone``, differentiable in its weights."""
+        """(energy term, forces term) of ``batch`` for the fine-tuned ``backbone``, differentiable in its weights:
+        over its first ``structures`` structures (a shuffled training batch: different ones every step), since the
+        forces' double backward through every layer of the backbone costs ~30x a step on cached features."""
+        if batch.num_graphs > self.structures:
+            batch = Batch.from_data_list(batch.index_select(list(range(self.structures))))
         names = structure_keys(batch)
         counts = atoms_per_graph(batch).tolist()
         displacement = torch.cat([self._displacement(name, n) for name, n in zip(names, counts)]).to(
