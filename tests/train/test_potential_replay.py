@@ -70,10 +70,11 @@ def test_a_fit_with_replay_stays_closer_to_the_potential(data, tmp_path):
     for weight in (0.0, 10.0):
         torch.manual_seed(0)
         encoder = FoundationEncoder(transfer="finetune", trainable_layers=1, cache_dir=str(tmp_path / "features"))
-        model = MultiTaskModel(encoder, ["K_VRH"], lr=3e-3, encoder_lr_factor=3.0, potential_replay=weight)
+        model = MultiTaskModel(encoder, ["K_VRH"], lr=3e-3, encoder_lr_factor=3.0, potential_replay=weight,
+                               replay_structures=4)
         L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
                   default_root_dir=str(tmp_path), enable_model_summary=False).fit(model, datamodule=data)
         probe = PotentialReplay(encoder)
         batch = Batch.from_data_list([data.subsets["train"][i] for i in range(8)])
         drift[weight] = sum(float(t) for t in probe(encoder.backbones[0], batch))
-    assert drift[10.0] < 0.6 * drift[0.0]  # measured 0.88 vs 2.09
+    assert drift[10.0] < 0.6 * drift[0.0]  # measured 0.82 vs 2.09
