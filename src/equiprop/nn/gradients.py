@@ -20,6 +20,7 @@ import torch
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError
 from equiprop.data.graph import atoms_per_graph
+from equiprop.data.kinds.gradients import check_energy_task
 
 
 def differentiable_geometry(batch, stress: bool) -> tuple[object, torch.Tensor, torch.Tensor | None]:
@@ -64,8 +65,6 @@ def gradient_tasks(tasks: dict, priors: dict | None = None) -> dict[str, str]:
     """{forces or stress task: the energy task it differentiates} of a model's ``tasks`` (TaskSpec by name), checked:
     the energy task is predicted, differentiable (``check_energy_task``), one for all, and carries no prior (a
     prior's energy is computed apart from the encoder's graph: its forces would be missing)."""
-    from equiprop.data.kinds.gradients import check_energy_task
-
     derived = {name: task.energy for name, task in tasks.items() if task.kind_def.readout == "gradient"}
     for name, energy in derived.items():
         check_energy_task(tasks[name], tasks.get(energy))

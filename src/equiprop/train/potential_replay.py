@@ -23,15 +23,14 @@ import zlib
 import torch
 from torch import nn
 from torch_geometric.data import Batch
-from torch_geometric.utils import scatter
 
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError
-from equiprop.data.graph import atoms_per_graph, edge_vectors
+from equiprop.data.graph import atoms_per_graph
 from equiprop.nn.backbones import build_backbone
 from equiprop.nn.backbones.base import Backbone
 from equiprop.nn.feature_cache import structure_keys
-from equiprop.nn.gradients import differentiable_geometry
+from equiprop.nn.gradients import differentiable_geometry, energy_derivatives
 
 ENERGY_SCALE = 0.01  # eV/atom: the energy drift that costs as much as forces off by their own size
 
@@ -99,7 +98,6 @@ class PotentialReplay(nn.Module):
         with torch.enable_grad():
             data, positions, _ = differentiable_geometry(batch, stress=False)
             data[keys.POSITIONS] = positions + displacement
-            atomic = backbone.atomic_energies_of(data, edge_vectors(data), backbone.species_index(data))
-            energy = scatter(atomic, data[keys.BATCH], dim=0, dim_size=data.num_graphs, reduce="sum")
-            forces = -torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)[0]
+            energy = backbone.energy(data)  # the potential's own total energy, through its readout
+            forces, _ = energy_derivatives(energy, data, positions, None, create_graph)
         return energy, forces
