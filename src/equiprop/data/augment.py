@@ -41,6 +41,7 @@ from torch_geometric.utils import scatter
 
 from equiprop.data import keys
 from equiprop.data.errors import ConfigError
+from equiprop.data.graph import graph_index
 from equiprop.data.tasks import TaskSpec
 from equiprop.data.tensor_ops import VOIGT_PAIRS
 
@@ -122,13 +123,6 @@ def batch_generator(device: torch.device, seed: int, rank: int, step: int) -> to
     generator = torch.Generator(device=device)
     generator.manual_seed((int(state[0]) << 31) ^ int(state[1]))  # < 2^63
     return generator
-
-
-def graph_index(data) -> torch.Tensor:
-    """(num_nodes,) structure index of each atom (zeros for one graph)."""
-    batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else None
-    return batch if batch is not None else torch.zeros(data.num_nodes, dtype=torch.long,
-                                                       device=data[keys.POSITIONS].device)
 
 
 def chosen(num_graphs: int, fraction: float, generator: torch.Generator, device) -> torch.Tensor:

@@ -167,6 +167,13 @@ def radial_lengths(data, vectors: torch.Tensor) -> torch.Tensor:
     return lengths * edge_scale.to(lengths.dtype)
 
 
+def graph_index(data) -> torch.Tensor:
+    """(num_nodes,) structure index of each atom: the batch vector, or zeros for one graph."""
+    batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else None
+    return batch if batch is not None else torch.zeros(data.num_nodes, dtype=torch.long,
+                                                       device=data[keys.POSITIONS].device)
+
+
 def atoms_per_graph(data) -> torch.Tensor:
     """(num_graphs,) number of atoms of each structure in a PyG batch (or (1,) for one graph)."""
     batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else None

@@ -45,8 +45,9 @@ def voigt_to_cartesian(voigt: np.ndarray) -> np.ndarray:
 
 def cartesian_to_voigt(t: np.ndarray, rank: int | None = None) -> np.ndarray:
     """Voigt form of a Cartesian tensor, or of a batch of them (leading axes kept): (..., 3, 3, 3, 3) -> (..., 6, 6),
-    (..., 3, 3, 3) -> (..., 3, 6), (..., 3, 3) -> (..., 6); other ranks unchanged. ``rank``: the tensor's rank, needed for a batch (a batch
-    of three 3x3 tensors has the shape of one piezo tensor); default: one tensor, its rank from its shape."""
+    (..., 3, 3, 3) -> (..., 3, 6), (..., 3, 3) -> (..., 6); other ranks unchanged. ``rank``: the tensor's rank,
+    needed for a batch (a batch of three 3x3 tensors has the shape of one piezo tensor); default: one tensor, its rank
+    from its shape."""
     t = np.asarray(t, dtype=np.float64)
     rank = t.ndim if rank is None else rank
     rows, cols = (np.array(index) for index in zip(*VOIGT_PAIRS))

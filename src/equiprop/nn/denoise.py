@@ -15,7 +15,7 @@ from torch import nn
 from torch_geometric.utils import scatter
 
 from equiprop.data import keys
-from equiprop.data.augment import graph_index
+from equiprop.data.graph import graph_index
 from equiprop.data.errors import ConfigError
 from equiprop.data.precision import upcast
 from equiprop.nn.heads import _channel_index

@@ -20,6 +20,7 @@ from torch_geometric.utils import scatter
 
 from equiprop.data import keys
 from equiprop.data.errors import DataError
+from equiprop.data.graph import graph_index
 from equiprop.data.precision import full_precision, upcast
 
 COULOMB = 14.399645468667815  # e^2 / (4 pi eps0), eV Å: pymatgen's EwaldSummation.CONV_FACT (CODATA 2022)
@@ -167,12 +168,6 @@ def ewald_sum(charges: torch.Tensor, positions: torch.Tensor, cell: torch.Tensor
     return energy, potentials
 
 
-def _batch_vector(data) -> torch.Tensor:
-    batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else None
-    return batch if batch is not None else torch.zeros(data.num_nodes, dtype=torch.long,
-                                                       device=data[keys.POSITIONS].device)
-
-
 class ChargeBlock(nn.Module):
     """Invariant (0e) features -> one charge per atom (e) by a small MLP, made exactly neutral per cell by subtracting
     each graph's mean: the cell's dipole is then independent of the origin, and the Ewald sum has no background."""
@@ -191,7 +186,7 @@ class ChargeBlock(nn.Module):
     def forward(self, x: torch.Tensor, data) -> torch.Tensor:
         # x: (num_nodes, irreps_in.dim); data: the PyG batch -> (num_nodes,) charges, e, summing to 0 per graph
         raw = upcast(self.mlp(x[:, self.scalar_index]).squeeze(-1))
-        batch = _batch_vector(data)
+        batch = graph_index(data)
         mean = scatter(raw, batch, dim=0, dim_size=data.num_graphs, reduce="mean")
         return raw - mean[batch]
 
@@ -229,7 +224,7 @@ class LongRangeBlock(nn.Module):
             where = (ids[graph] if isinstance(ids, list) else ids) if ids is not None else f"graph {graph}"
             raise DataError(str(where), "the long-range block (Ewald sum) needs a crystal periodic in 3D",
                             "not 3D-periodic")
-        batch, positions, cell = _batch_vector(data), data[keys.POSITIONS], data[keys.CELL]
+        batch, positions, cell = graph_index(data), data[keys.POSITIONS], data[keys.CELL]
         charges = self.charges(x, data)  # (num_nodes,)
         energy, potentials = ewald_sum(charges, positions, cell, batch, data.num_graphs, self.accuracy)
         charges = charges.to(potentials.dtype)
@@ -243,7 +238,7 @@ class LongRangeBlock(nn.Module):
         # x: (num_nodes, irreps_in.dim); data: the PyG batch (positions, cell, batch) -> (num_nodes, irreps_out.dim)
         x = upcast(x)
         terms = self.terms(x, data)
-        batch = _batch_vector(data)
+        batch = graph_index(data)
         atoms = torch.bincount(batch, minlength=data.num_graphs).to(terms["energy"].dtype)
         appended = torch.cat([terms["charges"][:, None], terms["potentials"][:, None] / POTENTIAL_SCALE,
                               (terms["energy"] / atoms / ENERGY_SCALE)[batch][:, None],
