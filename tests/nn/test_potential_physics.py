@@ -10,6 +10,7 @@ from torch_geometric.data import Batch
 
 from equiprop.data.graph import record_to_graph
 from equiprop.data.record import from_pymatgen
+from equiprop.nn.feature_cache import structure_keys
 
 pytest.importorskip("sevenn", reason="the foundation extra is not installed: pip install 'equiprop[foundation]'")
 
@@ -131,3 +132,40 @@ def test_ensemble_members_share_one_potential_per_process(tmp_path):
     assert members[0].physics is members[1].physics is members[2].physics
     assert shared_physics("7net-0", [], str(tmp_path)) is members[0].physics
     assert shared_physics("7net-0", [], str(tmp_path / "other")) is not members[0].physics
+
+
+def test_energy_prior_takes_the_frozen_encoders_own_pass(tmp_path):
+    """A frozen encoder on the prior's potential hands over the energies of the pass that computed its features
+    (``equiprop predict`` then runs the potential once per structure, not twice): the same energies as the
+    potential's own pass, and none when the encoder's weights are not the potential's."""
+    from equiprop.data.tasks import resolve_tasks
+    from equiprop.nn import FoundationEncoder
+    from equiprop.nn.priors import PhysicsPriors
+
+    encoder = FoundationEncoder(cache_dir=str(tmp_path / "features"))
+    priors = PhysicsPriors(resolve_tasks(["Ef"]), {"Ef": "potential_energy"}, cache_dir=str(tmp_path / "physics"),
+                           encoder=encoder)
+    assert encoder.energy_backbone == 0
+    passes = []
+    run = priors.physics._compute_quantity
+    priors.physics._compute_quantity = lambda name, graphs: passes.append(len(graphs)) or run(name, graphs)
+    batch, rows = _batch([_silicon(), _zno()]), torch.ones(2, dtype=torch.bool)
+    reference = PotentialPhysics("7net-0", [], str(tmp_path / "reference")).quantity(batch, "energy")[:, 0]
+    with torch.inference_mode():  # as prediction runs
+        encoder(batch)
+        handed_over = priors.estimate("Ef", batch, rows, {}, None, encoder)  # references are zero: the energies
+    assert passes == [] and handed_over.numpy() == pytest.approx(reference.numpy(), rel=1e-6, abs=1e-6)
+    cached = priors.physics.quantity_caches["energy"].get_many(structure_keys(batch))
+    assert all(row is not None for row in cached)  # the other members of an ensemble read them from the cache
+
+    with torch.no_grad():  # the same frozen encoder, its weights no longer the potential's
+        next(encoder.backbones[0].parameters()).mul_(1.01)
+    other = _batch([_silicon().copy().perturb(0.02), _zno()])  # a new structure: the physics must run for it
+    with torch.inference_mode():
+        encoder(other)
+        assert encoder.pretrained_energies(priors.physics.runner.backbone) == {}
+        priors.estimate("Ef", other, torch.ones(2, dtype=torch.bool), {}, None, encoder)
+    assert passes == [1]  # only the perturbed silicon: zinc oxide's energy was cached from the potential's pass
+    finetuned = FoundationEncoder(transfer="finetune", trainable_layers=1, cache_features=False)
+    finetuned.record_energies("7net-0")  # its weights move: never handed over
+    assert finetuned.energy_backbone is None

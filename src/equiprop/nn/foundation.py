@@ -38,6 +38,7 @@ from typing import Literal
 
 import torch
 from e3nn import o3
+from torch_geometric.utils import scatter
 
 from equiprop.data import keys
 from equiprop.data.augment import augmented
@@ -110,6 +111,9 @@ class FoundationEncoder(PassesMixin, Encoder):
         self.cache_dir = cache_dir
         self._caches: dict[int, FeatureCache] = {}
         self._physics = None  # potential_physics.PotentialPhysics, built on first use
+        self.energy_backbone: int | None = None  # record_energies: whose pass energies are kept
+        self._pass_energies: dict[str, torch.Tensor] = {}  # structure key -> (1,) eV/atom, of the last forward
+        self._same_weights: dict[tuple, bool] = {}  # pretrained_energies' verdicts, by the weights' versions
         self.part_dims = [self._part_dims(i) for i in range(len(self.backbones))]
         self.irreps_out = self._irreps_out()
 
@@ -236,6 +240,7 @@ class FoundationEncoder(PassesMixin, Encoder):
     # -- forward, with one cache of frozen work per backbone ---------------------------------------------------------
     @full_precision  # the backbones' layers, pretrained in float32: outside autocast (data.precision)
     def forward(self, data) -> torch.Tensor:  # -> (num_nodes, irreps_out.dim)
+        self._pass_energies = {}
         parts = [self._backbone_rows(i, data).split(self.part_dims[i], dim=1) for i in range(len(self.backbones))]
         features = torch.cat([p[k] for k in range(3) for p in parts], dim=1)  # scalars, even, odd: backbone order
         return self._with_descriptors(data, features)
@@ -300,3 +305,38 @@ class FoundationEncoder(PassesMixin, Encoder):
             data.num_nodes, dtype=torch.long)
         num_scalars = self.irreps_out[0].mul - self.num_descriptors
         return torch.cat([features[:, :num_scalars], per_graph[batch], features[:, num_scalars:]], dim=1)
+
+    # -- the potential's own energies from the features' pass (the potential_energy prior needs no pass of its own) --
+    def record_energies(self, model: str) -> None:
+        """Keep, from every pass that computes backbone ``model``'s frozen features afresh, its energy per atom of
+        each structure for ``pretrained_energies`` (the energy readout on the last layer: a small MLP per atom)."""
+        if self.transfer == "frozen" and model in self.names:
+            self.energy_backbone = self.names.index(model)
+
+    def keep_energies(self, data, atomic: torch.Tensor) -> None:
+        """atomic: (num_nodes,) eV of the structures of ``data`` as given (not a noised or strained copy)."""
+        if augmented(data):
+            return
+        batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else torch.zeros(
+            data.num_nodes, dtype=torch.long)
+        names = structure_keys(data)
+        per_atom = scatter(atomic.detach().double(), batch, dim=0, dim_size=len(names), reduce="mean")  # eV/atom
+        self._pass_energies.update(zip(names, per_atom.cpu().unsqueeze(1)))
+
+    def pretrained_energies(self, reference: Backbone) -> dict[str, torch.Tensor]:
+        """{structure key: (1,) energy per atom, eV/atom} of the structures whose features the last forward computed
+        afresh, when this encoder's frozen copy of ``reference`` has its class, dtype and weights; else {}."""
+        i = self.energy_backbone
+        if i is None or not self._pass_energies:
+            return {}
+        b = self.backbones[i]
+        if any(p.requires_grad for p in b.parameters()):
+            return {}
+        # every in-place change of a tensor (an optimiser step, load_state_dict) bumps its version: a new verdict
+        versions = tuple(sum(t._version for t in (*m.parameters(), *m.buffers())) for m in (b, reference))
+        key = (id(reference), b.dtype, reference.dtype, versions)
+        if key not in self._same_weights:
+            n = b.num_layers
+            self._same_weights = {key: type(b) is type(reference) and b.dtype == reference.dtype and weights_digest(
+                b.frozen_state(n)) == weights_digest(reference.frozen_state(n))}
+        return self._pass_energies if self._same_weights[key] else {}

@@ -12,13 +12,19 @@ from equiprop.data.symmetry import inversion_partners
 
 
 class PassesMixin:
-    def _pass(self, i: int, data, vectors, species, prefix: list[torch.Tensor]) -> list[torch.Tensor]:
-        """[scalars, l>0 features] of backbone i over one pass (edge vectors ``vectors``), the first layers given."""
+    def _pass(self, i: int, data, vectors, species, prefix: list[torch.Tensor],
+              record: bool = False) -> list[torch.Tensor]:
+        """[scalars, l>0 features] of backbone i over one pass (edge vectors ``vectors``), the first layers given.
+        ``record``: a whole pass over the crystal itself, whose energies ``record_energies`` may keep."""
         b = self.backbones[i]
         outputs, state = b.layer_features(data, vectors, species, prefix)
         scalars = [outputs[k][:, :b.scalar_count(k)] for k in self.scalar_layers[i]]
+        keep = record and not prefix and i == self.energy_backbone
+        energies = b.atomic_energies(state) if keep or (self.energy_feature and i == 0) else None
+        if keep:
+            self.keep_energies(data, energies)
         if self.energy_feature and i == 0:
-            scalars.append(b.atomic_energies(state).unsqueeze(-1))
+            scalars.append(energies.unsqueeze(-1))
         tensors = [outputs[k][:, b.scalar_count(k):] for k in self.tensor_layers[i]]
         rows = scalars[0].shape[0]
         return [torch.cat(scalars, dim=1),
@@ -28,7 +34,7 @@ class PassesMixin:
         """Backbone i's rows [scalars, even l>0, odd l>0] (odd only when symmetrised)."""
         b = self.backbones[i]
         vectors, species = edge_vectors(data), b.species_index(data)
-        plus = self._pass(i, data, vectors, species, prefixes[0] if prefixes else [])
+        plus = self._pass(i, data, vectors, species, prefixes[0] if prefixes else [], record=True)
         if not self._symmetrised(b):
             return torch.cat(plus, dim=1)
         if prefixes or not self.inversion_shortcut:

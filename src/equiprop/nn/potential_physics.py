@@ -102,9 +102,12 @@ class PotentialPhysics:
         return torch.stack(rows)
 
     # -- quantities: batched over structures ----------------------------------------------------------------------
-    def quantity(self, data, name: str, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def quantity(self, data, name: str, rows: torch.Tensor | None = None,
+                 known: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """(num_graphs, QUANTITY_SIZES[name]) float64 in physical units, cached per structure. ``rows``: (num_graphs,)
-        bool, the structures to compute (the others are zero rows: a prior is only needed where a label is)."""
+        bool, the structures to compute (the others are zero rows: a prior is only needed where a label is).
+        ``known``: {structure key: row} this potential's values computed elsewhere (the energies of a frozen
+        encoder's own pass, ``FoundationEncoder.pretrained_energies``): cached and used instead of a pass here."""
         if name not in QUANTITY_SIZES:
             raise ConfigError(f"unknown potential quantity {name!r}; available: {sorted(QUANTITY_SIZES)}")
         cache = self.quantity_caches.get(name)
@@ -117,6 +120,11 @@ class PotentialPhysics:
         wanted = range(len(names)) if rows is None else torch.nonzero(rows.cpu()).flatten().tolist()
         found = dict(zip(wanted, cache.get_many([names[i] for i in wanted])))
         missing = [i for i, row in found.items() if row is None]
+        supplied = {names[i]: known[names[i]].double() for i in missing if known and names[i] in known}
+        if supplied:
+            cache.put(supplied)
+            found.update((i, supplied[names[i]]) for i in missing if names[i] in supplied)
+            missing = [i for i in missing if names[i] not in supplied]
         if missing:
             graphs = _plain_graphs(data)
             # similar sizes together: a relaxed-ion batch runs 6 x (its largest structure's atoms) copies

@@ -95,7 +95,8 @@ class PhysicsPriors(nn.Module):
     """The priors of a model's tasks (see the module docstring); ``apply`` adds them to the heads' outputs."""
 
     def __init__(self, tasks: dict[str, TaskSpec], priors: dict[str, str], potential: str = "7net-0",
-                 relaxed_ion: bool = False, penn_gap_task: str = "Eg", cache_dir: str | None = None):
+                 relaxed_ion: bool = False, penn_gap_task: str = "Eg", cache_dir: str | None = None,
+                 encoder: nn.Module | None = None):
         super().__init__()
         unknown = set(priors) - set(tasks)
         if unknown:
@@ -112,6 +113,8 @@ class PhysicsPriors(nn.Module):
             self.penn_offset = nn.Parameter(torch.tensor(math.log(math.expm1(PENN_OFFSET))))  # softplus -> E_0, eV
             self.register_buffer("valence", valence_electrons(), persistent=False)
         self._physics = None
+        if "potential_energy" in self.priors.values() and hasattr(encoder, "record_energies"):
+            encoder.record_energies(potential)  # a frozen encoder on this potential hands over its pass's energies
 
     def _quantity(self, prior: str) -> str | None:
         quantity = PRIOR_QUANTITY[prior]
@@ -155,11 +158,15 @@ class PhysicsPriors(nn.Module):
         return counts / counts.sum(1, keepdim=True)
 
     # -- estimates in each task's model space ----------------------------------------------------------------------
-    def estimate(self, name: str, batch, rows: torch.Tensor, predictions: dict, normalizer) -> torch.Tensor:
-        """Model-space prior of task ``name`` for the structures of ``batch`` (zero outside ``rows``)."""
+    def estimate(self, name: str, batch, rows: torch.Tensor, predictions: dict, normalizer,
+                 encoder: nn.Module | None = None) -> torch.Tensor:
+        """Model-space prior of task ``name`` for the structures of ``batch`` (zero outside ``rows``); ``encoder``: the
+        model's, whose pass over ``batch`` may have computed the potential's energies already."""
         prior, task = self.priors[name], self.tasks[name]
         if prior == "potential_energy":
-            energy = self.physics.quantity(batch, "energy", rows)[:, 0]
+            known = encoder.pretrained_energies(self.physics.runner.backbone) if hasattr(
+                encoder, "pretrained_energies") else None
+            energy = self.physics.quantity(batch, "energy", rows, known)[:, 0]
             return energy - self._fractions(batch) @ self.reference_energies
         if prior == "penn":
             return self._penn(batch, task, predictions, normalizer)
@@ -196,9 +203,10 @@ class PhysicsPriors(nn.Module):
     # -- applied to the heads' outputs -----------------------------------------------------------------------------
     @full_precision  # the pretrained potential and the normaliser in float32 under autocast (data.precision)
     def apply(self, batch, predictions: dict[str, torch.Tensor], normalizer,
-              rows: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+              rows: dict[str, torch.Tensor] | None = None, encoder: nn.Module | None = None) -> dict[str, torch.Tensor]:
         """Normalised predictions with each prior added (``rows``: per task, the structures that need it, default
-        all; the model-space Penn prior reads the gap task's prediction from ``predictions`` when present)."""
+        all; the model-space Penn prior reads the gap task's prediction from ``predictions`` when present;
+        ``encoder``: see ``estimate``)."""
         out = dict(predictions)
         num_atoms = atoms_per_graph(batch)
         for name in [n for n in self.priors if n in predictions]:
@@ -207,7 +215,7 @@ class PhysicsPriors(nn.Module):
             need = torch.ones(len(pred), dtype=torch.bool, device=pred.device) if need is None else need.bool()
             if not need.any():
                 continue
-            model = self.estimate(name, batch, need, predictions, normalizer).to(pred.dtype)
+            model = self.estimate(name, batch, need, predictions, normalizer, encoder).to(pred.dtype)
             prior = normalizer.normalise(name, model, num_atoms)  # (n,) or (n, irreps dim)
             prior = torch.where(need.view(-1, *[1] * (prior.ndim - 1)), prior, torch.zeros_like(prior))
             out[name] = pred + prior * self._gain(name).to(pred.dtype)

@@ -146,7 +146,7 @@ class MultiTaskModel(L.LightningModule):
         self.normalizer = TaskNormalizer(self.tasks)
         self.replay = PotentialReplay(encoder, replay_rattle, replay_structures) if potential_replay > 0 else None
         self.priors = PhysicsPriors(self.tasks, priors, prior_potential, prior_relaxed_ion,
-                                    cache_dir=getattr(encoder, "cache_dir", None)) if priors else None
+                                    cache_dir=getattr(encoder, "cache_dir", None), encoder=encoder) if priors else None
         names = list(self.tasks)
         self.weighting = UncertaintyWeighting(names) if weighting == "uncertainty" else FixedWeighting(
             names, task_weights)
@@ -266,7 +266,7 @@ class MultiTaskModel(L.LightningModule):
         gap = self.priors.penn_gap_task
         extra = {gap: self.heads[gap](features, batch, edges)} if gap and gap not in out and any(
             self.priors.priors.get(n) == "penn" for n in names) else {}
-        with_priors = self.priors.apply(batch, {**out, **extra}, self.normalizer, rows)
+        with_priors = self.priors.apply(batch, {**out, **extra}, self.normalizer, rows, self.encoder)
         return {name: with_priors[name] for name in names}
 
     def predict_physical(self, batch, tasks: list[str] | None = None, features: torch.Tensor | None = None
