@@ -87,3 +87,25 @@ def test_numpy_and_torch_give_the_same_moduli():
         np.testing.assert_allclose(from_torch.numpy(), from_numpy, rtol=1e-12)
     bulk, shear = hill_moduli(voigt)
     assert float(bulk[1]) == pytest.approx(160.0) and float(shear[1]) == pytest.approx(80.0)
+
+
+@pytest.mark.parametrize("formula, irreps", [("ij=-ji", "1x1e"), ("ijk=-jik=-ikj", "1x0o"), ("ij=ji", "1x0e+1x2e"),
+                                             ("ijkl=jikl=klij", "2x0e+2x2e+1x4e")])
+def test_projection_obeys_signed_index_symmetries_exactly(formula, irreps):
+    """An antisymmetric formula (an axial vector as "ij=-ji", the Levi-Civita symbol's "ijk=-jik=-ikj") projects to
+    the least-squares closest tensor with opposite entries exactly opposite and forced zeros exactly zero."""
+    from equiprop.data.tensor_ops import cartesian_tensor, change_of_basis, project_symmetric
+
+    assert str(cartesian_tensor(formula)) == irreps
+    rank = len(formula.split("=")[0])
+    raw = np.random.default_rng(0).normal(size=(3,) * rank)
+    projected = project_symmetric(raw, formula)
+    q = change_of_basis(formula)
+    np.testing.assert_allclose(projected.reshape(-1), q.T @ (q @ raw.reshape(-1)), atol=1e-12)  # least squares
+    first, *others = formula.split("=")
+    for other in others:
+        sign = -1.0 if other.startswith("-") else 1.0
+        permuted = np.einsum(f"{first}->{other.lstrip('-')}", projected)
+        assert np.array_equal(projected, sign * permuted)  # bit for bit, not only to rounding
+    if formula == "ij=-ji":
+        assert np.array_equal(np.diag(projected), np.zeros(3)) and np.allclose(projected, (raw - raw.T) / 2)

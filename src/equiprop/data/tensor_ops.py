@@ -61,10 +61,11 @@ def cartesian_to_voigt(t: np.ndarray, rank: int | None = None) -> np.ndarray:
 
 
 def project_symmetric(arr: np.ndarray, formula: str) -> np.ndarray:
-    """Closest tensor (least squares) obeying the index symmetries of ``formula``, exactly symmetric."""
-    projector, canonical = _symmetric_projector(formula), _canonical_index(formula)
+    """Closest tensor (least squares) obeying the index symmetries of ``formula``, exactly symmetric (an
+    antisymmetric pair, "ij=-ji", exactly opposite; its diagonal exactly zero)."""
+    projector, (canonical, sign) = _symmetric_projector(formula), _canonical_index(formula)
     flat = projector @ np.asarray(arr, dtype=np.float64).reshape(-1)
-    return flat[canonical].reshape(np.shape(arr))  # equal entries bit for bit, not only to rounding
+    return (sign * flat[canonical]).reshape(np.shape(arr))  # equal entries bit for bit, not only to rounding
 
 
 @lru_cache(maxsize=None)
@@ -93,18 +94,26 @@ def _symmetric_projector(formula: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _canonical_index(formula: str) -> np.ndarray:
-    """For each flat index, the smallest flat index of its orbit under the formula's index permutations."""
+def _canonical_index(formula: str) -> tuple[np.ndarray, np.ndarray]:
+    """For each flat index, the smallest flat index of its orbit under the formula's signed index permutations
+    ("ij=-ji": T_ij = -T_ji), and the sign relating the two (0 where the orbit forces zero, as T_ii = -T_ii)."""
     first, *others = formula.split("=")
     rank = len(first)
-    group, frontier = {tuple(range(rank))}, [tuple(first.index(c) for c in other) for other in others]
-    while frontier:  # closure of the generating permutations
-        perm = frontier.pop()
-        if perm not in group:
-            group.add(perm)
-            frontier += [tuple(perm[g[i]] for i in range(rank)) for g in list(group)]
+    generators = [(tuple(first.index(c) for c in other.lstrip("-")), -1 if other.startswith("-") else 1)
+                  for other in others]
+    group, frontier = {(tuple(range(rank)), 1)}, list(generators)
+    while frontier:  # closure of the generating permutations, each with its sign
+        perm, sign = frontier.pop()
+        if (perm, sign) not in group:
+            group.add((perm, sign))
+            frontier += [(tuple(perm[g[i]] for i in range(rank)), sign * s) for g, s in list(group)]
     indices = np.arange(3**rank).reshape((3,) * rank)
-    return np.min([indices.transpose(perm).reshape(-1) for perm in group], axis=0)
+    images = np.stack([indices.transpose(perm).reshape(-1) for perm, _ in group])  # (group, 3^rank)
+    signs = np.array([sign for _, sign in group])
+    canonical = images.min(axis=0)
+    reached = images == canonical  # (group, 3^rank): the elements that take each index to its representative
+    plus, minus = (reached & (signs[:, None] > 0)).any(axis=0), (reached & (signs[:, None] < 0)).any(axis=0)
+    return canonical, np.where(plus & minus, 0.0, np.where(plus, 1.0, -1.0))  # both signs: T = -T, zero
 
 
 def invariant_mask(formula: str) -> np.ndarray:

@@ -58,9 +58,18 @@ def test_labels_are_read_as_ase_writes_them(frames):
 
 @pytest.mark.integration
 def test_fit_then_predict_writes_energy_forces_and_stress(frames, tmp_path, monkeypatch):
+    """... and beside them an antisymmetric tensor ("ij=-ji", an axial vector: 1e), the antisymmetric part of
+    sum_i r_i F_i, read as 9 numbers from the frames' info and predicted exactly antisymmetric."""
     monkeypatch.chdir(tmp_path)
+    atoms = ase.io.read(frames, index=":")
+    for frame in atoms:
+        moment = (frame.positions - frame.positions.mean(0)).T @ frame.get_forces()  # eV
+        frame.info["torque"] = (moment - moment.T).reshape(-1)
+    ase.io.write(tmp_path / "frames.extxyz", atoms, format="extxyz")
     recipe = yaml.safe_load(RECIPE.read_text())
-    recipe["data"]["sources"][0]["init_args"]["path"] = str(frames)
+    recipe["data"]["sources"][0]["init_args"]["path"] = str(tmp_path / "frames.extxyz")
+    recipe["data"]["tasks"].append({"name": "torque", "key": "torque", "kind": "tensor", "formula": "ij=-ji",
+                                    "units": "eV"})
     recipe["data"].update(batch_size=8, cache_dir=str(tmp_path / "cache"))
     recipe["model"]["encoder"]["init_args"].update(multiplicities=[8, 4, 4])
     recipe["trainer"].update(max_epochs=2)
@@ -71,9 +80,12 @@ def test_fit_then_predict_writes_energy_forces_and_stress(frames, tmp_path, monk
     ase.io.write(tmp_path / "one.extxyz", frame, format="extxyz")
     assert main(["predict", "--checkpoint", str(checkpoint), "--input", "one.extxyz", "--output", "out.json"]) == 0
     written = json.loads((tmp_path / "out.json").read_text())
-    assert written["units"] == {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3"}
+    assert written["units"] == {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3", "torque": "eV"}
     assert written["per_atom"] == ["forces"]
     row = written["predictions"][0]
     forces = np.array(row["forces"])
     assert forces.shape == (len(frame), 3) and np.abs(forces.sum(0)).max() < 1e-4  # conservative: no net force
     assert len(row["stress"]) == 6 and isinstance(row["energy"], float)
+    torque = np.array(row["torque"])
+    assert torque.shape == (3, 3) and np.abs(torque).max() > 0
+    np.testing.assert_allclose(torque, -torque.T, atol=1e-6 * np.abs(torque).max())
