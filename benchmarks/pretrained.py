@@ -16,6 +16,10 @@ Prints a table; goals (issue 16): 100 CIFs <= 20 s wall, featurisation >= 2x the
    batched inference: ``set_is_batch_data(True)``, its own graphs, torch_geometric batches of 32; graph building
    excluded, as ours), with its forces and stress (what its inference computes) and energy only (its
    ``force_output`` module removed), beside our featurisation of the same batches.
+5. ``--compile``: our O(3) featurisation (parity, inversion shortcut) eager and with ``compile_layers`` (SevenNet's
+   layers through torch.compile, inductor): the one-off compilation's seconds, structures/s of each (median of the
+   repeats, interleaved), and the largest difference of the features from the eager ones. ``--limit --compile``:
+   the limit's table with our compiled passes added.
 """
 
 from __future__ import annotations
@@ -147,8 +151,9 @@ def sevenn_batches(crystals, cutoff: float, size: int = 32):
     return list(DataLoader(graphs, batch_size=size, shuffle=False))
 
 
-def limit_rows(count: int, repeats: int) -> list[tuple[str, str]]:
-    """sevenn's own batched forward on the bundled structures (with and without forces) beside ours."""
+def limit_rows(count: int, repeats: int, compiled: bool = False) -> list[tuple[str, str]]:
+    """sevenn's own batched forward on the bundled structures (with and without forces) beside ours (and, with
+    ``compiled``, ours with ``compile_layers``, its compilation in the warm-up)."""
     import warnings
 
     import torch
@@ -179,9 +184,13 @@ def limit_rows(count: int, repeats: int) -> list[tuple[str, str]]:
     rows = [("sevenn's own batched forward (energy, forces, stress)", rate(lambda b: model(b.clone()), theirs, True))]
     model.delete_module_by_key("force_output")
     rows.append(("sevenn's own batched forward (energy only)", rate(lambda b: model(b.clone()), theirs, False)))
-    for label, parity in (("ours: SevenNet-0 features, parity + inversion shortcut", True),
-                          ("ours: SevenNet-0 features, no parity (one pass)", False)):
-        encoder = FoundationEncoder(parity=parity, cache_features=False, inversion_shortcut=True)
+    ours = [("ours: SevenNet-0 features, parity + inversion shortcut", True, False),
+            ("ours: SevenNet-0 features, no parity (one pass)", False, False)]
+    ours += [("ours: parity + inversion shortcut, compile_layers", True, True),
+             ("ours: no parity (one pass), compile_layers", False, True)] if compiled else []
+    for label, parity, compile_layers in ours:
+        encoder = FoundationEncoder(parity=parity, cache_features=False, inversion_shortcut=True,
+                                    compile_layers=compile_layers)
         rows.append((label, rate(encoder, batches, False)))
     limit = float(np.median(rows[1][1]))
     return [(label, f"{np.median(v):.1f} structures/s (median of {len(v)}, {min(v):.1f}-{max(v):.1f}; "
@@ -214,6 +223,40 @@ def backbone_rows(specs: list[str], count: int, repeats: int) -> list[tuple[str,
     return rows
 
 
+def compile_rows(count: int, repeats: int) -> list[tuple[str, str]]:
+    import torch
+
+    from equiprop.nn import FoundationEncoder
+
+    _, crystals, batches = bundled_batches(count)
+    eager = FoundationEncoder(cache_features=False)
+    compiled = FoundationEncoder(cache_features=False, compile_layers=True)
+    with torch.no_grad():
+        start = time.perf_counter()
+        first = compiled(batches[0])
+        seconds = time.perf_counter() - start
+        worst = max(float((compiled(b) - eager(b)).abs().max() / eager(b).abs().max()) for b in batches)
+        assert torch.isfinite(first).all()
+        rates: dict[str, list[float]] = {"eager": [], "compiled": []}
+        for _ in range(repeats):  # interleaved: the machine's state changes alike for both
+            for label, encoder in (("eager", eager), ("compiled", compiled)):
+                start = time.perf_counter()
+                for batch in batches:
+                    encoder(batch)
+                rates[label].append(len(crystals) / (time.perf_counter() - start))
+    median = {k: float(np.median(v)) for k, v in rates.items()}
+    spread = {k: f"{min(v):.1f}-{max(v):.1f}" for k, v in rates.items()}
+    return [("first compiled batch (compilation)", f"{seconds:.1f} s"),
+            ("largest feature difference, compiled vs eager (relative to the largest feature)", f"{worst:.1e}"),
+            ("featurisation, eager (O(3), inversion shortcut)",
+             f"{median['eager']:.1f} structures/s ({spread['eager']})"),
+            ("featurisation, compile_layers", f"{median['compiled']:.1f} structures/s ({spread['compiled']}; "
+                                              f"{median['compiled'] / median['eager']:.2f}x)"),
+            ("structures after which the compilation has paid",
+             f"{seconds / (1 / median['eager'] - 1 / median['compiled']):.0f}"
+             if median["compiled"] > median["eager"] else "never")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="equiprop-mp-v1")
@@ -222,6 +265,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--backbones", nargs="+", help="measure these backbones only (a+b: side by side)")
     parser.add_argument("--limit", action="store_true", help="sevenn's own batched forward beside ours only")
+    parser.add_argument("--compile", action="store_true", help="compile_layers against eager featurisation only")
     parser.add_argument("--one-backbone", help=argparse.SUPPRESS)  # the measuring child process
     args = parser.parse_args()
     import torch
@@ -230,7 +274,9 @@ def main() -> int:
         print(json.dumps(one_backbone(args.one_backbone.split("+"), args.structures, args.repeats)))
         return 0
     if args.limit:
-        rows = limit_rows(args.structures, args.repeats)
+        rows = limit_rows(args.structures, args.repeats, compiled=args.compile)
+    elif args.compile:
+        rows = compile_rows(args.structures, args.repeats)
     elif args.backbones:
         rows = backbone_rows(args.backbones, args.structures, args.repeats)
     else:

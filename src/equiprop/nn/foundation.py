@@ -74,17 +74,21 @@ class FoundationEncoder(PassesMixin, Encoder):
         inversion_shortcut: with parity, take a centrosymmetric crystal's inverted pass as a permutation of its own
             (~1.4x faster on MP-like data); the same features up to float rounding (~1e-6), so runs whose cached
             features were computed without it reproduce bit for bit only without it.
+        compile_layers: run the layers of the backbones on equiprop's graph (SevenNet) through ``torch.compile``
+            in passes without gradients (frozen features, prediction): a one-off compilation of minutes on 2
+            cores for faster passes after it, so for screens and large featurisations; see docs/benchmarks.md.
     """
 
     full_neighbor_list = True  # the potentials were trained on all neighbours within their cutoff
-    runtime_args = ("cache_features", "cache_dir", "inversion_shortcut")  # how, not what: out of cache keys
+    runtime_args = ("cache_features", "cache_dir", "inversion_shortcut",  # how, not what: out of cache keys
+                    "compile_layers")
 
     def __init__(self, model: str | list[str] = "7net-0",
                  transfer: Literal["frozen", "finetune", "from_scratch"] = "frozen",
                  trainable_layers: int | None = None, cutoff: float = 5.0, parity: bool = True,
                  scalar_layers: list[int] | None = None, tensor_layers: list[int] | None = None,
                  energy_feature: bool = False, descriptors: list[Descriptor] | None = None, cache_features: bool = True,
-                 cache_dir: str | None = None, inversion_shortcut: bool = True):
+                 cache_dir: str | None = None, inversion_shortcut: bool = True, compile_layers: bool = False):
         super().__init__()
         self.inversion_shortcut = inversion_shortcut
         if transfer not in ("frozen", "finetune", "from_scratch"):
@@ -95,6 +99,8 @@ class FoundationEncoder(PassesMixin, Encoder):
         self.backbones = torch.nn.ModuleList([build_backbone(n, pretrained=transfer != "from_scratch")
                                               for n in names])
         self.names, self.transfer, self.parity = names, transfer, parity
+        for b in self.backbones:
+            b.compile_layers = bool(compile_layers) and b.uses_equiprop_graph  # CHGNet runs its own forward
         self.cutoff = self._check_cutoff(cutoff)
         self.scalar_layers = [self._check_layers(b, scalar_layers, list(range(b.num_layers)), "scalar_layers")
                               for b in self.backbones]

@@ -64,6 +64,24 @@ class BackboneInfo:
     note: str = ""  # e.g. which fidelity of a multi-fidelity potential is used, and why
 
 
+COMPILE_BACKEND = "inductor"  # torch.compile's backend for compile_layers ("eager" traces only: the tests)
+
+
+def _run_layers(backbone: "Backbone", state: dict, x: torch.Tensor, start: int, stop: int) -> list[torch.Tensor]:
+    return backbone.run_layers(state, x, start, stop)
+
+
+@lru_cache(maxsize=4)
+def _compiled(backend: str):
+    # one compiled function for every backbone (dynamo guards on the instance): dynamic shapes, since every batch
+    # has its own numbers of atoms and edges
+    return torch.compile(_run_layers, dynamic=True, backend=backend)
+
+
+def compiled_layers():
+    return _compiled(COMPILE_BACKEND)
+
+
 class Backbone(torch.nn.Module):
     """A pretrained potential as per-atom features by layer. Subclasses set ``info`` (registration), ``parity`` and
     ``splittable``; ``__init__`` sets ``cutoff`` (Å), ``num_layers`` and ``layer_irreps``."""
@@ -72,6 +90,7 @@ class Backbone(torch.nn.Module):
     parity: ClassVar[bool]
     splittable: ClassVar[bool] = True
     uses_equiprop_graph: ClassVar[bool] = True
+    compile_layers: bool = False  # FoundationEncoder(compile_layers=True): run_layers through torch.compile
     cutoff: float
     num_layers: int
     layer_irreps: list[o3.Irreps]
@@ -143,10 +162,15 @@ class Backbone(torch.nn.Module):
     def layer_features(self, data, vectors: torch.Tensor, species: torch.Tensor,
                        prefix: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict]:
         """(every layer's output, the state after the last layer) of one pass, the first ``len(prefix)`` layers
-        given (cached). Splittable backbones need not override this."""
+        given (cached). Splittable backbones need not override this. With ``compile_layers``, passes without
+        gradients (frozen features, prediction) run the layers through ``torch.compile``."""
         state, x = self.begin(data, vectors, species)
         start = prefix[-1] if prefix else x
-        return list(prefix) + self.run_layers(state, start, len(prefix), self.num_layers), state
+        if self.compile_layers and not torch.is_grad_enabled():
+            outputs = compiled_layers()(self, state, start, len(prefix), self.num_layers)
+        else:
+            outputs = self.run_layers(state, start, len(prefix), self.num_layers)
+        return list(prefix) + outputs, state
 
     def atomic_energies(self, state: dict) -> torch.Tensor | None:  # -> (num_nodes,) eV, after the last layer
         return None
