@@ -5,6 +5,7 @@ Regenerate the references after a deliberate change of the model:
     EQUIPROP_UPDATE_REFERENCES=1 pytest tests/test_shipped.py -k reference
 """
 
+import csv
 import json
 import os
 import subprocess
@@ -95,20 +96,30 @@ def test_predictions_match_the_stored_references(name):
 
 
 @pytest.mark.integration
-def test_v3_predicts_piezo_only_on_request_with_the_measured_reason(tmp_path, capsys):
+def test_v3_predicts_piezo_only_on_request_with_the_measured_reason(tmp_path, capsys, monkeypatch):
+    """... and ``--compile`` (SevenNet's layers through torch.compile; traced by dynamo with the eager backend here:
+    inductor's minutes of compilation are measured in benchmarks/pretrained.py) predicts the same numbers."""
     pytest.importorskip("sevenn", reason="the foundation extra is not installed")
+    import equiprop.nn.backbones.base as base
     from equiprop.cli import main
 
+    monkeypatch.setattr(base, "COMPILE_BACKEND", "eager")
     info = json.loads((REPO / "checkpoints" / "equiprop-mp-v3" / MODEL_FILE).read_text())
     assert "zero tensor" in info["opt_in_tasks"]["piezo_tensor"]
     out = tmp_path / "pred.csv"
     assert main(["predict", "--model", "equiprop-mp-v3", "--input", str(EXAMPLES[0]), "--output", str(out)]) == 0
     assert "piezo_tensor" not in out.read_text().splitlines()[0] and "K_VRH [GPa]" in out.read_text()
     assert "piezo_tensor is predicted only on request" in capsys.readouterr().err
+    eager = dict(zip(*csv.reader(out.read_text().splitlines())))
+    calls = base._compiled.cache_info().misses + base._compiled.cache_info().hits
+    monkeypatch.setenv("EQUIPROP_CACHE", str(tmp_path / "empty_cache"))  # features computed again, compiled
     assert main(["predict", "--model", "equiprop-mp-v3", "--input", str(EXAMPLES[0]), "--output", str(out),
-                 "--tasks", "Ef", "piezo_tensor"]) == 0
+                 "--tasks", "Ef", "piezo_tensor", "--compile"]) == 0
+    assert base._compiled.cache_info().misses + base._compiled.cache_info().hits > calls  # the compiled layers ran
     header = out.read_text().splitlines()[0]
     assert "piezo_tensor [C/m^2]" in header and "Ef [eV/atom]" in header and "K_VRH" not in header
+    compiled = dict(zip(*csv.reader(out.read_text().splitlines())))
+    assert compiled["Ef [eV/atom]"] == eager["Ef [eV/atom]"] and compiled["Ef_std [eV/atom]"] == eager["Ef_std [eV/atom]"]
 
 
 @pytest.mark.integration

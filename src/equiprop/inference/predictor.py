@@ -127,6 +127,12 @@ class Predictor:
         """One checkpoint written by ``equiprop fit`` (``load`` with a single path)."""
         return cls.load([str(path)], batch_size=batch_size, allow_unseen_elements=allow_unseen_elements, warn=warn)
 
+    def compile_backbones(self) -> int:
+        """Run the pretrained backbones' layers of every member through torch.compile (``FoundationEncoder``'s
+        ``compile_layers``: a one-off compilation, then faster passes); how many encoders take it."""
+        return sum(bool(model.encoder.compile_passes(True)) for model in self.models
+                   if hasattr(model.encoder, "compile_passes"))
+
     def check_probe(self, model, where: str) -> None:
         """Refuse a model whose every output is non-finite on a simple crystal (corrupted weights)."""
         probe = checks.probe_crystal(self.species_seen, self.cutoff)

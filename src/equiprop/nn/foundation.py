@@ -99,8 +99,7 @@ class FoundationEncoder(PassesMixin, Encoder):
         self.backbones = torch.nn.ModuleList([build_backbone(n, pretrained=transfer != "from_scratch")
                                               for n in names])
         self.names, self.transfer, self.parity = names, transfer, parity
-        for b in self.backbones:
-            b.compile_layers = bool(compile_layers) and b.uses_equiprop_graph  # CHGNet runs its own forward
+        self.compile_passes(compile_layers)
         self.cutoff = self._check_cutoff(cutoff)
         self.scalar_layers = [self._check_layers(b, scalar_layers, list(range(b.num_layers)), "scalar_layers")
                               for b in self.backbones]
@@ -311,6 +310,13 @@ class FoundationEncoder(PassesMixin, Encoder):
             data.num_nodes, dtype=torch.long)
         num_scalars = self.irreps_out[0].mul - self.num_descriptors
         return torch.cat([features[:, :num_scalars], per_graph[batch], features[:, num_scalars:]], dim=1)
+
+    def compile_passes(self, on: bool = True) -> bool:
+        """``compile_layers`` switched on or off (``equiprop predict --compile``); whether a backbone takes it (the
+        ones on equiprop's graph: CHGNet runs its own forward)."""
+        for b in self.backbones:
+            b.compile_layers = bool(on) and b.uses_equiprop_graph
+        return any(b.compile_layers for b in self.backbones)
 
     # -- the potential's own energies from the features' pass (the potential_energy prior needs no pass of its own) --
     def record_energies(self, model: str) -> None:

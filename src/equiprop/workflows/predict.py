@@ -34,7 +34,7 @@ from equiprop.data.inputs import INPUT_HELP, InputFailure, read_structures
 from equiprop.data.record import CrystalRecord
 from equiprop.shipped import refuse_shipped
 from equiprop.inference import STD_SUFFIX, Predictor, load_predictor
-from equiprop.workflows.options import ArgumentParser, non_negative_int, positive_int
+from equiprop.workflows.options import COMPILE_HELP, ArgumentParser, non_negative_int, positive_int
 
 
 def check_output(path: Path, option: str = "--output") -> None:
@@ -73,6 +73,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="predict structures with elements the model never saw in training (refused by default)")
     parser.add_argument("--allow-failures", action="store_true",
                         help="exit 0 when some inputs fail (they are still rows with status 'failed')")
+    parser.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     args = parser.parse_args(argv)
     if args.model is not None:
         from equiprop.shipped import resolve
@@ -93,6 +94,8 @@ def predict_command(argv: list[str]) -> int:
                                warn=False, tasks=args.tasks)
     for notice in predictor.notices:
         print(f"equiprop predict: warning: {notice}", file=sys.stderr)
+    if args.compile and not predictor.compile_backbones():
+        print("equiprop predict: warning: --compile: no member runs a backbone it applies to", file=sys.stderr)
     plan = read_structures(args.input)
     for notice in plan.notices:
         print(f"equiprop predict: skipped {notice}", file=sys.stderr)

@@ -48,7 +48,7 @@ from equiprop.data.inputs import InputPlan, expand
 from equiprop.screening.pipeline import META, run_stage, value_columns
 from equiprop.screening.selection import load_selection, reduce_values, select
 from equiprop.shipped import refuse_shipped, resolve_all
-from equiprop.workflows.options import ArgumentParser, non_negative_int, positive_int, shard_spec
+from equiprop.workflows.options import COMPILE_HELP, ArgumentParser, non_negative_int, positive_int, shard_spec
 from equiprop.workflows.predict import check_output
 
 
@@ -77,6 +77,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="MC-dropout draws per member (default: a manifest's, else 0)")
     parser.add_argument("--allow-unseen-elements", action="store_true",
                         help="predict structures with elements the model never saw in training (refused by default)")
+    parser.add_argument("--compile", action="store_true", help=COMPILE_HELP + "; each worker compiles its own")
     parser.add_argument("--shard", type=shard_spec,
                         help="I/N: compute shard I of N (0-based) into the shared work folder and write no table; "
                              "run the command without --shard to merge")
@@ -324,6 +325,8 @@ def stage_predictor(paths: list[str], args, stage: str):
                                allow_unseen_elements=args.allow_unseen_elements, warn=False)
     for notice in predictor.notices:
         print(f"equiprop screen: warning: {stage}: {notice}", file=sys.stderr)
+    if args.compile and not predictor.compile_backbones():
+        print(f"equiprop screen: warning: {stage}: --compile: no member runs a backbone it applies to", file=sys.stderr)
     return predictor
 
 
