@@ -19,8 +19,9 @@ import argparse
 import math
 
 MAX_SEED = 2 ** 32 - 1  # numpy's (and Lightning's seed_everything's) range of seeds
-COMPILE_HELP = ("run the pretrained SevenNet layers through torch.compile: ~1 min to compile on 2 cores, then ~1.5x "
-                "faster featurisation (pays after a few thousand structures; docs/benchmarks.md)")
+COMPILE_HELP = ("run the pretrained SevenNet layers through torch.compile: ~1 min to compile on 2 cores the first "
+                "time (seconds once inductor's disk cache holds it), then ~1.5x faster featurisation (pays after a "
+                "few thousand structures; docs/benchmarks.md)")
 
 
 # old spelling -> the one every command uses: models that predict are --checkpoint (files, a manifest or a shipped
