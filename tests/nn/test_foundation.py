@@ -191,24 +191,3 @@ def test_descriptors_are_physical(records, tmp_path):
     assert w_max == pytest.approx(reference, rel=2e-3)
     assert 0.35 < w_max < 0.56  # Si's optical Γ phonon: 520 cm^-1 measured; MPtrj potentials are softer
 
-
-def test_compiled_layers_give_the_eager_features(records, monkeypatch):
-    """``compile_layers`` runs SevenNet's layers through torch.compile in passes without gradients. Traced here by
-    dynamo with the eager backend (the inductor compilation takes minutes on 2 cores: its speed and its agreement
-    are measured by ``benchmarks/pretrained.py --compile``): the same features, state and energies, and passes with
-    gradients (fine-tuning) are not compiled."""
-    import equiprop.nn.backbones.base as base
-
-    monkeypatch.setattr(base, "COMPILE_BACKEND", "eager")
-    eager = FoundationEncoder(cache_features=False)
-    compiled = FoundationEncoder(cache_features=False, compile_layers=True)
-    assert compiled.backbones[0].compile_layers and not eager.backbones[0].compile_layers
-    batch = _batch(records)  # a centrosymmetric crystal and others: both passes of the inversion shortcut
-    with torch.no_grad():
-        assert torch.equal(compiled(batch), eager(batch))
-        assert torch.equal(compiled.energy(batch), eager.energy(batch))
-    assert base._compiled.cache_info().currsize >= 1
-    calls = base._compiled.cache_info().hits + base._compiled.cache_info().misses
-    compiled.backbones[0].requires_grad_(True)
-    compiled(batch).sum().backward()  # with gradients: the eager layers
-    assert base._compiled.cache_info().hits + base._compiled.cache_info().misses == calls

@@ -134,7 +134,7 @@ def test_ensemble_members_share_one_potential_per_process(tmp_path):
     assert shared_physics("7net-0", [], str(tmp_path / "other")) is not members[0].physics
 
 
-def test_energy_prior_takes_the_frozen_encoders_own_pass(tmp_path):
+def test_energy_prior_takes_the_frozen_encoders_own_pass(tmp_path, physics):
     """A frozen encoder on the prior's potential hands over the energies of the pass that computed its features
     (``equiprop predict`` then runs the potential once per structure, not twice): the same energies as the
     potential's own pass, and none when the encoder's weights are not the potential's."""
@@ -150,7 +150,7 @@ def test_energy_prior_takes_the_frozen_encoders_own_pass(tmp_path):
     run = priors.physics._compute_quantity
     priors.physics._compute_quantity = lambda name, graphs: passes.append(len(graphs)) or run(name, graphs)
     batch, rows = _batch([_silicon(), _zno()]), torch.ones(2, dtype=torch.bool)
-    reference = PotentialPhysics("7net-0", [], str(tmp_path / "reference")).quantity(batch, "energy")[:, 0]
+    reference = physics.quantity(batch, "energy")[:, 0]  # the potential's own pass (module fixture, its own cache)
     with torch.inference_mode():  # as prediction runs
         encoder(batch)
         handed_over = priors.estimate("Ef", batch, rows, {}, None, encoder)  # references are zero: the energies

@@ -41,9 +41,12 @@ def _run(args, cwd):
     return out.stdout
 
 
-def test_fit_test_and_predict_from_the_command_line(recipe, tmp_path, tiny_entries):
+def test_fit_test_and_predict_from_the_command_line(recipe, tmp_path, tiny_entries, monkeypatch, capsys):
     """One fitted run, then what a user does with it: its test metrics, and predict reporting bad files with units
-    (one fit for the three: each ``equiprop`` subprocess costs seconds)."""
+    (one fit for the three: each ``equiprop`` subprocess costs seconds, so the predicts after the first run in this
+    process, through the same ``main``)."""
+    from equiprop.cli import main
+
     stdout = _run(["fit", "-c", str(recipe)], tmp_path)
     run = tmp_path / "runs" / "tiny"
     assert (run / "best.ckpt").exists() and (run / "last.ckpt").exists()
@@ -64,16 +67,14 @@ def test_fit_test_and_predict_from_the_command_line(recipe, tmp_path, tiny_entri
     proc = subprocess.run(command + ["--output", str(out)], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr[-2000:]  # an input failed: not a silent success
     assert "broken.cif" in proc.stderr
-    proc = subprocess.run(command + ["--output", str(out), "--allow-failures"], cwd=tmp_path, capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    assert main(command[1:] + ["--output", str(out), "--allow-failures"]) == 0, capsys.readouterr().err[-2000:]
     result = json.loads(out.read_text())
     assert result["units"]["Ef"] == "eV/atom" and result["units"]["eps_electronic"] == "dimensionless"
     assert len(result["predictions"]) == 3 and len(result["errors"]) == 1
     assert len(result["predictions"][0]["eps_electronic"]) == 3
     csv_out = tmp_path / "pred.csv"
-    _run(["predict", "--checkpoint", "runs/tiny/best.ckpt", "--input", str(inputs), "--output",
-          str(csv_out), "--allow-failures", "--allow-unseen-elements"], tmp_path)
+    assert main(command[1:] + ["--output", str(csv_out), "--allow-failures"]) == 0
     assert csv_out.read_text().splitlines()[0].startswith("id,file,formula,Ef [eV/atom]")
 
 
