@@ -43,6 +43,7 @@ from torch_geometric.utils import scatter
 from equiprop.data import keys
 from equiprop.data.augment import augmented
 from equiprop.data.errors import ConfigError
+from equiprop.data.graph import graph_index
 from equiprop.data.precision import full_precision
 from equiprop.nn.backbones import Backbone, build_backbone
 from equiprop.nn.base import Encoder
@@ -118,7 +119,7 @@ class FoundationEncoder(PassesMixin, Encoder):
         self._physics = None  # potential_physics.PotentialPhysics, built on first use
         self.energy_backbone: int | None = None  # record_energies: whose pass energies are kept
         self._pass_energies: dict[str, torch.Tensor] = {}  # structure key -> (1,) eV/atom, of the last forward
-        self._same_weights: dict[tuple, bool] = {}  # pretrained_energies' verdicts, by the weights' versions
+        self._same_weights: tuple | None = None  # (what was compared, verdict): pretrained_energies' last check
         self.part_dims = [self._part_dims(i) for i in range(len(self.backbones))]
         self.irreps_out = self._irreps_out()
 
@@ -306,8 +307,7 @@ class FoundationEncoder(PassesMixin, Encoder):
         if self._physics is None:
             self._physics = shared_physics(self.names[0], self.descriptor_names, self.cache_dir)
         per_graph = self._physics.descriptors(data).to(features)  # (num_graphs, num_descriptors)
-        batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else torch.zeros(
-            data.num_nodes, dtype=torch.long)
+        batch = graph_index(data)
         num_scalars = self.irreps_out[0].mul - self.num_descriptors
         return torch.cat([features[:, :num_scalars], per_graph[batch], features[:, num_scalars:]], dim=1)
 
@@ -329,10 +329,9 @@ class FoundationEncoder(PassesMixin, Encoder):
         """atomic: (num_nodes,) eV of the structures of ``data`` as given (not a noised or strained copy)."""
         if augmented(data):
             return
-        batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else torch.zeros(
-            data.num_nodes, dtype=torch.long)
         names = structure_keys(data)
-        per_atom = scatter(atomic.detach().double(), batch, dim=0, dim_size=len(names), reduce="mean")  # eV/atom
+        per_atom = scatter(atomic.detach().double(), graph_index(data), dim=0, dim_size=len(names),
+                           reduce="mean")  # (num_graphs,) eV/atom
         self._pass_energies.update(zip(names, per_atom.cpu().unsqueeze(1)))
 
     def pretrained_energies(self, reference: Backbone) -> dict[str, torch.Tensor]:
@@ -347,8 +346,8 @@ class FoundationEncoder(PassesMixin, Encoder):
         # every in-place change of a tensor (an optimiser step, load_state_dict) bumps its version: a new verdict
         versions = tuple(sum(t._version for t in (*m.parameters(), *m.buffers())) for m in (b, reference))
         key = (id(reference), b.dtype, reference.dtype, versions)
-        if key not in self._same_weights:
+        if self._same_weights is None or self._same_weights[0] != key:
             n = b.num_layers
-            self._same_weights = {key: type(b) is type(reference) and b.dtype == reference.dtype and weights_digest(
-                b.frozen_state(n)) == weights_digest(reference.frozen_state(n))}
-        return self._pass_energies if self._same_weights[key] else {}
+            self._same_weights = (key, type(b) is type(reference) and b.dtype == reference.dtype and weights_digest(
+                b.frozen_state(n)) == weights_digest(reference.frozen_state(n)))
+        return self._pass_energies if self._same_weights[1] else {}

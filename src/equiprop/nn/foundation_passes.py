@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from equiprop.data import keys
-from equiprop.data.graph import edge_vectors
+from equiprop.data.graph import edge_vectors, graph_index
 from equiprop.data.symmetry import inversion_partners
 
 
@@ -19,7 +19,7 @@ class PassesMixin:
         b = self.backbones[i]
         outputs, state = b.layer_features(data, vectors, species, prefix)
         scalars = [outputs[k][:, :b.scalar_count(k)] for k in self.scalar_layers[i]]
-        keep = record and not prefix and i == self.energy_backbone
+        keep = record and i == self.energy_backbone  # set for frozen encoders only: always a whole pass
         energies = b.atomic_energies(state) if keep or (self.energy_feature and i == 0) else None
         if keep:
             self.keep_energies(data, energies)
@@ -66,7 +66,7 @@ class PassesMixin:
         keep = ~centred  # atoms of the structures that need the inverted pass
         index = torch.cumsum(keep.long(), 0) - 1  # old node -> new node among the kept atoms
         edges = keep[data[keys.EDGE_INDEX][0]]
-        batch = data[keys.BATCH] if keys.BATCH in data and data[keys.BATCH] is not None else torch.zeros_like(index)
+        batch = graph_index(data)
         sub = {keys.EDGE_INDEX: index[data[keys.EDGE_INDEX][:, edges]],
                keys.ATOMIC_NUMBERS: data[keys.ATOMIC_NUMBERS][keep],
                keys.BATCH: torch.unique(batch[keep], return_inverse=True)[1]}
